@@ -1,0 +1,61 @@
+/**
+ * The MQTT face of the command round trip (PROTOCOL.md "Client request / reply"): any
+ * client publishes a Request on `P/clients/{its id}/request` and gets the Reply on
+ * `P/clients/{its id}/response`. Every Request gets exactly one Reply, even a malformed one.
+ */
+import type { Aedes, AedesPublishPacket, Client } from 'aedes';
+import { errorReply, type Dispatcher } from '../src/dispatcher.js';
+import type { Logger } from '../src/log.js';
+import { RequestSchema, parsePayload, type Reply } from '../src/protocol/schemas.js';
+import type { Topics } from '../src/protocol/topics.js';
+
+export interface MqttRequestBridgeOptions {
+  broker: Aedes;
+  topics: Topics;
+  dispatcher: Dispatcher;
+  maxPayloadBytes: number;
+  log: Logger;
+}
+
+export function bridgeMqttRequests({ broker, topics, dispatcher, maxPayloadBytes, log }: MqttRequestBridgeOptions): { close(): void } {
+  const reply = (clientId: string, body: Reply) => {
+    const payload = Buffer.from(JSON.stringify(body));
+    broker.publish({ cmd: 'publish', topic: topics.clientResponse(clientId), payload, qos: 1, retain: false, dup: false }, () => {});
+  };
+
+  const onPublish = (packet: AedesPublishPacket, client: Client | null) => {
+    if (!client) return;
+    const target = topics.parseClientTopic(packet.topic);
+    if (!target || target.kind !== 'request') return;
+
+    if (target.id !== client.id) {
+      log.warn({ code: 'FORBIDDEN', clientId: client.id, topic: packet.topic }, 'request on another client\'s topic');
+      reply(client.id, errorReply(null, null, 'FORBIDDEN', `publish requests on ${topics.clientRequest(client.id)}: replies go to the publisher's own client id`));
+      return;
+    }
+    const payload = packet.payload;
+    const size = typeof payload === 'string' ? Buffer.byteLength(payload) : payload.length;
+    if (size > maxPayloadBytes) {
+      reply(client.id, errorReply(null, null, 'PAYLOAD_TOO_LARGE', `request has ${size} bytes (limit ${maxPayloadBytes})`));
+      return;
+    }
+    const parsed = parsePayload(RequestSchema, payload);
+    if (!parsed.ok) {
+      const raw = (parsed.raw ?? {}) as { id?: unknown; device?: unknown };
+      const id = typeof raw.id === 'string' ? raw.id : null;
+      const device = typeof raw.device === 'string' ? raw.device : null;
+      log.debug({ clientId: client.id, problem: parsed.message }, 'bad request');
+      reply(client.id, errorReply(id, device, 'BAD_REQUEST', parsed.message));
+      return;
+    }
+    const clientId = client.id;
+    void dispatcher.request(parsed.value, { clientId, via: 'mqtt' }).then((answer) => reply(clientId, answer));
+  };
+
+  broker.on('publish', onPublish);
+  return {
+    close() {
+      broker.off('publish', onPublish);
+    },
+  };
+}

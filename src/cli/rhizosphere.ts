@@ -1,0 +1,119 @@
+/**
+ * `rhizosphere [serve] [flags]`: runs the hub. Problems with flags, environment, the
+ * config file or the ports end the start with one line naming the culprit and status 2.
+ */
+import { parseArgs } from 'node:util';
+import { ConfigError, envName, resolveConfig, SETTINGS, type SettingKey } from '../config.js';
+import { startHub, StartError } from '../hub.js';
+import { createLogger } from '../log.js';
+
+const EXIT_USAGE = 2;
+
+function usage(): string {
+  const rows = (Object.keys(SETTINGS) as SettingKey[]).map((key) => {
+    const s = SETTINGS[key];
+    const flag = s.type === 'boolean' ? `--${s.flag}` : `--${s.flag} ${s.type === 'number' ? 'N' : 'VALUE'}`;
+    return `  ${flag.padEnd(30)} ${s.help}\n  ${''.padEnd(30)} env ${envName(key)}; default ${JSON.stringify(s.default)}`;
+  });
+  return [
+    'rhizosphere — root server for fleets of devices: an MQTT hub that runs commands on them.',
+    '',
+    'Usage: rhizosphere [serve] [flags]',
+    '',
+    'Flags (each also from an environment variable and from the --config file, whose keys are',
+    'the camelCase names: mqttPort, httpPort, dataDir, ...; flags win over environment, the',
+    'environment over the file, the file over defaults):',
+    ...rows,
+    `  ${'--config FILE'.padEnd(30)} JSON file with settings; env RHIZOSPHERE_CONFIG`,
+    `  ${'--help'.padEnd(30)} show this help`,
+    '',
+    'Devices run the agent: hypha --url mqtt://HUB:1883 --id ID  (see hypha --help)',
+    'Run a command:  curl -X POST http://127.0.0.1:8080/api/devices/ID/commands \\',
+    "                  -H 'content-type: application/json' -d '{\"order\":\"exec_bash\",\"cmd_str\":\"uname -a\"}'",
+    '',
+    'Exit status: 0 after a clean stop (SIGTERM, SIGINT), 2 for a bad flag, value or port in use.',
+  ].join('\n');
+}
+
+function fail(message: string): never {
+  process.stderr.write(`rhizosphere: ${message}\n`);
+  process.exit(EXIT_USAGE);
+}
+
+function parseFlags(argv: string[]) {
+  const options: Record<string, { type: 'string' | 'boolean' }> = { config: { type: 'string' }, help: { type: 'boolean' } };
+  for (const setting of Object.values(SETTINGS)) options[setting.flag] = { type: setting.type === 'boolean' ? 'boolean' : 'string' };
+  let parsed;
+  try {
+    parsed = parseArgs({ args: argv, options, allowPositionals: true, strict: true });
+  } catch (error) {
+    fail(`${(error as Error).message.replace(/\. To specify.*$/s, '')} (see rhizosphere --help)`);
+  }
+  const [command, ...extra] = parsed.positionals;
+  if (command !== undefined && command !== 'serve') fail(`unknown command "${command}" (see rhizosphere --help)`);
+  if (extra.length > 0) fail(`unexpected argument "${extra[0]}"`);
+
+  const flags: Partial<Record<SettingKey, unknown>> = {};
+  for (const key of Object.keys(SETTINGS) as SettingKey[]) {
+    const setting = SETTINGS[key];
+    const value = parsed.values[setting.flag];
+    if (value === undefined) continue;
+    if (setting.type === 'number') {
+      if (typeof value !== 'string' || !/^\d+$/.test(value)) fail(`--${setting.flag}: ${JSON.stringify(value)} is not a whole number`);
+      flags[key] = Number(value);
+    } else {
+      flags[key] = value;
+    }
+  }
+  return { flags, help: parsed.values.help === true, config: parsed.values.config as string | undefined };
+}
+
+async function main(): Promise<void> {
+  const { flags, help, config: configFile } = parseFlags(process.argv.slice(2));
+  if (help) {
+    process.stdout.write(`${usage()}\n`);
+    return;
+  }
+  let config;
+  try {
+    const env = { ...process.env };
+    const file = configFile ?? env.RHIZOSPHERE_CONFIG;
+    delete env.RHIZOSPHERE_CONFIG;
+    config = resolveConfig({ flags, env, file: file || undefined });
+  } catch (error) {
+    if (error instanceof ConfigError) fail(error.message);
+    throw error;
+  }
+
+  const log = createLogger({ level: config.logLevel });
+  if (!config.allowAnonymous) {
+    log.warn('access control is not built yet: every client is accepted without credentials, as with --allow-anonymous');
+  }
+  let hub;
+  try {
+    hub = await startHub({ ...config, logger: log });
+  } catch (error) {
+    if (error instanceof StartError || error instanceof ConfigError) fail(error.message);
+    throw error;
+  }
+
+  let stopping = false;
+  const stop = (signal: NodeJS.Signals) => {
+    if (stopping) return;
+    stopping = true;
+    log.info({ signal }, 'stopping');
+    // The hub closes within its own budget; this is the backstop for the 5 s promise.
+    setTimeout(() => {
+      log.error('clean stop took longer than 5 s; exiting');
+      process.exit(1);
+    }, 5000).unref();
+    void hub.close().then(() => process.exit(0));
+  };
+  process.on('SIGTERM', stop);
+  process.on('SIGINT', stop);
+}
+
+main().catch((error: unknown) => {
+  process.stderr.write(`rhizosphere: ${(error as Error)?.stack ?? String(error)}\n`);
+  process.exit(1);
+});

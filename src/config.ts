@@ -1,0 +1,187 @@
+/**
+ * Hub configuration: one schema, four layers. Flags win over environment
+ * (`RHIZOSPHERE_*`), environment over the `--config` JSON file, the file over defaults.
+ * Every problem is reported as one line that names the flag, variable or key.
+ */
+import { readFileSync } from 'node:fs';
+import { z } from 'zod';
+import { DEFAULT_TOPIC_PREFIX, topicPrefixProblem } from './protocol/topics.js';
+
+const port = z
+  .number({ error: () => 'must be a port number' })
+  .int({ error: 'must be a whole number' })
+  .min(0, { error: 'must be 0 to 65535' })
+  .max(65535, { error: 'must be 0 to 65535' });
+const positiveInt = (min: number) =>
+  z.number({ error: () => 'must be a number' }).int({ error: 'must be a whole number' }).min(min, { error: `must be at least ${min}` });
+
+export const LOG_LEVELS = ['trace', 'debug', 'info', 'warn', 'error', 'fatal', 'silent'] as const;
+
+/** What each setting means: the source of `--help` and of the README's table. */
+export const SETTINGS = {
+  host: { flag: 'host', type: 'string', help: 'address to listen on; 0.0.0.0 opens the hub to the network', default: '127.0.0.1' },
+  mqttPort: { flag: 'mqtt-port', type: 'number', help: 'MQTT over TCP port (0 = any free port)', default: 1883 },
+  httpPort: { flag: 'http-port', type: 'number', help: 'HTTP port: REST API, /healthz, MQTT over WebSocket at /mqtt', default: 8080 },
+  dataDir: { flag: 'data-dir', type: 'string', help: 'where the hub keeps its state (created if missing)', default: './data' },
+  topicPrefix: { flag: 'topic-prefix', type: 'string', help: 'first topic level(s) of every topic', default: DEFAULT_TOPIC_PREFIX },
+  allowAnonymous: { flag: 'allow-anonymous', type: 'boolean', help: 'let clients in without credentials (for development and tests)', default: false },
+  logLevel: { flag: 'log-level', type: 'string', help: `one of ${LOG_LEVELS.join(', ')}`, default: 'info' },
+  maxPayloadBytes: { flag: 'max-payload-bytes', type: 'number', help: 'largest Request a client may send', default: 256 * 1024 },
+  maxResponseBytes: { flag: 'max-response-bytes', type: 'number', help: 'largest Response a device may send (output caps are 1 MiB per stream)', default: 8 * 1024 * 1024 },
+  maxInflightPerDevice: { flag: 'max-inflight-per-device', type: 'number', help: 'commands in flight to one device before BUSY', default: 32 },
+  maxInflightTotal: { flag: 'max-inflight-total', type: 'number', help: 'commands in flight across the hub before BUSY', default: 10000 },
+} as const;
+
+export type SettingKey = keyof typeof SETTINGS;
+
+export const ConfigSchema = z.strictObject({
+  host: z.string({ error: () => 'must be a string' }).min(1, { error: 'must not be empty' }),
+  mqttPort: port,
+  httpPort: port,
+  dataDir: z.string({ error: () => 'must be a string' }).min(1, { error: 'must not be empty' }),
+  topicPrefix: z.string({ error: () => 'must be a string' }).superRefine((value, ctx) => {
+    const problem = topicPrefixProblem(value);
+    if (problem) ctx.addIssue({ code: 'custom', message: problem });
+  }),
+  allowAnonymous: z.boolean({ error: () => 'must be true or false' }),
+  logLevel: z.enum(LOG_LEVELS, { error: () => `must be one of ${LOG_LEVELS.join(', ')}` }),
+  maxPayloadBytes: positiveInt(1024),
+  maxResponseBytes: positiveInt(1024),
+  maxInflightPerDevice: positiveInt(1),
+  maxInflightTotal: positiveInt(1),
+});
+
+export type HubConfig = z.infer<typeof ConfigSchema>;
+
+export const DEFAULTS: HubConfig = Object.fromEntries(
+  Object.entries(SETTINGS).map(([key, setting]) => [key, setting.default]),
+) as HubConfig;
+
+/** A configuration problem: `message` is the one line the CLI prints. */
+export class ConfigError extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = 'ConfigError';
+  }
+}
+
+export function envName(key: SettingKey): string {
+  return `RHIZOSPHERE_${key.replace(/[A-Z]/g, (c) => `_${c}`).toUpperCase()}`;
+}
+
+/** Where a value came from, for error messages. */
+type Source = { kind: 'flag' | 'env' | 'file' | 'default'; file?: string };
+
+function describe(key: string, source: Source): string {
+  const setting = SETTINGS[key as SettingKey];
+  switch (source.kind) {
+    case 'flag':
+      return setting ? `--${setting.flag}` : `--${key}`;
+    case 'env':
+      return setting ? envName(key as SettingKey) : key;
+    case 'file':
+      return `"${key}" in ${source.file}`;
+    default:
+      return key;
+  }
+}
+
+function parseScalar(key: SettingKey, raw: string, where: string): unknown {
+  const type = SETTINGS[key].type;
+  if (type === 'number') {
+    if (!/^-?\d+$/.test(raw.trim())) throw new ConfigError(`${where}: ${JSON.stringify(raw)} is not a whole number`);
+    return Number(raw);
+  }
+  if (type === 'boolean') {
+    if (/^(1|true|yes|on)$/i.test(raw)) return true;
+    if (/^(0|false|no|off)$/i.test(raw)) return false;
+    throw new ConfigError(`${where}: ${JSON.stringify(raw)} is not true or false`);
+  }
+  return raw;
+}
+
+function closestKey(unknown: string): string | undefined {
+  const folded = unknown.replace(/[-_]/g, '').toLowerCase();
+  return Object.keys(SETTINGS).find((key) => key.toLowerCase() === folded);
+}
+
+export function readConfigFile(file: string): Record<string, unknown> {
+  let text: string;
+  try {
+    text = readFileSync(file, 'utf8');
+  } catch (error) {
+    throw new ConfigError(`--config ${file}: cannot read it (${(error as NodeJS.ErrnoException).code ?? String(error)})`);
+  }
+  let parsed: unknown;
+  try {
+    parsed = JSON.parse(text);
+  } catch (error) {
+    throw new ConfigError(`--config ${file}: not valid JSON (${(error as Error).message})`);
+  }
+  if (parsed === null || typeof parsed !== 'object' || Array.isArray(parsed)) {
+    throw new ConfigError(`--config ${file}: must hold a JSON object`);
+  }
+  return parsed as Record<string, unknown>;
+}
+
+export interface ConfigLayers {
+  /** Values from flags, already typed by the flag parser. */
+  flags?: Partial<Record<SettingKey, unknown>>;
+  env?: NodeJS.ProcessEnv;
+  /** The `--config` file's path, if any. */
+  file?: string;
+}
+
+/** Resolves flags over environment over file over defaults, and validates the result. */
+export function resolveConfig(layers: ConfigLayers = {}): HubConfig {
+  const merged: Record<string, unknown> = { ...DEFAULTS };
+  const sources: Record<string, Source> = {};
+
+  if (layers.file) {
+    const fromFile = readConfigFile(layers.file);
+    for (const [key, value] of Object.entries(fromFile)) {
+      if (!Object.hasOwn(SETTINGS, key)) {
+        const hint = closestKey(key);
+        throw new ConfigError(`--config ${layers.file}: unknown key "${key}"${hint ? ` (did you mean "${hint}"?)` : ''}`);
+      }
+      merged[key] = value;
+      sources[key] = { kind: 'file', file: layers.file };
+    }
+  }
+
+  const env = layers.env ?? {};
+  for (const key of Object.keys(SETTINGS) as SettingKey[]) {
+    const raw = env[envName(key)];
+    if (raw === undefined || raw === '') continue;
+    merged[key] = parseScalar(key, raw, envName(key));
+    sources[key] = { kind: 'env' };
+  }
+  for (const name of Object.keys(env)) {
+    if (name.startsWith('RHIZOSPHERE_') && !(Object.keys(SETTINGS) as SettingKey[]).some((key) => envName(key) === name)) {
+      throw new ConfigError(`${name}: unknown environment variable (see rhizosphere --help)`);
+    }
+  }
+
+  for (const [key, value] of Object.entries(layers.flags ?? {})) {
+    if (value === undefined) continue;
+    merged[key] = value;
+    sources[key] = { kind: 'flag' };
+  }
+
+  const parsed = ConfigSchema.safeParse(merged);
+  if (!parsed.success) {
+    const issue = parsed.error.issues[0]!;
+    const key = String(issue.path[0] ?? '');
+    if (issue.code === 'unrecognized_keys') {
+      throw new ConfigError(`unknown setting "${issue.keys.join('", "')}"`);
+    }
+    const where = describe(key, sources[key] ?? { kind: 'default' });
+    throw new ConfigError(`${where}: ${JSON.stringify(merged[key])} ${issue.message}`);
+  }
+  return parsed.data;
+}
+
+/** Applies defaults and validation to options given in-process (startHub). */
+export function configFromOptions(options: Partial<HubConfig>): HubConfig {
+  return resolveConfig({ flags: options as Partial<Record<SettingKey, unknown>> });
+}

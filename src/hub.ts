@@ -1,0 +1,264 @@
+/**
+ * The composition root: `startHub()` wires broker, presence, dispatcher, bridges and HTTP,
+ * starts them in order and `close()` stops them in reverse. No module-global state, so a
+ * process (a test, say) may run several hubs.
+ */
+import { EventEmitter } from 'node:events';
+import { createServer as createTcpServer, type Server as TcpServer } from 'node:net';
+import type { Server as HttpServer } from 'node:http';
+import { Aedes, type Client } from 'aedes';
+import { bridgeMqttRequests } from '../bridge/mqtt-requests.js';
+import { restRouter } from '../bridge/rest.js';
+import { createAccessHooks } from './access.js';
+import { configFromOptions, type HubConfig } from './config.js';
+import { Dispatcher, type CommandRequest, type Origin } from './dispatcher.js';
+import { HubError } from './errors.js';
+import { createHttpFront, mqttOverWebSocket } from './http.js';
+import { createLogger, type Logger } from './log.js';
+import { watchMqttDevices } from './mqtt-devices.js';
+import { Presence, toDeviceInfo, type DeviceEntry, type DeviceInfo, type OfflineReason } from './presence.js';
+import { idProblem } from './protocol/ids.js';
+import { ORDERS, type CommandResult, type Order, type Reply, type Status } from './protocol/schemas.js';
+import { Topics } from './protocol/topics.js';
+import { DeviceRegistry } from './registry.js';
+
+export interface HubOptions extends Partial<HubConfig> {
+  /** A logger to use instead of one made from `logLevel`. */
+  logger?: Logger;
+}
+
+export interface HubEvents {
+  online: [device: DeviceInfo];
+  offline: [device: DeviceInfo, reason: OfflineReason];
+}
+
+/** What `exec()` takes: a bash command line, or the order and timeout too. */
+export type ExecCommand = string | { order?: Order; cmd_str: string; timeout_ms?: number };
+
+/** The hub failed to start (a port in use, say); `message` is the one line the CLI prints. */
+export class StartError extends Error {
+  constructor(message: string, options?: { cause?: unknown }) {
+    super(message, options);
+    this.name = 'StartError';
+  }
+}
+
+const CLOSE_BUDGET_MS = 4000;
+
+export class Hub extends EventEmitter<HubEvents> {
+  /** The live ports (useful when 0 was asked for). */
+  readonly ports: { mqtt: number; http: number };
+
+  constructor(
+    readonly config: HubConfig,
+    readonly log: Logger,
+    readonly topics: Topics,
+    readonly broker: Aedes,
+    private readonly presence: Presence,
+    private readonly dispatcher: Dispatcher,
+    ports: { mqtt: number; http: number },
+    /** Teardown steps, in the order they run. */
+    private readonly teardown: (() => void | Promise<void>)[],
+  ) {
+    super();
+    this.ports = ports;
+    presence.on('online', (device) => this.emit('online', device));
+    presence.on('offline', (device, reason) => this.emit('offline', device, reason));
+  }
+
+  get urls(): { mqtt: string; ws: string; http: string } {
+    const host = this.config.host.includes(':') ? `[${this.config.host}]` : this.config.host;
+    const reachable = host === '0.0.0.0' ? '127.0.0.1' : host === '[::]' ? '[::1]' : host;
+    return {
+      mqtt: `mqtt://${reachable}:${this.ports.mqtt}`,
+      ws: `ws://${reachable}:${this.ports.http}/mqtt`,
+      http: `http://${reachable}:${this.ports.http}`,
+    };
+  }
+
+  /** The connections table: every known device, online or not, with its live link. Read-only. */
+  get connections(): ReadonlyMap<string, DeviceEntry> {
+    return this.presence.table;
+  }
+
+  devices(): DeviceInfo[] {
+    return this.presence.list();
+  }
+
+  device(id: string): DeviceInfo | undefined {
+    const entry = this.presence.get(id);
+    return entry ? toDeviceInfo(entry) : undefined;
+  }
+
+  status(id: string): Status | undefined {
+    const entry = this.presence.get(id);
+    return entry ? this.presence.statusOf(entry) : undefined;
+  }
+
+  get inflight(): number {
+    return this.dispatcher.inflight;
+  }
+
+  /** Sends a command and resolves with the Reply, success or error; never rejects. */
+  request(request: CommandRequest, origin: Origin = { clientId: 'hub', via: 'api' }): Promise<Reply> {
+    return this.dispatcher.request(request, origin);
+  }
+
+  /**
+   * Runs a command on a device and resolves with what it produced; rejects with a HubError
+   * whose `code` is the protocol's (DEVICE_OFFLINE, TIMEOUT, BUSY, …).
+   */
+  async exec(deviceId: string, command: ExecCommand): Promise<CommandResult> {
+    const { order = 'exec_bash', cmd_str, timeout_ms } = typeof command === 'string' ? { cmd_str: command } : command;
+    const problem = idProblem(deviceId);
+    if (problem) throw new HubError('BAD_REQUEST', `device ${problem}`);
+    if (!ORDERS.includes(order)) throw new HubError('BAD_REQUEST', `order must be one of ${ORDERS.join(', ')}`);
+    if (typeof cmd_str !== 'string' || cmd_str.length === 0) throw new HubError('BAD_REQUEST', 'cmd_str must be a non-empty string');
+    const reply = await this.dispatcher.request({ device: deviceId, order, cmd_str, timeout_ms }, { clientId: 'hub', via: 'api' });
+    if (reply.status === 'error') throw new HubError(reply.code, reply.message);
+    const { result, error, exit_code, duration_ms, truncated } = reply;
+    return { result, error, exit_code, duration_ms, truncated };
+  }
+
+  private closing: Promise<void> | null = null;
+
+  /** Stops listening, answers commands in flight, disconnects everyone and saves state. */
+  close(): Promise<void> {
+    this.closing ??= (async () => {
+      for (const step of this.teardown) {
+        try {
+          await step();
+        } catch (error) {
+          this.log.warn({ err: error }, 'error while closing');
+        }
+      }
+      this.log.info('hub closed');
+    })();
+    return this.closing;
+  }
+}
+
+function listen(server: TcpServer | HttpServer, port: number, host: string, flag: string): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const onError = (error: NodeJS.ErrnoException) => {
+      server.off('listening', onListening);
+      const where = `${host}:${port}`;
+      const why =
+        error.code === 'EADDRINUSE'
+          ? `port ${port} is already in use on ${host}; choose another with ${flag} N`
+          : error.code === 'EACCES'
+            ? `no permission to listen on ${where}; choose a port above 1023 with ${flag} N`
+            : error.code === 'EADDRNOTAVAIL' || error.code === 'ENOTFOUND'
+              ? `cannot listen on ${where}: --host ${host} is not an address of this machine`
+              : `cannot listen on ${where} (${error.code ?? error.message})`;
+      reject(new StartError(`${flag} ${port}: ${why}`, { cause: error }));
+    };
+    const onListening = () => {
+      server.off('error', onError);
+      const address = server.address();
+      resolve(typeof address === 'object' && address ? address.port : port);
+    };
+    server.once('error', onError);
+    server.once('listening', onListening);
+    server.listen(port, host);
+  });
+}
+
+function closeServer(server: TcpServer | HttpServer): Promise<void> {
+  return new Promise((resolve) => {
+    if (!server.listening) return resolve();
+    server.close(() => resolve());
+  });
+}
+
+function withinBudget(work: Promise<void>, ms: number): Promise<void> {
+  return new Promise((resolve) => {
+    const timer = setTimeout(resolve, ms);
+    timer.unref();
+    void work.finally(() => {
+      clearTimeout(timer);
+      resolve();
+    });
+  });
+}
+
+/** Starts a hub: embedded broker, MQTT over TCP, HTTP (REST, /healthz, MQTT over WebSocket). */
+export async function startHub(options: HubOptions = {}): Promise<Hub> {
+  const { logger, ...settings } = options;
+  const config = configFromOptions(settings);
+  const log = logger ?? createLogger({ level: config.logLevel });
+  const topics = new Topics(config.topicPrefix);
+
+  // Teardown steps in close order; each part adds its step as it starts, so a failed
+  // start unwinds exactly what was started. Close order: listeners, connections,
+  // commands in flight (answered while the broker can still carry the replies),
+  // the broker (every client dropped), then state saved.
+  const teardown: (() => void | Promise<void>)[] = [];
+  const onClose = (step: () => void | Promise<void>) => teardown.unshift(step);
+
+  try {
+    const registry = new DeviceRegistry(config.dataDir, log);
+    onClose(() => registry.flush());
+
+    let noteAuthenticated: (client: Client) => void = () => {};
+    const broker = await Aedes.createBroker({
+      ...createAccessHooks({ topics, log, onAuthenticated: (client) => noteAuthenticated(client) }),
+    });
+    broker.on('connectionError', (client, error) => log.debug({ clientId: client?.id, err: error.message }, 'connection error'));
+
+    const publishStatus = (id: string, status: Status) => {
+      const payload = Buffer.from(JSON.stringify(status));
+      broker.publish({ cmd: 'publish', topic: topics.deviceStatus(id), payload, qos: 1, retain: true, dup: false }, () => {});
+    };
+    const presence = new Presence(registry, publishStatus, log);
+    const dispatcher = new Dispatcher(presence, config, log);
+    const mqttDevices = watchMqttDevices(broker, topics, presence, log, (device, payload) => dispatcher.handleResponse(device, payload));
+    noteAuthenticated = mqttDevices.noteAuthenticated;
+    onClose(() => mqttDevices.close());
+    onClose(() =>
+      withinBudget(
+        new Promise<void>((resolve) => {
+          presence.beginClose();
+          broker.close(() => resolve());
+        }),
+        CLOSE_BUDGET_MS,
+      ),
+    );
+    const requests = bridgeMqttRequests({ broker, topics, dispatcher, maxPayloadBytes: config.maxPayloadBytes, log });
+    onClose(() => requests.close());
+    onClose(() => dispatcher.close());
+    presence.publishKnownStatuses();
+
+    const http = createHttpFront(log);
+    http.app.get('/healthz', (_req, res) => {
+      res.json({ ok: true, devices: presence.table.size, online: presence.onlineCount(), inflight: dispatcher.inflight });
+    });
+    http.app.use('/api', restRouter({ presence, dispatcher, maxPayloadBytes: config.maxPayloadBytes, log }));
+    const ws = mqttOverWebSocket(broker, Math.max(config.maxPayloadBytes, config.maxResponseBytes) + 64 * 1024);
+    http.addUpgrade('/mqtt', ws.handler);
+    onClose(() => {
+      ws.close();
+      http.closeConnections();
+    });
+
+    // TCP_NODELAY: with QoS 1 round trips, Nagle plus delayed ACK adds ~40-90 ms to every command.
+    const tcp = createTcpServer({ noDelay: true }, (socket) => broker.handle(socket));
+    onClose(() => closeServer(tcp));
+    const mqttPort = await listen(tcp, config.mqttPort, config.host, '--mqtt-port');
+    onClose(() => closeServer(http.server));
+    const httpPort = await listen(http.server, config.httpPort, config.host, '--http-port');
+
+    const hub = new Hub(config, log, topics, broker, presence, dispatcher, { mqtt: mqttPort, http: httpPort }, teardown);
+    log.info(
+      { mqtt: hub.urls.mqtt, ws: hub.urls.ws, http: hub.urls.http, topicPrefix: config.topicPrefix, dataDir: config.dataDir, devices: presence.table.size },
+      'hub listening',
+    );
+    if (config.host !== '127.0.0.1' && config.host !== 'localhost' && config.host !== '::1') {
+      log.warn({ host: config.host }, 'the hub is reachable from the network');
+    }
+    return hub;
+  } catch (error) {
+    for (const step of teardown) await Promise.resolve().then(step).catch(() => {});
+    throw error;
+  }
+}

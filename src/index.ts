@@ -1,0 +1,21 @@
+/** rhizosphere's in-process API: start a hub, read its connections table, run commands. */
+export { startHub, Hub, StartError, type HubOptions, type HubEvents, type ExecCommand } from './hub.js';
+export { resolveConfig, ConfigError, ConfigSchema, DEFAULTS, SETTINGS, type HubConfig } from './config.js';
+export { HubError, ERROR_CODES, type ErrorCode } from './errors.js';
+export type { DeviceEntry, DeviceInfo, DeviceLink, OfflineReason } from './presence.js';
+export type { CommandRequest, Origin } from './dispatcher.js';
+export { Topics, DEFAULT_TOPIC_PREFIX } from './protocol/topics.js';
+export { isValidId, idProblem, ID_MAX_LENGTH } from './protocol/ids.js';
+export {
+  ORDERS,
+  type Order,
+  type Command,
+  type Response,
+  type Request,
+  type Reply,
+  type OkReply,
+  type ErrorReply,
+  type CommandResult,
+  type Status,
+  type Transport,
+} from './protocol/schemas.js';

@@ -1,0 +1,152 @@
+/**
+ * Turns the broker's own events into presence: a connection is a device once it holds a
+ * subscription to its own command topic (PROTOCOL.md "Device topics"), whether it
+ * subscribed now or the subscription was restored from its persistent session.
+ */
+import type { Aedes, AedesPublishPacket, Client } from 'aedes';
+import type { Logger } from './log.js';
+import type { DeviceLink, OfflineReason, Presence } from './presence.js';
+import type { Command, Transport } from './protocol/schemas.js';
+import type { Topics } from './protocol/topics.js';
+
+/** How long a device stays online after its connection closed while a new connection with the same id is being set up. */
+const TAKEOVER_GRACE_MS = 5000;
+
+class MqttLink implements DeviceLink {
+  readonly transport: Transport;
+  readonly remoteAddress: string | null;
+
+  constructor(
+    private readonly broker: Aedes,
+    private readonly client: Client,
+    private readonly commandTopic: string,
+  ) {
+    this.transport = client.req ? 'mqtt-ws' : 'mqtt';
+    const socket = client.req?.socket ?? (client.conn as { remoteAddress?: string });
+    this.remoteAddress = socket.remoteAddress ?? null;
+  }
+
+  send(command: Command): void {
+    const payload = Buffer.from(JSON.stringify(command));
+    this.broker.publish({ cmd: 'publish', topic: this.commandTopic, payload, qos: 1, retain: false, dup: false }, () => {});
+  }
+
+  close(): void {
+    if (!this.client.closed) this.client.close();
+  }
+}
+
+export interface MqttDevices {
+  /** For the access hooks: a connection with this id passed authentication. */
+  noteAuthenticated(client: Client): void;
+  close(): void;
+}
+
+export function watchMqttDevices(
+  broker: Aedes,
+  topics: Topics,
+  presence: Presence,
+  log: Logger,
+  onResponse: (device: string, payload: Buffer | string) => void,
+): MqttDevices {
+  const links = new WeakMap<Client, MqttLink>();
+  /** Authenticated connections not yet registered by the broker, by id. */
+  const authenticating = new Map<string, Client>();
+  /** Devices whose connection closed because a new one with the same id is taking over. */
+  const takeovers = new Map<string, { link: MqttLink; timer: NodeJS.Timeout }>();
+  const endReasons = new WeakMap<Client, OfflineReason>();
+
+  const holdsCommandSubscription = (client: Client): boolean => {
+    // `subscriptions` is filled for restored and new subscriptions alike (not in Aedes' typings).
+    const subscriptions = (client as unknown as { subscriptions?: Record<string, unknown> }).subscriptions;
+    return Boolean(subscriptions?.[topics.deviceCommand(client.id)]);
+  };
+
+  const goOnline = (client: Client): void => {
+    if (links.has(client) || client.closed) return;
+    const link = new MqttLink(broker, client, topics.deviceCommand(client.id));
+    links.set(client, link);
+    const pending = takeovers.get(client.id);
+    if (pending) {
+      clearTimeout(pending.timer);
+      takeovers.delete(client.id);
+    }
+    presence.attach(client.id, link);
+  };
+
+  const onClient = (client: Client) => {
+    if (authenticating.get(client.id) === client) authenticating.delete(client.id);
+    if (holdsCommandSubscription(client)) goOnline(client);
+  };
+
+  const onSubscribe = (subscriptions: { topic: string }[], client: Client) => {
+    const own = topics.deviceCommand(client.id);
+    if (subscriptions.some((s) => s.topic === own)) goOnline(client);
+  };
+
+  const onDisconnect = (client: Client) => {
+    const link = links.get(client);
+    if (!link) return;
+    const successor = authenticating.get(client.id);
+    if (successor && successor !== client && !successor.closed) {
+      // A takeover: the successor is registered right after this close. Stay online
+      // until it subscribes (usually at once, from its persistent session).
+      const timer = setTimeout(() => {
+        takeovers.delete(client.id);
+        presence.detach(client.id, link, 'replaced');
+      }, TAKEOVER_GRACE_MS);
+      timer.unref();
+      takeovers.set(client.id, { link, timer });
+      return;
+    }
+    presence.detach(client.id, link, endReasons.get(client) ?? 'disconnect');
+  };
+
+  const onKeepaliveTimeout = (client: Client) => {
+    endReasons.set(client, 'keepalive-timeout');
+    log.info({ device: client.id }, 'keepalive timeout');
+  };
+  const onClientError = (client: Client, error: Error) => {
+    if (!endReasons.has(client)) endReasons.set(client, 'error');
+    log.debug({ clientId: client.id, err: error.message }, 'client connection error');
+  };
+  const onActivity = (_packet: unknown, client: Client | null) => {
+    if (!client) return;
+    const link = links.get(client);
+    if (link) presence.touch(client.id, link);
+  };
+  const onPublish = (packet: AedesPublishPacket, client: Client | null) => {
+    if (!client) return;
+    onActivity(packet, client);
+    const topic = topics.parseDeviceTopic(packet.topic);
+    // The access hooks let only device X publish on X's response topic.
+    if (topic?.kind === 'response' && topic.id === client.id) onResponse(topic.id, packet.payload);
+  };
+
+  broker.on('client', onClient);
+  broker.on('subscribe', onSubscribe);
+  broker.on('clientDisconnect', onDisconnect);
+  broker.on('keepaliveTimeout', onKeepaliveTimeout);
+  broker.on('clientError', onClientError);
+  broker.on('ping', onActivity);
+  broker.on('publish', onPublish);
+  broker.on('ack', onActivity);
+
+  return {
+    noteAuthenticated(client) {
+      authenticating.set(client.id, client);
+    },
+    close() {
+      for (const { timer } of takeovers.values()) clearTimeout(timer);
+      takeovers.clear();
+      broker.off('client', onClient);
+      broker.off('subscribe', onSubscribe);
+      broker.off('clientDisconnect', onDisconnect);
+      broker.off('keepaliveTimeout', onKeepaliveTimeout);
+      broker.off('clientError', onClientError);
+      broker.off('ping', onActivity);
+      broker.off('publish', onPublish);
+      broker.off('ack', onActivity);
+    },
+  };
+}

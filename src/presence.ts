@@ -1,0 +1,197 @@
+/**
+ * The connections table (the seed's `connections`): device id → its live link and the
+ * clients talking to it. Presence is its one writer; everyone else reads it. Entries are
+ * made from the transports' own connect and disconnect events, never from what a device
+ * claims about itself, and every change is published as the retained status
+ * (PROTOCOL.md "Status").
+ */
+import { EventEmitter } from 'node:events';
+import type { Logger } from './log.js';
+import type { Command, Status, Transport } from './protocol/schemas.js';
+import type { DeviceRecord, DeviceRegistry } from './registry.js';
+
+/** One live connection of a device, whatever carries it (MQTT, MQTT over WebSocket, legacy WebSocket). */
+export interface DeviceLink {
+  readonly transport: Transport;
+  readonly remoteAddress: string | null;
+  /** Delivers a Command to the device. */
+  send(command: Command): void;
+  /** Drops the connection, e.g. when the same id connects through another link. */
+  close(reason: string): void;
+}
+
+export interface DeviceEntry {
+  readonly id: string;
+  readonly online: boolean;
+  readonly transport: Transport | null;
+  readonly remoteAddress: string | null;
+  /** Epoch ms of the current (or last) connect. */
+  readonly connectedAt: number | null;
+  /** Epoch ms of the last packet from the device. */
+  readonly lastSeen: number | null;
+  /** The live link while online. */
+  readonly link: DeviceLink | null;
+  /** Client ids with commands in flight to this device. */
+  readonly clients: ReadonlyMap<string, number>;
+}
+
+/** A device as the REST API and events show it (PROTOCOL.md `GET /api/devices`). */
+export interface DeviceInfo {
+  id: string;
+  online: boolean;
+  transport: Transport | null;
+  connectedAt: string | null;
+  lastSeen: string | null;
+  remoteAddress: string | null;
+}
+
+export type OfflineReason = 'disconnect' | 'keepalive-timeout' | 'error' | 'replaced' | 'hub-closing';
+
+export interface PresenceEvents {
+  online: [device: DeviceInfo];
+  offline: [device: DeviceInfo, reason: OfflineReason];
+}
+
+interface MutableEntry {
+  id: string;
+  online: boolean;
+  transport: Transport | null;
+  remoteAddress: string | null;
+  connectedAt: number | null;
+  lastSeen: number | null;
+  link: DeviceLink | null;
+  clients: Map<string, number>;
+}
+
+const iso = (ms: number | null) => (ms === null ? null : new Date(ms).toISOString());
+
+export function toDeviceInfo(entry: DeviceEntry): DeviceInfo {
+  return {
+    id: entry.id,
+    online: entry.online,
+    transport: entry.transport,
+    connectedAt: iso(entry.connectedAt),
+    lastSeen: iso(entry.lastSeen),
+    remoteAddress: entry.remoteAddress,
+  };
+}
+
+export class Presence extends EventEmitter<PresenceEvents> {
+  private readonly entries = new Map<string, MutableEntry>();
+  private closing = false;
+
+  constructor(
+    private readonly registry: DeviceRegistry,
+    private readonly publishStatus: (id: string, status: Status) => void,
+    private readonly log: Logger,
+  ) {
+    super();
+    for (const record of registry.all()) this.entries.set(record.id, this.fromRecord(record));
+  }
+
+  private fromRecord(record: DeviceRecord): MutableEntry {
+    return { ...record, online: false, link: null, clients: new Map() };
+  }
+
+  /** The connections table, read-only. */
+  get table(): ReadonlyMap<string, DeviceEntry> {
+    return this.entries;
+  }
+
+  get(id: string): DeviceEntry | undefined {
+    return this.entries.get(id);
+  }
+
+  onlineCount(): number {
+    let n = 0;
+    for (const entry of this.entries.values()) if (entry.online) n++;
+    return n;
+  }
+
+  /** Publishes the retained offline status of every known device (at start: the broker's retained store is new). */
+  publishKnownStatuses(): void {
+    for (const entry of this.entries.values()) {
+      if (!entry.online) this.publishStatus(entry.id, this.statusOf(entry));
+    }
+  }
+
+  /** A link for `id` is up. A link already there is replaced (a takeover) without an offline flap. */
+  attach(id: string, link: DeviceLink): void {
+    const now = Date.now();
+    let entry = this.entries.get(id);
+    if (!entry) {
+      entry = { id, online: false, transport: null, remoteAddress: null, connectedAt: null, lastSeen: null, link: null, clients: new Map() };
+      this.entries.set(id, entry);
+    }
+    const previous = entry.link;
+    entry.link = link;
+    entry.online = true;
+    entry.transport = link.transport;
+    entry.remoteAddress = link.remoteAddress;
+    entry.connectedAt = now;
+    entry.lastSeen = now;
+    if (previous && previous !== link) {
+      this.log.info({ device: id, transport: link.transport }, 'device reconnected; the older connection is replaced');
+      previous.close('replaced by a newer connection with the same id');
+    } else {
+      this.log.info({ device: id, transport: link.transport, remoteAddress: link.remoteAddress }, 'device online');
+    }
+    this.persist(entry);
+    this.publishStatus(id, this.statusOf(entry));
+    this.emit('online', toDeviceInfo(entry));
+  }
+
+  /** A link for `id` went down. Ignored unless it is the device's current link (a replaced link's end changes nothing). */
+  detach(id: string, link: DeviceLink, reason: OfflineReason): void {
+    const entry = this.entries.get(id);
+    if (!entry || entry.link !== link) return;
+    const now = Date.now();
+    entry.link = null;
+    entry.online = false;
+    entry.lastSeen = now;
+    entry.connectedAt = entry.connectedAt ?? now;
+    this.log.info({ device: id, reason }, 'device offline');
+    this.persist(entry);
+    if (!this.closing) this.publishStatus(id, this.statusOf(entry));
+    this.emit('offline', toDeviceInfo(entry), reason);
+  }
+
+  /** Called for every packet from a device: keeps last-seen current without touching the disk each time. */
+  touch(id: string, link: DeviceLink): void {
+    const entry = this.entries.get(id);
+    if (entry && entry.link === link) entry.lastSeen = Date.now();
+  }
+
+  /** Keeps the "clients talking to it" side of the table: +1 when a command is sent, -1 when answered. */
+  trackClient(id: string, clientId: string, delta: 1 | -1): void {
+    const entry = this.entries.get(id);
+    if (!entry) return;
+    const count = (entry.clients.get(clientId) ?? 0) + delta;
+    if (count > 0) entry.clients.set(clientId, count);
+    else entry.clients.delete(clientId);
+  }
+
+  statusOf(entry: DeviceEntry): Status {
+    const since = entry.online ? entry.connectedAt : entry.lastSeen;
+    return { online: entry.online, since: iso(since) ?? new Date(0).toISOString(), transport: entry.transport };
+  }
+
+  list(): DeviceInfo[] {
+    return [...this.entries.values()].map(toDeviceInfo);
+  }
+
+  /** Stops publishing statuses: the broker is going away, and so are the links. */
+  beginClose(): void {
+    this.closing = true;
+  }
+
+  private persist(entry: MutableEntry): void {
+    this.registry.put({
+      id: entry.id,
+      transport: entry.transport,
+      remoteAddress: entry.remoteAddress,
+      connectedAt: entry.connectedAt,
+      lastSeen: entry.lastSeen,
+    });
+  }
+}
