@@ -1,0 +1,72 @@
+/** The real `rhizosphere` command: help, one-line errors with status 2, clean stop on signals. */
+import { spawnSync } from 'node:child_process';
+import { existsSync } from 'node:fs';
+import { createServer } from 'node:net';
+import { join } from 'node:path';
+import { describe, expect, it } from 'vitest';
+import { cleanup, freePort, HUB_BIN, spawnHub, tempDir, waitFor } from './helpers.js';
+
+function runHub(args: string[], env: Record<string, string> = {}) {
+  return spawnSync(process.execPath, [HUB_BIN, ...args], { encoding: 'utf8', timeout: 15_000, env: { ...process.env, ...env } });
+}
+
+describe('rhizosphere CLI', () => {
+  it('documents every flag in --help', () => {
+    const result = runHub(['--help']);
+    expect(result.status).toBe(0);
+    for (const flag of ['--host', '--mqtt-port', '--http-port', '--data-dir', '--topic-prefix', '--config', '--allow-anonymous', '--log-level', '--help', 'RHIZOSPHERE_MQTT_PORT']) {
+      expect(result.stdout).toContain(flag);
+    }
+  });
+
+  it('ends a bad start with one line naming the problem and status 2', async () => {
+    const cases: [string[], Record<string, string>, RegExp][] = [
+      [['--bogus'], {}, /^rhizosphere: Unknown option '--bogus'/],
+      [['--mqtt-port', 'abc'], {}, /^rhizosphere: --mqtt-port: "abc" is not a whole number/],
+      [['--http-port', '99999'], {}, /^rhizosphere: --http-port: 99999 must be 0 to 65535/],
+      [['launch'], {}, /^rhizosphere: unknown command "launch"/],
+      [['--config', '/nonexistent.json'], {}, /^rhizosphere: --config \/nonexistent\.json: cannot read it/],
+      [[], { RHIZOSPHERE_LOG_LEVEL: 'loud' }, /^rhizosphere: RHIZOSPHERE_LOG_LEVEL: "loud" must be one of/],
+    ];
+    for (const [args, env, pattern] of cases) {
+      const result = runHub(args, env);
+      expect(result.status, args.join(' ')).toBe(2);
+      expect(result.stderr.trim().split('\n')).toHaveLength(1);
+      expect(result.stderr).toMatch(pattern);
+    }
+  });
+
+  it('says which flag to change when a port is in use', async () => {
+    const blocker = createServer();
+    await new Promise<void>((r) => blocker.listen(0, '127.0.0.1', r));
+    cleanup(() => new Promise((r) => blocker.close(r)));
+    const taken = (blocker.address() as { port: number }).port;
+    const dataDir = tempDir();
+
+    const mqtt = runHub(['--mqtt-port', String(taken), '--http-port', '0', '--data-dir', dataDir]);
+    expect(mqtt.status).toBe(2);
+    expect(mqtt.stderr.trim()).toBe(`rhizosphere: --mqtt-port ${taken}: port ${taken} is already in use on 127.0.0.1; choose another with --mqtt-port N`);
+
+    const http = runHub(['--mqtt-port', '0', '--http-port', String(taken), '--data-dir', dataDir]);
+    expect(http.status).toBe(2);
+    expect(http.stderr).toMatch(new RegExp(`^rhizosphere: --http-port ${taken}: port ${taken} is already in use`));
+  });
+
+  it('starts, serves /healthz, and stops cleanly within 5 s on SIGTERM and SIGINT', async () => {
+    for (const signal of ['SIGTERM', 'SIGINT'] as const) {
+      const dataDir = join(tempDir(), 'state');
+      const httpPort = await freePort();
+      const hub = await spawnHub(['--mqtt-port', '0', '--http-port', String(httpPort), '--data-dir', dataDir, '--log-level', 'info']);
+      await waitFor(async () => (await fetch(`http://127.0.0.1:${httpPort}/healthz`).catch(() => null))?.ok, { what: 'healthz' });
+      expect(existsSync(dataDir)).toBe(true);
+      const sent = Date.now();
+      hub.child.kill(signal);
+      const { code } = await hub.exited;
+      expect(code).toBe(0);
+      expect(Date.now() - sent).toBeLessThan(5000);
+      // Not a terminal: JSON log lines.
+      const lines = hub.output().trim().split('\n').map((line) => JSON.parse(line) as { msg: string });
+      expect(lines.map((l) => l.msg)).toEqual(expect.arrayContaining(['hub listening', 'stopping', 'hub closed']));
+    }
+  });
+});
