@@ -164,7 +164,11 @@ function listen(server: TcpServer | HttpServer, port: number, host: string, flag
   });
 }
 
-function closeServer(server: TcpServer | HttpServer): Promise<void> {
+/**
+ * Stops accepting connections at once. The returned promise settles only when every open
+ * connection has ended too, so it is awaited last, after the broker dropped its clients.
+ */
+function stopListening(server: TcpServer | HttpServer): Promise<void> {
   return new Promise((resolve) => {
     if (!server.listening) return resolve();
     server.close(() => resolve());
@@ -243,9 +247,11 @@ export async function startHub(options: HubOptions = {}): Promise<Hub> {
 
     // TCP_NODELAY: with QoS 1 round trips, Nagle plus delayed ACK adds ~40-90 ms to every command.
     const tcp = createTcpServer({ noDelay: true }, (socket) => broker.handle(socket));
-    onClose(() => closeServer(tcp));
+    const closed: Promise<void>[] = [];
+    teardown.push(() => withinBudget(Promise.all(closed).then(() => {}), 1000));
+    onClose(() => void closed.push(stopListening(tcp)));
     const mqttPort = await listen(tcp, config.mqttPort, config.host, '--mqtt-port');
-    onClose(() => closeServer(http.server));
+    onClose(() => void closed.push(stopListening(http.server)));
     const httpPort = await listen(http.server, config.httpPort, config.host, '--http-port');
 
     const hub = new Hub(config, log, topics, broker, presence, dispatcher, { mqtt: mqttPort, http: httpPort }, teardown);
