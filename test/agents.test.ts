@@ -8,7 +8,7 @@ import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { startAgent } from '../src/hypha/agent.js';
 import type { Hub } from '../src/index.js';
-import { cleanup, freePort, isAlive, RequestClient, spawnHub, startAgents, startTestHub, tempDir, waitFor } from './helpers.js';
+import { cleanup, freePort, isGone, RequestClient, spawnHub, startAgents, startTestHub, tempDir, waitFor } from './helpers.js';
 
 function readIfExists(file: string): string {
   try {
@@ -75,7 +75,7 @@ describe.each([
     expect(Date.now() - started).toBeLessThan(3500);
     const list = readFileSync(pids, 'utf8').trim().split('\n').map(Number);
     expect(list).toHaveLength(3);
-    await waitFor(() => list.every((pid) => !isAlive(pid)), { timeoutMs: 3000, what: 'the command and its children to be gone' });
+    await waitFor(() => list.every(isGone), { timeoutMs: 3000, what: 'the command and its children to be gone' });
   });
 });
 

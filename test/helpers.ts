@@ -3,7 +3,7 @@
  * Everything a test opens is registered with `cleanup` and closed after it.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
-import { mkdtempSync, rmSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
@@ -163,12 +163,21 @@ export async function startAgents(hub: Hub, ids: string[], url = hub.urls.mqtt, 
   return agents;
 }
 
-export function isAlive(pid: number): boolean {
+/**
+ * Dead: kill(pid, 0) fails with ESRCH. Where PID 1 does not reap orphans (some containers),
+ * a killed grandchild lingers as a zombie, which runs nothing and holds nothing: dead too.
+ */
+export function isGone(pid: number): boolean {
   try {
     process.kill(pid, 0);
-    return true;
+  } catch (err) {
+    return (err as NodeJS.ErrnoException).code === 'ESRCH';
+  }
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+    return stat.slice(stat.lastIndexOf(')') + 2).startsWith('Z');
   } catch {
-    return false;
+    return true;
   }
 }
 

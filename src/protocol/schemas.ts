@@ -55,7 +55,7 @@ export type RestCommand = z.infer<typeof RestCommandSchema>;
 
 /** Command, hub → device on `P/devices/{id}/command`. */
 export const CommandSchema = z.object({
-  type: z.literal('command'),
+  type: z.literal('command', { error: expect('must be "command"') }),
   id: z.string().min(1).max(256),
   order,
   cmd_str: cmdStr,

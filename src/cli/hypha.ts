@@ -1,0 +1,194 @@
+/**
+ * `hypha --url URL [flags]`: the device agent. Every flag can also come from an
+ * environment variable (flag over environment over default), which suits systemd units.
+ * A bad flag or value ends the start with one line on stderr and exit status 2.
+ */
+import { accessSync, constants as fsConstants } from 'node:fs';
+import { parseArgs } from 'node:util';
+import { startAgent, urlProblem, type Agent, type AgentOptions } from '../hypha/agent.js';
+import { resolveDeviceId, type ChosenIdSource } from '../hypha/identity.js';
+import { createLogger, isLogLevel, LOG_LEVELS, type Logger, type LogLevel } from '../hypha/log.js';
+import { DEFAULT_MAX_CONCURRENT, DEFAULT_MAX_QUEUE, DEFAULT_OUTPUT_CAP } from '../hypha/runner.js';
+import { DEFAULT_TOPIC_PREFIX, topicPrefixProblem } from '../protocol/topics.js';
+
+const EXIT_USAGE = 2;
+const EXIT_FORCED = 1;
+const FORCE_EXIT_AFTER_MS = 5000;
+
+type FlagName = 'url' | 'id' | 'token' | 'topic-prefix' | 'keepalive' | 'max-concurrent' | 'max-queue' | 'output-cap' | 'ca' | 'log-level';
+
+interface FlagSpec {
+  env: string;
+  value: string;
+  help: string;
+  default?: string;
+}
+
+const FLAGS: Record<FlagName, FlagSpec> = {
+  url: { env: 'HYPHA_URL', value: 'URL', help: 'the hub: mqtt://HOST:1883, mqtts://HOST:8883, ws://HOST:8080/mqtt or wss://HOST/mqtt (required)' },
+  id: { env: 'HYPHA_ID', value: 'ID', help: 'device id, 1-128 of A-Z a-z 0-9 . _ : -', default: 'Raspberry Pi serial, else /etc/machine-id, else hostname' },
+  token: { env: 'HYPHA_TOKEN', value: 'TOKEN', help: 'device token (sent as MQTT password, the id as username); prefer the env var, flags show in ps' },
+  'topic-prefix': { env: 'HYPHA_TOPIC_PREFIX', value: 'P', help: 'topic prefix shared with the hub', default: DEFAULT_TOPIC_PREFIX },
+  keepalive: { env: 'HYPHA_KEEPALIVE', value: 'SECONDS', help: 'MQTT keepalive, 0 to 65535', default: '30' },
+  'max-concurrent': { env: 'HYPHA_MAX_CONCURRENT', value: 'N', help: 'commands running at once', default: String(DEFAULT_MAX_CONCURRENT) },
+  'max-queue': { env: 'HYPHA_MAX_QUEUE', value: 'N', help: 'commands waiting at most; past that the hub hears BUSY', default: String(DEFAULT_MAX_QUEUE) },
+  'output-cap': { env: 'HYPHA_OUTPUT_CAP', value: 'BYTES', help: 'stdout and stderr kept per command, each', default: String(DEFAULT_OUTPUT_CAP) },
+  ca: { env: 'HYPHA_CA', value: 'FILE', help: 'PEM file of the CA that signed the hub certificate (mqtts://, wss://)', default: 'system CAs' },
+  'log-level': { env: 'HYPHA_LOG_LEVEL', value: 'LEVEL', help: `${LOG_LEVELS.join(', ')}`, default: 'info' },
+};
+
+const FLAG_NAMES = Object.keys(FLAGS) as FlagName[];
+
+class UsageError extends Error {}
+
+function usage(): string {
+  const rows = FLAG_NAMES.map((name) => {
+    const spec = FLAGS[name];
+    const more = `env ${spec.env}${spec.default !== undefined ? `; default ${spec.default}` : ''}`;
+    return `  ${`--${name} ${spec.value}`.padEnd(28)} ${spec.help}\n  ${''.padEnd(28)} ${more}`;
+  });
+  return [
+    'hypha — the rhizosphere device agent: connects out to the hub over MQTT and runs the',
+    'commands it receives with bash.',
+    '',
+    'Usage: hypha --url URL [--id ID] [--token TOKEN] [flags]',
+    '',
+    'Flags (each also from its environment variable; a flag wins over the environment):',
+    ...rows,
+    `  ${'--help'.padEnd(28)} show this help`,
+    '',
+    'Logs go to stdout, one line per event. SIGTERM or SIGINT stops hypha: running commands',
+    'are killed, their answers sent, and the connection closed cleanly.',
+    '',
+    `Exit status: 0 after a clean stop, 2 for a bad flag or value, ${EXIT_FORCED} when a stop took over ${FORCE_EXIT_AFTER_MS / 1000} s.`,
+  ].join('\n');
+}
+
+interface Setting {
+  value: string;
+  /** How to name the setting in an error message: the flag or the env var it came from. */
+  origin: string;
+  source: ChosenIdSource;
+}
+
+/** Each flag's value, else its environment variable's (an empty variable counts as unset). */
+function readSettings(argv: string[], env: NodeJS.ProcessEnv): { settings: Partial<Record<FlagName, Setting>>; help: boolean } {
+  const options = Object.fromEntries([...FLAG_NAMES.map((name) => [name, { type: 'string' }]), ['help', { type: 'boolean' }]]) as Record<
+    string,
+    { type: 'string' | 'boolean' }
+  >;
+  let parsed;
+  try {
+    parsed = parseArgs({ args: argv, options, strict: true, allowPositionals: false });
+  } catch (err) {
+    throw new UsageError(`${(err as Error).message.replace(/\. To specify.*$/s, '')} (see hypha --help)`);
+  }
+  const settings: Partial<Record<FlagName, Setting>> = {};
+  for (const name of FLAG_NAMES) {
+    const flagValue = parsed.values[name];
+    const envValue = env[FLAGS[name].env];
+    if (typeof flagValue === 'string') settings[name] = { value: flagValue, origin: `--${name}`, source: 'flag' };
+    else if (envValue) settings[name] = { value: envValue, origin: FLAGS[name].env, source: 'env' };
+  }
+  return { settings, help: parsed.values.help === true };
+}
+
+function wholeNumber(setting: Setting | undefined, min: number, max = Number.MAX_SAFE_INTEGER): number | undefined {
+  if (setting === undefined) return undefined;
+  const number = /^\d+$/.test(setting.value) ? Number(setting.value) : Number.NaN;
+  if (!Number.isSafeInteger(number) || number < min || number > max) {
+    const range = max === Number.MAX_SAFE_INTEGER ? `of at least ${min}` : `from ${min} to ${max}`;
+    throw new UsageError(`${setting.origin}: ${JSON.stringify(setting.value)} must be a whole number ${range}`);
+  }
+  return number;
+}
+
+function checked(setting: Setting | undefined, problemOf: (value: string) => string | null): string | undefined {
+  if (setting === undefined) return undefined;
+  const problem = problemOf(setting.value);
+  if (problem) throw new UsageError(`${setting.origin}: ${problem}`);
+  return setting.value;
+}
+
+function readableFileProblem(path: string): string | null {
+  try {
+    accessSync(path, fsConstants.R_OK);
+    return null;
+  } catch (err) {
+    return `cannot read ${path} (${(err as NodeJS.ErrnoException).code ?? 'error'})`;
+  }
+}
+
+function logLevelOf(setting: Setting | undefined): LogLevel {
+  const level = checked(setting, (value) => (isLogLevel(value) ? null : `${JSON.stringify(value)} must be one of ${LOG_LEVELS.join(', ')}`));
+  return (level as LogLevel | undefined) ?? 'info';
+}
+
+/** Turns the settings into agent options, or throws a UsageError naming the first bad one. */
+function agentOptions(settings: Partial<Record<FlagName, Setting>>, log: Logger): AgentOptions {
+  const url = checked(settings.url, urlProblem);
+  if (url === undefined) throw new UsageError(`--url is required (or ${FLAGS.url.env}); see hypha --help`);
+  const explicitId = settings.id;
+  let identity;
+  try {
+    identity = resolveDeviceId(explicitId?.value, explicitId?.source);
+  } catch (err) {
+    throw new UsageError((err as Error).message);
+  }
+  const options: AgentOptions = {
+    url,
+    id: identity.id,
+    token: settings.token?.value,
+    topicPrefix: checked(settings['topic-prefix'], (value) => {
+      const problem = topicPrefixProblem(value);
+      return problem ? `${JSON.stringify(value)} ${problem}` : null;
+    }),
+    keepalive: wholeNumber(settings.keepalive, 0, 65535),
+    maxConcurrent: wholeNumber(settings['max-concurrent'], 1),
+    maxQueue: wholeNumber(settings['max-queue'], 0),
+    outputCap: wholeNumber(settings['output-cap'], 0),
+    caFile: checked(settings.ca, readableFileProblem),
+    logger: log,
+  };
+  log.info('device id', { id: identity.id, from: identity.source === 'env' ? FLAGS.id.env : identity.source });
+  return options;
+}
+
+function stopOnSignals(agent: Agent, log: Logger): void {
+  const stop = (signal: NodeJS.Signals) => {
+    log.info('signal received, stopping', { signal });
+    setTimeout(() => {
+      log.error('stop took too long, exiting anyway', { after_ms: FORCE_EXIT_AFTER_MS });
+      process.exit(EXIT_FORCED);
+    }, FORCE_EXIT_AFTER_MS).unref();
+    void agent.stop().then(() => process.exit(0));
+  };
+  process.once('SIGTERM', stop);
+  process.once('SIGINT', stop);
+}
+
+async function main(): Promise<void> {
+  const { settings, help } = readSettings(process.argv.slice(2), process.env);
+  if (help) {
+    process.stdout.write(`${usage()}\n`);
+    return;
+  }
+  const log = createLogger({ level: logLevelOf(settings['log-level']) });
+  const options = agentOptions(settings, log);
+  let agent: Agent;
+  try {
+    agent = await startAgent(options);
+  } catch (err) {
+    throw new UsageError((err as Error).message);
+  }
+  stopOnSignals(agent, log);
+}
+
+main().catch((err: unknown) => {
+  if (err instanceof UsageError) {
+    process.stderr.write(`hypha: ${err.message}\n`);
+    process.exit(EXIT_USAGE);
+  }
+  process.stderr.write(`hypha: ${err instanceof Error ? (err.stack ?? err.message) : String(err)}\n`);
+  process.exit(1);
+});

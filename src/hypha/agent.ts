@@ -1,0 +1,378 @@
+/**
+ * hypha, the device agent: connects out to the hub over MQTT (so a device behind NAT
+ * needs no open port), receives Commands on its command topic, runs them with the
+ * Runner and publishes each Response (PROTOCOL.md "Device topics").
+ */
+import { EventEmitter } from 'node:events';
+import { readFileSync } from 'node:fs';
+import { Socket } from 'node:net';
+import { connect, type IClientOptions, type MqttClient } from 'mqtt';
+import { idProblem } from '../protocol/ids.js';
+import { CommandSchema, parsePayload, type Command } from '../protocol/schemas.js';
+import { DEFAULT_TOPIC_PREFIX, Topics } from '../protocol/topics.js';
+import { createLogger, type Logger, type LogLevel } from './log.js';
+import { failureResponse, monotonicNow, Runner, type CommandResponse } from './runner.js';
+
+export const DEFAULT_KEEPALIVE_S = 30;
+export const DEFAULT_BACKOFF_BASE_MS = 500;
+export const DEFAULT_BACKOFF_CAP_MS = 30_000;
+export const SUPPORTED_URL_SCHEMES = ['mqtt:', 'mqtts:', 'ws:', 'wss:'] as const;
+/** Command ids remembered to drop QoS 1 redeliveries; the hub never reuses an id, so a short memory suffices. */
+const RECENT_IDS_KEPT = 1000;
+/** On stop: how long killed commands get to end and have their answers published. */
+const STOP_COMMANDS_WAIT_MS = 3000;
+/** On stop: how long the broker gets to acknowledge the last answers before the connection is cut. */
+const STOP_DISCONNECT_WAIT_MS = 2000;
+/** A connection that ends sooner than this without an error hints at a duplicate client id. */
+const QUICK_CLOSE_MS = 2000;
+const OFFLINE_STATUS = '{"online":false}';
+
+export interface AgentOptions {
+  /** mqtt://, mqtts://, ws://…/mqtt or wss://…/mqtt */
+  url: string;
+  id: string;
+  /** The device credential; sent as password with the id as username. */
+  token?: string;
+  topicPrefix?: string;
+  /** Seconds. */
+  keepalive?: number;
+  maxConcurrent?: number;
+  maxQueue?: number;
+  /** Bytes kept per stream of a command's output. */
+  outputCap?: number;
+  backoffBaseMs?: number;
+  backoffCapMs?: number;
+  logLevel?: LogLevel;
+  /** Replaces the stdout logger (logLevel is then ignored). */
+  logger?: Logger;
+  /** PEM file of the CA that signed the hub's certificate, for mqtts:// and wss://. */
+  caFile?: string;
+  /** Source of the backoff jitter, in [0, 1). */
+  random?: () => number;
+}
+
+export interface AgentEvents {
+  /** Every successful connection, the first and each reconnect. */
+  connect: [{ sessionPresent: boolean }];
+  /** Each retry scheduled after the connection was lost or could not be made. */
+  retry: [{ attempt: number; delayMs: number; reason: string }];
+  /** Each Response handed to MQTT for publishing. */
+  response: [CommandResponse];
+}
+
+/**
+ * Full-jitter exponential backoff: uniformly random in [0, min(cap, base·2^attempt)), so a
+ * fleet that lost the hub at the same moment does not come back in lockstep.
+ */
+export function backoffDelay(attempt: number, baseMs: number, capMs: number, random: () => number = Math.random): number {
+  const ceiling = Math.min(capMs, baseMs * 2 ** Math.min(attempt, 40));
+  return Math.floor(random() * ceiling);
+}
+
+/** The URL as fit for a log line: any password in it is masked. */
+export function redactUrl(url: string): string {
+  try {
+    const parsed = new URL(url);
+    if (parsed.password) parsed.password = '***';
+    return parsed.toString();
+  } catch {
+    return url;
+  }
+}
+
+/** Why an agent URL is refused, or null. */
+export function urlProblem(url: string): string | null {
+  let parsed: URL;
+  try {
+    parsed = new URL(url);
+  } catch {
+    return `${JSON.stringify(url)} is not a URL`;
+  }
+  if (!(SUPPORTED_URL_SCHEMES as readonly string[]).includes(parsed.protocol)) {
+    return `${JSON.stringify(url)} must start with mqtt://, mqtts://, ws:// or wss://`;
+  }
+  return null;
+}
+
+export async function startAgent(options: AgentOptions): Promise<Agent> {
+  return new Agent(options);
+}
+
+/**
+ * MQTT.js internals used for the backoff. MQTT.js only knows a fixed `reconnectPeriod`: on
+ * 'close' its own listener calls `_setupReconnect()`, which starts a setInterval of that
+ * period (cleared again by `connect()`). `client.reconnect()` is no substitute, as it throws
+ * away the outgoing store, and with it unacknowledged answers of the persistent session.
+ */
+interface ReconnectInternals {
+  _clearReconnect(): void;
+  _setupReconnect(): void;
+}
+
+export class Agent extends EventEmitter<AgentEvents> {
+  readonly id: string;
+  readonly url: string;
+  /** Resolves on the first successful connection; rejects if stop() comes first. */
+  readonly firstConnect: Promise<void>;
+  private readonly topics: Topics;
+  private readonly commandTopic: string;
+  private readonly responseTopic: string;
+  private readonly log: Logger;
+  private readonly runner: Runner;
+  private readonly recentIds = new RecentIds(RECENT_IDS_KEPT);
+  private readonly backoff: { baseMs: number; capMs: number; random: () => number };
+  private readonly client: MqttClient;
+  private attempt = 0;
+  private lastError: string | undefined;
+  private connectedAt: number | undefined;
+  private stopping: Promise<void> | undefined;
+  private settleFirstConnect!: { resolve: () => void; reject: (err: Error) => void };
+
+  constructor(options: AgentOptions) {
+    super();
+    checkOptions(options);
+    this.id = options.id;
+    this.url = options.url;
+    this.topics = new Topics(options.topicPrefix ?? DEFAULT_TOPIC_PREFIX);
+    this.commandTopic = this.topics.deviceCommand(this.id);
+    this.responseTopic = this.topics.deviceResponse(this.id);
+    this.log = options.logger ?? createLogger({ level: options.logLevel ?? 'info' });
+    this.runner = new Runner({ maxConcurrent: options.maxConcurrent, maxQueue: options.maxQueue, outputCap: options.outputCap });
+    this.backoff = {
+      baseMs: options.backoffBaseMs ?? DEFAULT_BACKOFF_BASE_MS,
+      capMs: options.backoffCapMs ?? DEFAULT_BACKOFF_CAP_MS,
+      random: options.random ?? Math.random,
+    };
+    this.firstConnect = new Promise<void>((resolve, reject) => (this.settleFirstConnect = { resolve, reject }));
+    // Only callers who await firstConnect care that a stop came first.
+    this.firstConnect.catch(() => {});
+    this.log.info('starting', { url: redactUrl(this.url), id: this.id, topic: this.commandTopic });
+    this.client = connect(this.url, this.clientOptions(options));
+    this.listen();
+  }
+
+  get connected(): boolean {
+    return this.client.connected;
+  }
+
+  /** Stops reconnecting, kills running commands (their answers still go out), then disconnects cleanly. */
+  stop(): Promise<void> {
+    this.stopping ??= this.shutDown();
+    return this.stopping;
+  }
+
+  private clientOptions(options: AgentOptions): IClientOptions {
+    return {
+      clientId: this.id,
+      // A persistent session: QoS 1 commands sent during a short drop arrive on return.
+      clean: false,
+      keepalive: options.keepalive ?? DEFAULT_KEEPALIVE_S,
+      // Aedes speaks MQTT 3.1.1 only.
+      protocolVersion: 4,
+      // Must stay above 0 for MQTT.js to reconnect at all; each retry's real delay is set in onClose.
+      reconnectPeriod: this.backoff.baseMs,
+      // A refused CONNACK (say, a device not yet registered on the hub) is retried like a lost connection.
+      reconnectOnConnackError: true,
+      // The command subscription is made on every connect in onConnect, session or not.
+      resubscribe: false,
+      will: { topic: this.topics.deviceStatus(this.id), payload: Buffer.from(OFFLINE_STATUS), qos: 1, retain: true },
+      ...(options.token !== undefined ? { username: this.id, password: options.token } : {}),
+      ...(options.caFile !== undefined ? { ca: readFileSync(options.caFile) } : {}),
+    };
+  }
+
+  private listen(): void {
+    this.client.on('connect', (connack) => this.onConnect(connack.sessionPresent));
+    // Registered after MQTT.js's own 'close' listener, so it runs after that one has set up its fixed-period retry.
+    this.client.on('close', () => this.onClose());
+    this.client.on('error', (err) => this.onError(err));
+    this.client.on('offline', () => this.log.warn('offline', { url: redactUrl(this.url) }));
+    this.client.on('reconnect', () => this.log.debug('reconnecting', { url: redactUrl(this.url) }));
+    this.client.on('message', (topic, payload) => this.onMessage(topic, payload));
+  }
+
+  private onConnect(sessionPresent: boolean): void {
+    this.attempt = 0;
+    this.connectedAt = monotonicNow();
+    this.lastError = undefined;
+    // QoS 1 commands and answers are small and latency-bound; Nagle's algorithm with delayed
+    // ACKs adds tens of milliseconds to each. (ws:// sockets get this from the ws library.)
+    if (this.client.stream instanceof Socket) this.client.stream.setNoDelay(true);
+    this.log.info('connected', { url: redactUrl(this.url), id: this.id, session: sessionPresent ? 'resumed' : 'new' });
+    this.subscribeToCommands();
+    this.settleFirstConnect.resolve();
+    this.emit('connect', { sessionPresent });
+  }
+
+  /** Made on every connect, even with a resumed session: this subscription is how the hub recognizes a device. */
+  private subscribeToCommands(): void {
+    this.client.subscribe(this.commandTopic, { qos: 1 }, (err, granted) => {
+      if (err) {
+        this.log.error('subscribe failed', { topic: this.commandTopic, error: err });
+      } else if (granted?.some((grant) => grant.qos === 128)) {
+        this.log.error('subscription refused by the broker', { topic: this.commandTopic });
+      } else {
+        this.log.debug('subscribed', { topic: this.commandTopic });
+      }
+    });
+  }
+
+  private onError(err: Error): void {
+    this.lastError = err.message;
+    this.log.debug('connection error', { error: err });
+  }
+
+  private onClose(): void {
+    if (this.stopping) return;
+    const delayMs = backoffDelay(this.attempt, this.backoff.baseMs, this.backoff.capMs, this.backoff.random);
+    this.attempt += 1;
+    this.retryIn(delayMs);
+    const reason = this.lastError ?? this.closeReason();
+    this.lastError = undefined;
+    this.connectedAt = undefined;
+    this.log.warn('retrying', { in_ms: delayMs, attempt: this.attempt, reason });
+    this.emit('retry', { attempt: this.attempt, delayMs, reason });
+  }
+
+  /**
+   * A broker drops an MQTT session when another connection takes over its client id, so
+   * two devices sharing an id knock each other off within moments of each connect.
+   */
+  private closeReason(): string {
+    if (this.connectedAt === undefined) return 'connection closed';
+    const lastedMs = Math.round(monotonicNow() - this.connectedAt);
+    if (lastedMs >= QUICK_CLOSE_MS) return 'connection closed';
+    return `connection closed ${lastedMs} ms after connecting (is another device using id ${this.id}?)`;
+  }
+
+  /** Replaces the fixed-period retry MQTT.js just set up with one after `delayMs`. */
+  private retryIn(delayMs: number): void {
+    const internals = this.client as unknown as ReconnectInternals;
+    internals._clearReconnect();
+    // 0 would mean "never reconnect" to MQTT.js.
+    this.client.options.reconnectPeriod = Math.max(1, delayMs);
+    internals._setupReconnect();
+  }
+
+  private onMessage(topic: string, payload: Buffer): void {
+    if (topic !== this.commandTopic) return;
+    const receivedAt = monotonicNow();
+    const parsed = parsePayload(CommandSchema, payload);
+    const id = parsed.ok ? parsed.value.id : readableId(parsed.raw);
+    if (id !== null && !this.recentIds.add(id)) {
+      this.log.debug('duplicate command dropped', { id });
+      return;
+    }
+    if (parsed.ok) {
+      this.run(parsed.value, receivedAt);
+    } else if (id !== null) {
+      this.log.warn('invalid command', { id, problem: parsed.message });
+      this.publishResponse(failureResponse(id, 'BAD_REQUEST', parsed.message));
+    } else {
+      this.log.warn('unreadable command dropped', { problem: parsed.message, bytes: payload.length });
+    }
+  }
+
+  private run(cmd: Command, receivedAt: number): void {
+    this.log.info('command', { id: cmd.id, order: cmd.order, timeout_ms: cmd.timeout_ms });
+    this.log.debug('command text', { id: cmd.id, cmd: cmd.cmd_str });
+    void this.runner.submit(cmd, receivedAt).then((response) => this.publishResponse(response));
+  }
+
+  private publishResponse(response: CommandResponse): void {
+    const { id, exit_code, duration_ms, truncated, code, message } = response;
+    this.log.info('response', { id, exit_code, duration_ms, truncated: truncated || undefined, code, message });
+    this.client.publish(this.responseTopic, JSON.stringify(response), { qos: 1 }, (err) => {
+      if (err) this.log.error('response not delivered', { id, error: err });
+    });
+    this.emit('response', response);
+  }
+
+  private async shutDown(): Promise<void> {
+    this.log.info('stopping', { running: this.runner.runningCount, waiting: this.runner.waitingCount });
+    this.stopReconnecting();
+    this.runner.killAll();
+    if (!(await settlesWithin(this.runner.settled(), STOP_COMMANDS_WAIT_MS))) {
+      this.log.warn('commands still ending at stop');
+    }
+    await this.disconnect();
+    this.settleFirstConnect.reject(new Error('hypha stopped before it connected'));
+    this.log.info('stopped');
+  }
+
+  private stopReconnecting(): void {
+    this.client.options.reconnectPeriod = 0;
+    (this.client as unknown as ReconnectInternals)._clearReconnect();
+  }
+
+  /** A clean DISCONNECT, so the broker does not publish the will; the hub marks the device offline itself. */
+  private async disconnect(): Promise<void> {
+    const ended = this.client.endAsync(!this.client.connected);
+    if (!(await settlesWithin(ended, STOP_DISCONNECT_WAIT_MS))) {
+      this.log.warn('broker did not acknowledge in time, closing the connection');
+      this.client.stream?.destroy();
+    }
+  }
+}
+
+function checkOptions(options: AgentOptions): void {
+  const problems = [
+    urlProblem(options.url),
+    prefixed('id', idProblem(options.id)),
+    wholeNumberProblem('keepalive', options.keepalive, 0, 65535),
+    wholeNumberProblem('backoffBaseMs', options.backoffBaseMs, 1),
+    wholeNumberProblem('backoffCapMs', options.backoffCapMs, 1),
+    wholeNumberProblem('outputCap', options.outputCap, 0),
+  ].filter((problem) => problem !== null);
+  if (problems.length > 0) throw new Error(problems.join('; '));
+}
+
+function prefixed(name: string, problem: string | null): string | null {
+  return problem === null ? null : `${name} ${problem}`;
+}
+
+function wholeNumberProblem(name: string, value: number | undefined, min: number, max = Number.MAX_SAFE_INTEGER): string | null {
+  if (value === undefined) return null;
+  if (!Number.isInteger(value) || value < min || value > max) return `${name} must be a whole number from ${min} to ${max}`;
+  return null;
+}
+
+/** The id of an invalid command, when it has a usable one, so the hub can be told what was wrong. */
+function readableId(raw: unknown): string | null {
+  if (raw === null || typeof raw !== 'object') return null;
+  const id: unknown = (raw as { id?: unknown }).id;
+  return typeof id === 'string' && id.length >= 1 && id.length <= 256 ? id : null;
+}
+
+/** True when the promise settled in time (rejections count as settled). */
+async function settlesWithin(promise: Promise<unknown>, ms: number): Promise<boolean> {
+  let timer: NodeJS.Timeout | undefined;
+  const timedOut = new Promise<false>((resolve) => (timer = setTimeout(() => resolve(false), ms)));
+  const settled = promise.then(
+    () => true as const,
+    () => true as const,
+  );
+  try {
+    return await Promise.race([settled, timedOut]);
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
+/** A bounded memory of recently seen ids, oldest forgotten first. */
+class RecentIds {
+  private readonly ids = new Set<string>();
+
+  constructor(private readonly capacity: number) {}
+
+  /** False when the id was already there. */
+  add(id: string): boolean {
+    if (this.ids.has(id)) return false;
+    this.ids.add(id);
+    if (this.ids.size > this.capacity) {
+      const oldest = this.ids.values().next().value;
+      if (oldest !== undefined) this.ids.delete(oldest);
+    }
+    return true;
+  }
+}
