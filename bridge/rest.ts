@@ -39,9 +39,23 @@ export function restRouter({ presence, dispatcher, maxPayloadBytes, log }: RestO
     res.json(toDeviceInfo(entry));
   });
 
+  const parseJson = express.json({ limit: maxPayloadBytes, strict: true, type: () => true });
   router.post(
     '/devices/:id/commands',
-    express.json({ limit: maxPayloadBytes, strict: true, type: () => true }),
+    // The body parser's own failures are answered here, where the device id from the path is known.
+    (req, res, next) =>
+      parseJson(req, res, (error?: unknown) => {
+        const failure = error as { type?: string } | undefined;
+        if (!failure) return next();
+        const device = req.params.id ?? null;
+        if (failure.type === 'entity.too.large') {
+          res.status(413).json(errorReply(null, device, 'PAYLOAD_TOO_LARGE', `body is larger than ${maxPayloadBytes} bytes`));
+        } else if (failure.type === 'entity.parse.failed') {
+          res.status(400).json(errorReply(null, device, 'BAD_REQUEST', 'body is not valid JSON'));
+        } else {
+          next(error);
+        }
+      }),
     async (req, res) => {
       const device = req.params.id as string;
       const problem = idProblem(device);
@@ -70,23 +84,14 @@ export function restRouter({ presence, dispatcher, maxPayloadBytes, log }: RestO
     sendError(res, 'BAD_REQUEST', `no route ${req.method} ${req.originalUrl}`, 404);
   });
 
-  // Body parser failures (bad JSON, too large) and anything unexpected: a coded JSON answer, never a crash.
-  router.use((error: Error & { type?: string; status?: number }, req: Request, res: Response, _next: NextFunction) => {
-    const device = typeof req.params?.id === 'string' ? req.params.id : null;
-    if (error.type === 'entity.too.large') {
-      res.status(413).json(errorReply(null, device, 'PAYLOAD_TOO_LARGE', `body is larger than ${maxPayloadBytes} bytes`));
-      return;
-    }
-    if (error.type === 'entity.parse.failed') {
-      res.status(400).json(errorReply(null, device, 'BAD_REQUEST', 'body is not valid JSON'));
-      return;
-    }
+  // Anything unexpected (a malformed request the HTTP layer rejected, a bug): a coded JSON answer, never a crash.
+  router.use((error: Error & { status?: number }, _req: Request, res: Response, _next: NextFunction) => {
     if (error.status && error.status >= 400 && error.status < 500) {
-      res.status(error.status).json(errorReply(null, device, 'BAD_REQUEST', error.message));
+      sendError(res, 'BAD_REQUEST', error.message, error.status);
       return;
     }
     log.error({ err: error }, 'REST request failed');
-    res.status(500).json(errorReply(null, device, 'INTERNAL', ERROR_CODES.INTERNAL.summary));
+    sendError(res, 'INTERNAL', ERROR_CODES.INTERNAL.summary);
   });
 
   return router;

@@ -142,9 +142,10 @@ export class Presence extends EventEmitter<PresenceEvents> {
   }
 
   /** A link for `id` went down. Ignored unless it is the device's current link (a replaced link's end changes nothing). */
-  detach(id: string, link: DeviceLink, reason: OfflineReason): void {
+  detach(id: string, link: DeviceLink, cause: OfflineReason): void {
     const entry = this.entries.get(id);
     if (!entry || entry.link !== link) return;
+    const reason = this.closing ? 'hub-closing' : cause;
     const now = Date.now();
     entry.link = null;
     entry.online = false;

@@ -92,6 +92,15 @@ describe('presence', () => {
     expect(second.commands).toHaveLength(1);
   });
 
+  it('takes devices offline with reason hub-closing when the hub closes', async () => {
+    const hub = await startTestHub();
+    await scriptedDevice(hub, 'pi-05');
+    const reasons: string[] = [];
+    hub.on('offline', (device, reason) => reasons.push(`${device.id}:${reason}`));
+    await hub.close();
+    expect(reasons).toEqual(['pi-05:hub-closing']);
+  });
+
   it('refuses hostile client ids with CONNACK "identifier rejected"', async () => {
     const hub = await startTestHub();
     for (const clientId of ['a/b', '+', '#', '$SYS', 'x'.repeat(129), 'sp ace']) {

@@ -61,6 +61,7 @@ describe('schemas', () => {
     expect(validate(ResponseSchema, { id: 'x' })).toMatchObject({ ok: true });
     expect(validate(ResponseSchema, { id: 'x', result: null, code: 'TIMEOUT' })).toMatchObject({ ok: true });
     expect(validate(ResponseSchema, { id: 'x', code: 'UNKNOWN_DEVICE' })).toMatchObject({ ok: false, field: 'code' });
-    expect(validate(ResponseSchema, { id: 'x', exit_code: '0' })).toMatchObject({ ok: false, field: 'exit_code' });
+    expect(validate(ResponseSchema, { id: 'x', exit_code: '0' })).toMatchObject({ ok: false, field: 'exit_code', message: 'exit_code must be number' });
+    expect(validate(ResponseSchema, {})).toMatchObject({ ok: false, field: 'id', message: 'id is required' });
   });
 });

@@ -60,12 +60,13 @@ describe('REST API', () => {
 
     const bad = await post(hub, '/api/devices/pi-02/commands', { order: 'nope', cmd_str: 'x' });
     expect(bad).toMatchObject({ status: 400, body: { code: 'BAD_REQUEST', message: expect.stringMatching(/^order/) } });
-    expect(await post(hub, '/api/devices/pi-02/commands', '{oops')).toMatchObject({ status: 400, body: { code: 'BAD_REQUEST', message: 'body is not valid JSON' } });
+    expect(await post(hub, '/api/devices/pi-02/commands', '{oops')).toMatchObject({ status: 400, body: { device: 'pi-02', code: 'BAD_REQUEST', message: 'body is not valid JSON' } });
+    expect(await post(hub, '/api/devices/pi-02/commands', { id: 12, order: 'exec_bash', cmd_str: 'x' })).toMatchObject({ status: 400, body: { message: 'id must be a string' } });
     expect(await post(hub, '/api/devices/pi-02/commands', '[1]')).toMatchObject({ status: 400, body: { code: 'BAD_REQUEST' } });
     expect(await post(hub, '/api/devices/pi-02/commands', { cmd_str: 'x' })).toMatchObject({ status: 400, body: { message: 'order is required' } });
     expect(await post(hub, '/api/devices/pi-02/commands', { order: 'exec_bash', cmd_str: 'x', timeout_ms: 10 })).toMatchObject({ status: 400, body: { message: expect.stringMatching(/^timeout_ms/) } });
     expect(await post(hub, `/api/devices/${encodeURIComponent('a/b')}/commands`, { order: 'exec_bash', cmd_str: 'x' })).toMatchObject({ status: 400, body: { code: 'BAD_REQUEST' } });
-    expect(await post(hub, '/api/devices/pi-02/commands', { order: 'exec_bash', cmd_str: 'x'.repeat(4000) })).toMatchObject({ status: 413, body: { code: 'PAYLOAD_TOO_LARGE' } });
+    expect(await post(hub, '/api/devices/pi-02/commands', { order: 'exec_bash', cmd_str: 'x'.repeat(4000) })).toMatchObject({ status: 413, body: { device: 'pi-02', code: 'PAYLOAD_TOO_LARGE' } });
     expect(await post(hub, '/api/devices/ghost/commands', { order: 'exec_bash', cmd_str: 'x' })).toMatchObject({ status: 404, body: { code: 'UNKNOWN_DEVICE' } });
 
     const silent = await echoDevice(hub, 'pi-03', true);

@@ -46,7 +46,11 @@ export type Request = z.infer<typeof RequestSchema>;
 
 /** Body of `POST /api/devices/{id}/commands`. */
 export const RestCommandSchema = z.object({
-  id: z.string().min(1).max(REQUEST_ID_MAX_LENGTH).optional(),
+  id: z
+    .string({ error: expect('must be a string') })
+    .min(1, { error: 'must not be empty' })
+    .max(REQUEST_ID_MAX_LENGTH, { error: `must be at most ${REQUEST_ID_MAX_LENGTH} characters` })
+    .optional(),
   order,
   cmd_str: cmdStr,
   timeout_ms: timeoutMs.optional(),
@@ -129,9 +133,19 @@ export function validate<T>(schema: z.ZodType<T>, value: unknown): Validation<T>
   const field = issue && issue.path.length > 0 ? issue.path.join('.') : '(body)';
   let message = issue?.message ?? 'is invalid';
   if (issue?.code === 'invalid_type' && message.startsWith('Invalid input')) {
-    message = issue.input === undefined ? 'is required' : `must be ${issue.expected}`;
+    // zod leaves `input` out of its issues, so look the field up to tell "missing" from "wrong type".
+    message = valueAt(value, issue.path) === undefined ? 'is required' : `must be ${issue.expected}`;
   }
   return { ok: false, field, message: `${field} ${message}` };
+}
+
+function valueAt(value: unknown, path: readonly PropertyKey[]): unknown {
+  let current = value;
+  for (const key of path) {
+    if (current === null || typeof current !== 'object') return undefined;
+    current = (current as Record<PropertyKey, unknown>)[key];
+  }
+  return current;
 }
 
 /** Parses a JSON payload and validates it; a payload that is not a JSON object is BAD_REQUEST on "(body)". */
