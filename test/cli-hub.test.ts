@@ -23,6 +23,7 @@ describe('rhizosphere CLI', () => {
     const cases: [string[], Record<string, string>, RegExp][] = [
       [['--bogus'], {}, /^rhizosphere: Unknown option '--bogus'/],
       [['--mqtt-port', 'abc'], {}, /^rhizosphere: --mqtt-port: "abc" is not a whole number/],
+      [['--mqtt-port', '-5'], {}, /^rhizosphere: Option '--mqtt-port' argument is ambiguous/],
       [['--http-port', '99999'], {}, /^rhizosphere: --http-port: 99999 must be 0 to 65535/],
       [['launch'], {}, /^rhizosphere: unknown command "launch"/],
       [['--config', '/nonexistent.json'], {}, /^rhizosphere: --config \/nonexistent\.json: cannot read it/],

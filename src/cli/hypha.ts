@@ -5,6 +5,7 @@
  */
 import { accessSync, constants as fsConstants } from 'node:fs';
 import { parseArgs } from 'node:util';
+import { parseArgsProblem } from './args.js';
 import { startAgent, urlProblem, type Agent, type AgentOptions } from '../hypha/agent.js';
 import { resolveDeviceId, type ChosenIdSource } from '../hypha/identity.js';
 import { createLogger, isLogLevel, LOG_LEVELS, type Logger, type LogLevel } from '../hypha/log.js';
@@ -81,7 +82,7 @@ function readSettings(argv: string[], env: NodeJS.ProcessEnv): { settings: Parti
   try {
     parsed = parseArgs({ args: argv, options, strict: true, allowPositionals: false });
   } catch (err) {
-    throw new UsageError(`${(err as Error).message.replace(/\. To specify.*$/s, '')} (see hypha --help)`);
+    throw new UsageError(`${parseArgsProblem(err)} (see hypha --help)`);
   }
   const settings: Partial<Record<FlagName, Setting>> = {};
   for (const name of FLAG_NAMES) {

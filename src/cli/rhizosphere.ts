@@ -3,6 +3,7 @@
  * config file or the ports end the start with one line naming the culprit and status 2.
  */
 import { parseArgs } from 'node:util';
+import { parseArgsProblem } from './args.js';
 import { ConfigError, envName, resolveConfig, SETTINGS, type SettingKey } from '../config.js';
 import { startHub, StartError } from '../hub.js';
 import { createLogger } from '../log.js';
@@ -47,7 +48,7 @@ function parseFlags(argv: string[]) {
   try {
     parsed = parseArgs({ args: argv, options, allowPositionals: true, strict: true });
   } catch (error) {
-    fail(`${(error as Error).message.replace(/\. To specify.*$/s, '')} (see rhizosphere --help)`);
+    fail(`${parseArgsProblem(error)} (see rhizosphere --help)`);
   }
   const [command, ...extra] = parsed.positionals;
   if (command !== undefined && command !== 'serve') fail(`unknown command "${command}" (see rhizosphere --help)`);
