@@ -3,6 +3,7 @@
  * subscription to its own command topic (PROTOCOL.md "Device topics"), whether it
  * subscribed now or the subscription was restored from its persistent session.
  */
+import type { EventEmitter } from 'node:events';
 import type { Aedes, AedesPublishPacket, Client } from 'aedes';
 import type { Logger } from './log.js';
 import type { DeviceLink, OfflineReason, Presence } from './presence.js';
@@ -123,14 +124,19 @@ export function watchMqttDevices(
     if (topic?.kind === 'response' && topic.id === client.id) onResponse(topic.id, packet.payload);
   };
 
-  broker.on('client', onClient);
-  broker.on('subscribe', onSubscribe);
-  broker.on('clientDisconnect', onDisconnect);
-  broker.on('keepaliveTimeout', onKeepaliveTimeout);
-  broker.on('clientError', onClientError);
-  broker.on('ping', onActivity);
-  broker.on('publish', onPublish);
-  broker.on('ack', onActivity);
+  // One table, so that close() removes exactly what was added.
+  const listeners: [event: string, listener: (...args: any[]) => void][] = [
+    ['client', onClient],
+    ['subscribe', onSubscribe],
+    ['clientDisconnect', onDisconnect],
+    ['keepaliveTimeout', onKeepaliveTimeout],
+    ['clientError', onClientError],
+    ['ping', onActivity],
+    ['publish', onPublish],
+    ['ack', onActivity],
+  ];
+  const events = broker as unknown as EventEmitter;
+  for (const [event, listener] of listeners) events.on(event, listener);
 
   return {
     noteAuthenticated(client) {
@@ -139,14 +145,7 @@ export function watchMqttDevices(
     close() {
       for (const { timer } of takeovers.values()) clearTimeout(timer);
       takeovers.clear();
-      broker.off('client', onClient);
-      broker.off('subscribe', onSubscribe);
-      broker.off('clientDisconnect', onDisconnect);
-      broker.off('keepaliveTimeout', onKeepaliveTimeout);
-      broker.off('clientError', onClientError);
-      broker.off('ping', onActivity);
-      broker.off('publish', onPublish);
-      broker.off('ack', onActivity);
+      for (const [event, listener] of listeners) events.off(event, listener);
     },
   };
 }
