@@ -17,14 +17,20 @@ export interface RestOptions {
   dispatcher: Dispatcher;
   maxPayloadBytes: number;
   log: Logger;
+  /** What `GET /api/hub` tells consoles and tools about this hub. */
+  info: { topicPrefix: string; version: string };
 }
 
 function sendError(res: Response, code: ErrorCode, message: string, httpStatus = httpStatusOf(code)): void {
   res.status(httpStatus).json({ status: 'error', code, message });
 }
 
-export function restRouter({ presence, dispatcher, maxPayloadBytes, log }: RestOptions): Router {
+export function restRouter({ presence, dispatcher, maxPayloadBytes, log, info }: RestOptions): Router {
   const router = express.Router();
+
+  router.get('/hub', (_req, res) => {
+    res.json(info);
+  });
 
   router.get('/devices', (_req, res) => {
     res.json(presence.list());

@@ -7,8 +7,9 @@ import { createServer, type IncomingMessage, type Server } from 'node:http';
 import type { Socket } from 'node:net';
 import type { Aedes } from 'aedes';
 import express, { type Express } from 'express';
-import { createWebSocketStream, WebSocketServer } from 'ws';
+import { WebSocketServer } from 'ws';
 import type { Logger } from './log.js';
+import { webSocketDuplex } from './ws-duplex.js';
 
 export type UpgradeHandler = (req: IncomingMessage, socket: Socket, head: Buffer) => void;
 
@@ -70,7 +71,7 @@ export function mqttOverWebSocket(broker: Aedes, maxPayload: number): { handler:
     handler(req, socket, head) {
       socket.setNoDelay(true);
       wss.handleUpgrade(req, socket, head, (ws) => {
-        const stream = createWebSocketStream(ws);
+        const stream = webSocketDuplex(ws);
         stream.on('error', () => stream.destroy());
         broker.handle(stream, req);
       });

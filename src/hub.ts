@@ -7,13 +7,16 @@ import { EventEmitter } from 'node:events';
 import { createServer as createTcpServer, type Server as TcpServer } from 'node:net';
 import type { Server as HttpServer } from 'node:http';
 import { Aedes, type Client } from 'aedes';
+import { attachLegacyBridge } from '../bridge/legacy.js';
 import { bridgeMqttRequests } from '../bridge/mqtt-requests.js';
 import { restRouter } from '../bridge/rest.js';
 import { createAccessHooks } from './access.js';
 import { configFromOptions, type HubConfig } from './config.js';
 import { Dispatcher, type CommandRequest, type Origin } from './dispatcher.js';
 import { HubError } from './errors.js';
+import { mountConsole } from './console.js';
 import { createHttpFront, mqttOverWebSocket } from './http.js';
+import { PACKAGE_VERSION } from './package-root.js';
 import { createLogger, type Logger } from './log.js';
 import { watchMqttDevices } from './mqtt-devices.js';
 import { Presence, toDeviceInfo, type DeviceEntry, type DeviceInfo, type OfflineReason } from './presence.js';
@@ -237,9 +240,12 @@ export async function startHub(options: HubOptions = {}): Promise<Hub> {
     http.app.get('/healthz', (_req, res) => {
       res.json({ ok: true, devices: presence.table.size, online: presence.onlineCount(), inflight: dispatcher.inflight });
     });
-    http.app.use('/api', restRouter({ presence, dispatcher, maxPayloadBytes: config.maxPayloadBytes, log }));
+    http.app.use('/api', restRouter({ presence, dispatcher, maxPayloadBytes: config.maxPayloadBytes, log, info: { topicPrefix: config.topicPrefix, version: PACKAGE_VERSION } }));
+    mountConsole(http.app);
     const ws = mqttOverWebSocket(broker, Math.max(config.maxPayloadBytes, config.maxResponseBytes) + 64 * 1024);
     http.addUpgrade('/mqtt', ws.handler);
+    const legacy = attachLegacyBridge({ http, presence, dispatcher, log, maxPayloadBytes: config.maxPayloadBytes });
+    onClose(() => legacy.close());
     onClose(() => {
       ws.close();
       http.closeConnections();

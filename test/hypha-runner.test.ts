@@ -126,6 +126,11 @@ describe('exec_bash', () => {
 });
 
 describe('exec_bash_ret_okng_only', () => {
+  it('never says truncated, however much the command printed', async () => {
+    const response = await runCommand(command('seq 1 100000; seq 1 100000 >&2', 'exec_bash_ret_okng_only'));
+    expect(response).toMatchObject({ result: 'ok', error: '', truncated: false, exit_code: 0 });
+  });
+
   it('answers ok or ng with the exit status and no output', async () => {
     expect(await runCommand(command('echo noise; true', 'exec_bash_ret_okng_only'))).toMatchObject({ result: 'ok', error: '', exit_code: 0 });
     expect(await runCommand(command('echo noise >&2; exit 4', 'exec_bash_ret_okng_only'))).toMatchObject({ result: 'ng', error: '', exit_code: 4 });

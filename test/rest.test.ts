@@ -80,6 +80,23 @@ describe('REST API', () => {
     expect((await post(hub, '/api/devices/pi-02/commands', { order: 'exec_bash', cmd_str: 'still' })).body).toMatchObject({ status: 'ok', result: 'echo:still' });
   });
 
+  it('serves the console, its scripts, the MQTT.js bundle and /api/hub', async () => {
+    const hub = await startTestHub({ topicPrefix: 'acme/fleet' });
+    const page = await fetch(`${hub.urls.http}/`);
+    expect(page.status).toBe(200);
+    expect(page.headers.get('content-type')).toMatch(/text\/html/);
+    expect(await page.text()).toContain('/assets/main.js');
+    const script = await fetch(`${hub.urls.http}/assets/main.js`);
+    expect(script.status).toBe(200);
+    expect(script.headers.get('content-type')).toMatch(/javascript/);
+    const bundle = await fetch(`${hub.urls.http}/vendor/mqtt.esm.js`);
+    expect(bundle.status).toBe(200);
+    expect(bundle.headers.get('content-type')).toMatch(/javascript/);
+    expect((await bundle.text()).length).toBeGreaterThan(100_000);
+    expect(await (await fetch(`${hub.urls.http}/api/hub`)).json()).toEqual({ topicPrefix: 'acme/fleet', version: expect.stringMatching(/^\d+\.\d+\.\d+/) });
+    expect((await fetch(`${hub.urls.http}/assets/../package.json`)).status).toBe(404);
+  });
+
   it('answers BUSY as 429', async () => {
     const hub = await startTestHub({ maxInflightPerDevice: 1 });
     await echoDevice(hub, 'pi-04', true);

@@ -225,7 +225,8 @@ class CapturedRun {
       error: isExecBash ? trimTrailingNewlines(this.stderr.text()) : '',
       exit_code: this.exitCode,
       duration_ms: elapsedSince(this.startedAt),
-      truncated: this.stdout.truncated || this.stderr.truncated,
+      // Only exec_bash returns output; ok/ng keeps none, so nothing of it can be cut.
+      truncated: isExecBash && (this.stdout.truncated || this.stderr.truncated),
     };
     if (this.killReason?.kind === 'timeout') {
       return { ...response, exit_code: null, code: 'TIMEOUT', message: `killed after ${this.cmd.timeout_ms} ms` };

@@ -1,0 +1,237 @@
+/**
+ * One device: its state, a command form (order, bash command, Enter or Send), the results
+ * of this session's commands and the history of commands sent from this browser.
+ * Device output is untrusted: it is only ever set as textContent, never parsed as HTML.
+ */
+import { clockTime, duration, el, relativeTime } from './format.js';
+import { loadHistory, remember, type HistoryEntry } from './history.js';
+import type { HubClient } from './hub-client.js';
+import { ORDERS, type Device, type Order, type Reply } from './types.js';
+
+interface Run {
+  cmd: string;
+  order: Order;
+  startedAt: number;
+  reply: Reply | null;
+}
+
+const DEFAULT_TIMEOUT_MS = 60_000;
+
+export class DeviceView {
+  /** undefined until the first show(), so that show(null) renders the placeholder. */
+  private deviceId: string | null | undefined = undefined;
+  private readonly runs = new Map<string, Run[]>();
+  private history: HistoryEntry[] = [];
+  /** Position while walking the history with the arrow keys; -1 = not walking. */
+  private recall = -1;
+  private draft = '';
+
+  constructor(
+    private readonly root: HTMLElement,
+    private readonly hub: HubClient,
+  ) {}
+
+  show(id: string | null): void {
+    if (id === this.deviceId) return;
+    this.deviceId = id;
+    this.history = id ? loadHistory(id) : [];
+    this.recall = -1;
+    this.render();
+  }
+
+  /** Devices changed: `ids`, or any of them when null. */
+  devicesChanged(ids: ReadonlySet<string> | null): void {
+    if (this.deviceId && (ids === null || ids.has(this.deviceId))) this.renderState();
+  }
+
+  private get device(): Device | undefined {
+    return this.deviceId ? this.hub.devices.get(this.deviceId) : undefined;
+  }
+
+  private render(): void {
+    const id = this.deviceId;
+    if (!id) {
+      this.root.replaceChildren(el('div', 'placeholder', 'Pick a device on the left to run commands on it.'));
+      return;
+    }
+    const header = el('header', 'device-header');
+    header.append(el('h2', 'device-title', id), el('span', 'state-pill'), el('span', 'device-facts'));
+    const banner = el('div', 'offline-banner');
+    banner.setAttribute('role', 'status');
+
+    const form = el('form', 'command-form');
+    const order = el('select', 'order');
+    order.setAttribute('aria-label', 'order');
+    for (const option of ORDERS) {
+      const node = el('option', '', option.label);
+      node.value = option.value;
+      node.title = option.help;
+      order.append(node);
+    }
+    const input = el('input', 'command-input');
+    input.type = 'text';
+    input.placeholder = 'bash command, e.g. uname -a — Enter to send, ↑ for history';
+    input.autocomplete = 'off';
+    input.spellcheck = false;
+    input.setAttribute('aria-label', 'command');
+    const send = el('button', 'send', 'Send');
+    send.type = 'submit';
+    form.append(order, input, send);
+    form.addEventListener('submit', (event) => {
+      event.preventDefault();
+      void this.submit(order.value as Order, input);
+    });
+    input.addEventListener('keydown', (event) => this.walkHistory(event, input, order));
+
+    const results = el('section', 'results');
+    results.setAttribute('aria-label', 'results');
+    const history = el('section', 'history');
+    this.root.replaceChildren(header, banner, form, results, history);
+    this.renderState();
+    this.renderResults();
+    this.renderHistory();
+    input.focus();
+  }
+
+  private renderState(): void {
+    const device = this.device;
+    const pill = this.root.querySelector('.state-pill');
+    const facts = this.root.querySelector('.device-facts');
+    const banner = this.root.querySelector<HTMLElement>('.offline-banner');
+    if (!pill || !facts || !banner) return;
+    const online = device?.online === true;
+    pill.textContent = online ? 'online' : 'offline';
+    pill.className = `state-pill ${online ? 'online' : 'offline'}`;
+    facts.textContent = device
+      ? [device.transport, device.remoteAddress, online ? `since ${clockTime(device.connectedAt)}` : `last seen ${clockTime(device.lastSeen)}`].filter(Boolean).join(' · ')
+      : 'unknown device';
+    banner.hidden = online;
+    banner.textContent = online
+      ? ''
+      : `${this.deviceId} is offline${device?.lastSeen ? ` (last seen ${relativeTime(device.lastSeen)})` : ''}: commands are refused with DEVICE_OFFLINE until it reconnects.`;
+  }
+
+  private async submit(order: Order, input: HTMLInputElement): Promise<void> {
+    const cmd = input.value.trim();
+    const id = this.deviceId;
+    if (!cmd || !id) return;
+    input.value = '';
+    this.recall = -1;
+    this.history = remember(id, { cmd, order, at: new Date().toISOString() });
+    this.renderHistory();
+    const run: Run = { cmd, order, startedAt: Date.now(), reply: null };
+    const list = this.runs.get(id) ?? [];
+    list.push(run);
+    this.runs.set(id, list.slice(-50));
+    this.renderResults();
+    run.reply = await this.hub.run(id, order, cmd, DEFAULT_TIMEOUT_MS);
+    if (this.deviceId === id) this.renderResults();
+  }
+
+  private walkHistory(event: KeyboardEvent, input: HTMLInputElement, order: HTMLSelectElement): void {
+    if (event.key !== 'ArrowUp' && event.key !== 'ArrowDown') return;
+    if (this.history.length === 0) return;
+    event.preventDefault();
+    if (this.recall === -1) this.draft = input.value;
+    const next = event.key === 'ArrowUp' ? (this.recall === -1 ? this.history.length - 1 : Math.max(0, this.recall - 1)) : this.recall + 1;
+    if (this.recall === -1 && event.key === 'ArrowDown') return;
+    if (next >= this.history.length) {
+      this.recall = -1;
+      input.value = this.draft;
+      return;
+    }
+    this.recall = next;
+    const entry = this.history[next]!;
+    input.value = entry.cmd;
+    order.value = entry.order;
+  }
+
+  private renderResults(): void {
+    const section = this.root.querySelector('.results');
+    if (!section || !this.deviceId) return;
+    const runs = this.runs.get(this.deviceId) ?? [];
+    if (runs.length === 0) {
+      section.replaceChildren(el('div', 'results-empty', 'Results of the commands you send appear here.'));
+      return;
+    }
+    section.replaceChildren(...runs.map((run) => this.resultCard(run)));
+    section.lastElementChild?.scrollIntoView({ block: 'end' });
+  }
+
+  private resultCard(run: Run): HTMLElement {
+    const card = el('article', 'result');
+    const head = el('div', 'result-head');
+    head.append(el('code', 'result-cmd', `$ ${run.cmd}`), el('span', 'result-order', run.order), el('time', 'result-time', new Date(run.startedAt).toLocaleTimeString()));
+    card.append(head);
+    const reply = run.reply;
+    if (!reply) {
+      card.classList.add('pending');
+      card.append(el('div', 'result-status running', 'running…'));
+      return card;
+    }
+    if (reply.status === 'error') {
+      card.classList.add('failed');
+      const status = el('div', 'result-status error');
+      status.append(el('strong', 'error-code', reply.code), document.createTextNode(` ${reply.message}`));
+      card.append(status);
+      return card;
+    }
+    if (run.order === 'exec_bash_ret_okng_only') {
+      card.append(el('div', `result-status okng ${reply.result === 'ok' ? 'ok' : 'ng'}`, reply.result ?? ''));
+    } else if (run.order === 'exec_bash_no_return') {
+      card.append(el('div', 'result-status started', 'started (not waited for)'));
+    } else {
+      if (reply.result) card.append(this.output('stdout', reply.result));
+      if (reply.error) card.append(this.output('stderr', reply.error));
+      if (!reply.result && !reply.error) card.append(el('div', 'result-status quiet', '(no output)'));
+    }
+    const foot = el('div', 'result-foot');
+    if (reply.exit_code !== null) foot.append(el('span', `exit-code${reply.exit_code === 0 ? '' : ' nonzero'}`, `exit ${reply.exit_code}`));
+    if (reply.duration_ms !== null) foot.append(el('span', 'duration', duration(reply.duration_ms)));
+    if (reply.truncated) foot.append(el('span', 'truncated', 'output truncated'));
+    card.append(foot);
+    return card;
+  }
+
+  private output(kind: 'stdout' | 'stderr', text: string): HTMLElement {
+    const box = el('div', `output ${kind}`);
+    const pre = el('pre', '', text);
+    const copy = el('button', 'copy', 'Copy');
+    copy.type = 'button';
+    copy.title = `copy ${kind}`;
+    copy.addEventListener('click', () => {
+      void navigator.clipboard?.writeText(text).then(
+        () => (copy.textContent = 'Copied'),
+        () => (copy.textContent = 'Copy failed'),
+      );
+      window.setTimeout(() => (copy.textContent = 'Copy'), 1500);
+    });
+    box.append(el('span', 'output-label', kind), copy, pre);
+    return box;
+  }
+
+  private renderHistory(): void {
+    const section = this.root.querySelector('.history');
+    if (!section) return;
+    const title = el('h3', '', 'History (this browser)');
+    const list = el('ol', 'history-list');
+    for (const entry of [...this.history].reverse().slice(0, 20)) {
+      const item = el('li');
+      const button = el('button', 'history-item', entry.cmd);
+      button.type = 'button';
+      button.title = `${entry.order} · ${clockTime(entry.at)}`;
+      button.addEventListener('click', () => {
+        const input = this.root.querySelector<HTMLInputElement>('.command-input');
+        const order = this.root.querySelector<HTMLSelectElement>('.order');
+        if (input && order) {
+          input.value = entry.cmd;
+          order.value = entry.order;
+          input.focus();
+        }
+      });
+      item.append(button);
+      list.append(item);
+    }
+    section.replaceChildren(title, this.history.length ? list : el('p', 'history-empty', 'No commands sent to this device yet.'));
+  }
+}

@@ -1,0 +1,180 @@
+/**
+ * The console's link to the hub: the device list from REST, then live statuses and the
+ * command round trip over MQTT over WebSocket (docs/protocol.md), like any other client.
+ */
+import mqtt, { type MqttClient } from 'mqtt';
+import type { Device, HubInfo, Order, Reply, Status } from './types.js';
+
+export type ConnectionState = 'connecting' | 'connected' | 'reconnecting' | 'offline';
+
+interface Pending {
+  resolve: (reply: Reply) => void;
+  timer: number;
+  device: string;
+}
+
+/** Extra time the console waits beyond the hub's own timeout before it gives up on a reply. */
+const REPLY_GRACE_MS = 5000;
+
+export class HubClient extends EventTarget {
+  readonly devices = new Map<string, Device>();
+  /** Online devices, kept up to date as statuses arrive (counting 20000 each time would not do). */
+  onlineCount = 0;
+  /** Bumped whenever the set of device ids (or the objects behind them) changes, not on status changes. */
+  idsVersion = 0;
+  state: ConnectionState = 'connecting';
+  info: HubInfo = { topicPrefix: 'rhizosphere', version: '' };
+  private client: MqttClient | null = null;
+  private readonly clientId = `console-${crypto.randomUUID().slice(0, 8)}`;
+  private readonly pending = new Map<string, Pending>();
+  private sequence = 0;
+  private readonly decoder = new TextDecoder();
+  /** Devices changed since the last 'devices' event: events go out once per frame, not per message. */
+  private readonly dirty = new Set<string>();
+  private flush = 0;
+
+  async start(): Promise<void> {
+    this.info = await getJson<HubInfo>('/api/hub');
+    await this.loadDevices();
+    const url = `${location.protocol === 'https:' ? 'wss' : 'ws'}://${location.host}/mqtt`;
+    this.client = mqtt.connect(url, {
+      clientId: this.clientId,
+      protocolVersion: 4, // the hub's broker speaks MQTT 3.1.1
+      clean: true,
+      keepalive: 30,
+      reconnectPeriod: 2000,
+      connectTimeout: 10_000,
+      // Browsers throttle timers in background tabs to once a minute or less; Web Worker
+      // timers are not throttled, so a console left in a background tab keeps its keepalive.
+      timerVariant: 'worker',
+    });
+    this.client.on('connect', () => this.onConnect());
+    this.client.on('reconnect', () => this.setState('reconnecting'));
+    this.client.on('close', () => this.onClose());
+    this.client.on('message', (topic, payload) => this.onMessage(topic, payload));
+    window.addEventListener('offline', () => this.setState('offline'));
+    window.addEventListener('online', () => this.client?.reconnect());
+  }
+
+  private get responseTopic(): string {
+    return `${this.info.topicPrefix}/clients/${this.clientId}/response`;
+  }
+
+  private async loadDevices(): Promise<void> {
+    const list = await getJson<Device[]>('/api/devices');
+    this.devices.clear();
+    this.onlineCount = 0;
+    for (const device of list) {
+      this.devices.set(device.id, device);
+      if (device.online) this.onlineCount++;
+    }
+    this.idsVersion++;
+    this.changed();
+  }
+
+  private onConnect(): void {
+    const wasReconnect = this.state !== 'connecting';
+    this.setState('connected');
+    // Statuses are retained and resent in full on every connect: QoS 0 spares a PUBACK for
+    // each of thousands of them. Replies are not retained, so they get QoS 1.
+    this.client!.subscribe(`${this.info.topicPrefix}/devices/+/status`, { qos: 0 });
+    this.client!.subscribe(this.responseTopic, { qos: 1 });
+    // Devices that first connected while the console was away are in the registry.
+    if (wasReconnect) void this.loadDevices().catch(() => {});
+  }
+
+  private onClose(): void {
+    if (this.state !== 'offline') this.setState('reconnecting');
+    // Replies addressed to this connection are lost with it.
+    for (const [id, pending] of this.pending) {
+      this.settle(id, { type: 'response', id, device: pending.device, status: 'error', code: 'CONNECTION_LOST', message: 'the connection to the hub was lost before the reply came' });
+    }
+  }
+
+  private onMessage(topic: string, payload: Uint8Array): void {
+    let body: unknown;
+    try {
+      body = JSON.parse(this.decoder.decode(payload));
+    } catch {
+      return;
+    }
+    if (topic === this.responseTopic) {
+      const reply = body as Reply;
+      if (reply.id) this.settle(reply.id, reply);
+      return;
+    }
+    const match = /\/devices\/([^/]+)\/status$/.exec(topic);
+    if (match?.[1]) this.applyStatus(match[1], body as Status);
+  }
+
+  private applyStatus(id: string, status: Status): void {
+    let device = this.devices.get(id);
+    if (!device) {
+      device = { id, online: false, transport: null, connectedAt: null, lastSeen: null, remoteAddress: null };
+      this.devices.set(id, device);
+      this.idsVersion++;
+    }
+    const online = status.online === true;
+    if (online !== device.online) this.onlineCount += online ? 1 : -1;
+    device.online = online;
+    device.transport = status.transport ?? device.transport;
+    if (device.online) device.connectedAt = status.since;
+    else device.lastSeen = status.since;
+    this.changed(id);
+  }
+
+  /** Sends a command and resolves with the Reply (never rejects). */
+  run(device: string, order: Order, cmd_str: string, timeout_ms: number): Promise<Reply> {
+    const id = `c${++this.sequence}-${Date.now().toString(36)}`;
+    return new Promise<Reply>((resolve) => {
+      const timer = window.setTimeout(
+        () => this.settle(id, { type: 'response', id, device, status: 'error', code: 'TIMEOUT', message: `no reply from the hub within ${Math.round((timeout_ms + REPLY_GRACE_MS) / 1000)} s` }),
+        timeout_ms + REPLY_GRACE_MS,
+      );
+      this.pending.set(id, { resolve, timer, device });
+      if (!this.client?.connected) {
+        this.settle(id, { type: 'response', id, device, status: 'error', code: 'NOT_CONNECTED', message: 'the console is not connected to the hub' });
+        return;
+      }
+      const request = { type: 'command', id, device, order, cmd_str, timeout_ms };
+      this.client.publish(`${this.info.topicPrefix}/clients/${this.clientId}/request`, JSON.stringify(request), { qos: 1 });
+    });
+  }
+
+  private settle(id: string, reply: Reply): void {
+    const pending = this.pending.get(id);
+    if (!pending) return;
+    this.pending.delete(id);
+    window.clearTimeout(pending.timer);
+    pending.resolve(reply);
+  }
+
+  private setState(state: ConnectionState): void {
+    if (this.state === state) return;
+    this.state = state;
+    this.dispatchEvent(new Event('state'));
+  }
+
+  /**
+   * Announces changed devices, batched per animation frame: on connect the broker sends the
+   * retained status of every device at once, thousands of messages in a burst.
+   * The event's detail is the set of changed ids, or null when everything may have changed.
+   */
+  private changed(id?: string): void {
+    if (id === undefined) this.dirty.add('*');
+    else this.dirty.add(id);
+    if (this.flush) return;
+    this.flush = requestAnimationFrame(() => {
+      this.flush = 0;
+      const ids = this.dirty.has('*') ? null : new Set(this.dirty);
+      this.dirty.clear();
+      this.dispatchEvent(new CustomEvent<ReadonlySet<string> | null>('devices', { detail: ids }));
+    });
+  }
+}
+
+async function getJson<T>(path: string): Promise<T> {
+  const res = await fetch(path, { headers: { accept: 'application/json' } });
+  if (!res.ok) throw new Error(`${path}: HTTP ${res.status}`);
+  return (await res.json()) as T;
+}

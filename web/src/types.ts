@@ -1,0 +1,51 @@
+/** The shapes the console reads from the hub (docs/protocol.md). */
+
+export type Order = 'exec_bash' | 'exec_bash_ret_okng_only' | 'exec_bash_no_return';
+export const ORDERS: { value: Order; label: string; help: string }[] = [
+  { value: 'exec_bash', label: 'exec_bash', help: 'run and show stdout, stderr and the exit code' },
+  { value: 'exec_bash_ret_okng_only', label: 'exec_bash_ret_okng_only', help: 'run and show only ok (exit 0) or ng' },
+  { value: 'exec_bash_no_return', label: 'exec_bash_no_return', help: 'start it and do not wait' },
+];
+
+export interface Device {
+  id: string;
+  online: boolean;
+  transport: string | null;
+  connectedAt: string | null;
+  lastSeen: string | null;
+  remoteAddress: string | null;
+}
+
+export interface Status {
+  online: boolean;
+  since: string;
+  transport: string | null;
+}
+
+export interface OkReply {
+  type: 'response';
+  id: string | null;
+  device: string | null;
+  status: 'ok';
+  result: string | null;
+  error: string;
+  exit_code: number | null;
+  duration_ms: number | null;
+  truncated: boolean;
+}
+
+export interface ErrorReply {
+  type: 'response';
+  id: string | null;
+  device: string | null;
+  status: 'error';
+  code: string;
+  message: string;
+}
+
+export type Reply = OkReply | ErrorReply;
+
+export interface HubInfo {
+  topicPrefix: string;
+  version: string;
+}
