@@ -6,7 +6,8 @@
  */
 import type { IncomingMessage } from 'node:http';
 import { WebSocketServer, type RawData, type WebSocket } from 'ws';
-import { errorReply, type Dispatcher } from '../src/dispatcher.js';
+import { actorOf, canRunCommands, type Principal } from '../src/auth/roles.js';
+import { errorReply, type Dispatcher, type Origin } from '../src/dispatcher.js';
 import type { UpgradeHandler } from '../src/http.js';
 import type { Logger } from '../src/log.js';
 import { idProblem } from '../src/protocol/ids.js';
@@ -20,6 +21,8 @@ export interface LegacyConsoleDeps {
   log: Logger;
   maxPayloadBytes: number;
   watch: (ws: WebSocket) => void;
+  /** Who opened the socket (API token or session), or null. */
+  authenticate: (req: IncomingMessage) => Principal | null;
 }
 
 /** The device id in `/client/{deviceId}`, or why it cannot be used. */
@@ -36,7 +39,7 @@ export function deviceFromPath(url: string | undefined): { id: string } | { prob
 }
 
 /** The Reply to one console message: BAD_REQUEST for what cannot be read, else the command's Reply. */
-export function answerConsoleMessage(text: string, device: string, dispatcher: Dispatcher, clientId: string): Promise<Reply> {
+export function answerConsoleMessage(text: string, device: string, dispatcher: Dispatcher, origin: Origin, mayRun: boolean): Promise<Reply> {
   let body: unknown;
   try {
     body = JSON.parse(text);
@@ -51,7 +54,9 @@ export function answerConsoleMessage(text: string, device: string, dispatcher: D
     const rawId = (body as { id?: unknown }).id;
     return Promise.resolve(errorReply(typeof rawId === 'string' ? rawId : null, device, 'BAD_REQUEST', checked.message));
   }
-  return dispatcher.request({ ...checked.value, device }, { clientId, via: 'legacy' });
+  const command = { ...checked.value, device };
+  if (!mayRun) return Promise.resolve(dispatcher.refuse(command, origin, 'FORBIDDEN', `${origin.actor ?? origin.clientId} may not run commands`));
+  return dispatcher.request(command, origin);
 }
 
 export interface LegacyConsoleEndpoint {
@@ -59,7 +64,7 @@ export interface LegacyConsoleEndpoint {
   close(): void;
 }
 
-export function legacyConsoleEndpoint({ dispatcher, log, maxPayloadBytes, watch }: LegacyConsoleDeps): LegacyConsoleEndpoint {
+export function legacyConsoleEndpoint({ dispatcher, log, maxPayloadBytes, watch, authenticate }: LegacyConsoleDeps): LegacyConsoleEndpoint {
   // Larger messages close the socket with 1009, from ws itself.
   const wss = new WebSocketServer({ noServer: true, maxPayload: maxPayloadBytes });
 
@@ -75,11 +80,18 @@ export function legacyConsoleEndpoint({ dispatcher, log, maxPayloadBytes, watch 
       ws.close(1008, closeReason(target.problem));
       return;
     }
+    const principal = authenticate(req);
+    if (!principal) {
+      log.warn({ code: 'FORBIDDEN', remoteAddress }, 'legacy console refused: no credentials');
+      ws.close(1008, closeReason('authentication required: send Authorization: Bearer TOKEN or a session cookie'));
+      return;
+    }
     watch(ws);
-    const clientId = `legacy@${remoteAddress}`;
+    const { actor, kind } = actorOf(principal);
+    const origin: Origin = { clientId: `legacy@${remoteAddress}`, via: 'legacy', actor, actorKind: kind, remote: remoteAddress };
     ws.on('message', (data: RawData, isBinary: boolean) => {
       const text = isBinary ? '' : messageText(data);
-      void answerConsoleMessage(text, target.id, dispatcher, clientId).then((reply) => {
+      void answerConsoleMessage(text, target.id, dispatcher, origin, canRunCommands(principal)).then((reply) => {
         if (ws.readyState === ws.OPEN) ws.send(JSON.stringify(reply));
       });
     });

@@ -18,6 +18,7 @@ import { WebSocketServer, type RawData, type WebSocket } from 'ws';
 import type { Dispatcher } from '../src/dispatcher.js';
 import type { UpgradeHandler } from '../src/http.js';
 import { DEFAULT_OUTPUT_CAP, trimTrailingNewlines } from '../src/hypha/runner.js';
+import type { AuthResult } from '../src/auth/authenticator.js';
 import type { Logger } from '../src/log.js';
 import type { DeviceLink, OfflineReason, Presence } from '../src/presence.js';
 import { idProblem } from '../src/protocol/ids.js';
@@ -173,7 +174,7 @@ export function closeReason(text: string): string {
   return reason;
 }
 
-/** The original agent sends `Authorization: Bearer {token}`. Read, never logged, and not checked until access control exists. */
+/** The original agent sends `Authorization: Bearer {token}`: the device token. Never logged. */
 function bearerToken(req: IncomingMessage): string | null {
   const header = req.headers.authorization;
   return header?.startsWith('Bearer ') ? header.slice('Bearer '.length) : null;
@@ -204,6 +205,8 @@ export interface LegacyDeviceDeps {
   dispatcher: Dispatcher;
   log: Logger;
   registerWaitMs: number;
+  /** Checks the id and the Bearer token (src/auth/authenticator.ts). */
+  authenticate: (id: string, bearer: string | null) => AuthResult;
 }
 
 /** One legacy device connection: its id handshake, its command queue, its answers. */
@@ -218,7 +221,7 @@ export class LegacyDeviceLink implements DeviceLink {
   private readonly abandoned = new Set<string>();
   private registerTimer: NodeJS.Timeout | undefined;
   private endCause: OfflineReason = 'disconnect';
-  /** Kept out of reach (links are visible through `hub.connections`) until access control checks it. */
+  /** Kept out of reach: links are visible through `hub.connections`. */
   readonly #token: string | null;
 
   constructor(
@@ -276,6 +279,11 @@ export class LegacyDeviceLink implements DeviceLink {
   }
 
   private attach(id: string): void {
+    const verdict = this.deps.authenticate(id, this.#token);
+    if (!verdict.ok) {
+      this.deps.log.warn({ code: 'FORBIDDEN', device: id, remoteAddress: this.remoteAddress }, `legacy device refused: ${verdict.reason}`);
+      return this.refuse(`not authorized: ${verdict.reason}`);
+    }
     clearTimeout(this.registerTimer);
     this.id = id;
     this.state = 'attached';

@@ -5,10 +5,12 @@
  * check by WebSocket ping.
  */
 import type { WebSocket } from 'ws';
+import type { Authenticator } from '../src/auth/authenticator.js';
 import type { Dispatcher } from '../src/dispatcher.js';
 import type { HttpFront } from '../src/http.js';
 import type { Logger } from '../src/log.js';
 import type { Presence } from '../src/presence.js';
+import { principalOfRequest } from '../src/web-auth.js';
 import { LEGACY_CONSOLE_PREFIX, legacyConsoleEndpoint } from './legacy-console.js';
 import { LEGACY_DEVICE_MESSAGE_MAX_BYTES, LEGACY_REGISTER_WAIT_MS, legacyDeviceEndpoint } from './legacy-device.js';
 
@@ -28,6 +30,7 @@ export interface LegacyBridgeOptions {
   log: Logger;
   /** Largest console message; a device may send larger answers (LEGACY_DEVICE_MESSAGE_MAX_BYTES). */
   maxPayloadBytes: number;
+  auth: Authenticator;
   /** Shorter timings for tests; the defaults are the documented ones. */
   timings?: Partial<LegacyTimings>;
 }
@@ -73,7 +76,7 @@ class Heartbeat {
   }
 }
 
-export function attachLegacyBridge({ http, presence, dispatcher, log, maxPayloadBytes, timings = {} }: LegacyBridgeOptions): { close(): void } {
+export function attachLegacyBridge({ http, presence, dispatcher, log, maxPayloadBytes, auth, timings = {} }: LegacyBridgeOptions): { close(): void } {
   const heartbeat = new Heartbeat(timings.pingIntervalMs ?? LEGACY_PING_INTERVAL_MS);
   const watch = (ws: WebSocket, onUnresponsive?: () => void) => heartbeat.watch(ws, onUnresponsive);
   const devices = legacyDeviceEndpoint({
@@ -83,8 +86,9 @@ export function attachLegacyBridge({ http, presence, dispatcher, log, maxPayload
     registerWaitMs: timings.registerWaitMs ?? LEGACY_REGISTER_WAIT_MS,
     maxMessageBytes: Math.max(maxPayloadBytes, LEGACY_DEVICE_MESSAGE_MAX_BYTES),
     watch,
+    authenticate: (id, bearer) => auth.legacyDevice(id, bearer),
   });
-  const consoles = legacyConsoleEndpoint({ dispatcher, log, maxPayloadBytes, watch });
+  const consoles = legacyConsoleEndpoint({ dispatcher, log, maxPayloadBytes, watch, authenticate: (req) => principalOfRequest(req, auth) });
   http.addUpgrade('/device', devices.handler);
   http.addUpgrade(LEGACY_CONSOLE_PREFIX, consoles.handler);
 

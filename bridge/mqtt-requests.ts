@@ -4,6 +4,7 @@
  * `P/clients/{its id}/response`. Every Request gets exactly one Reply, even a malformed one.
  */
 import type { Aedes, AedesPublishPacket, Client } from 'aedes';
+import { actorOf, canRunCommands, type Principal } from '../src/auth/roles.js';
 import { errorReply, type Dispatcher } from '../src/dispatcher.js';
 import type { Logger } from '../src/log.js';
 import { RequestSchema, parsePayload, type Reply } from '../src/protocol/schemas.js';
@@ -15,9 +16,10 @@ export interface MqttRequestBridgeOptions {
   dispatcher: Dispatcher;
   maxPayloadBytes: number;
   log: Logger;
+  principalOf: (client: Client) => Principal | undefined;
 }
 
-export function bridgeMqttRequests({ broker, topics, dispatcher, maxPayloadBytes, log }: MqttRequestBridgeOptions): { close(): void } {
+export function bridgeMqttRequests({ broker, topics, dispatcher, maxPayloadBytes, log, principalOf }: MqttRequestBridgeOptions): { close(): void } {
   const reply = (clientId: string, body: Reply) => {
     const payload = Buffer.from(JSON.stringify(body));
     broker.publish({ cmd: 'publish', topic: topics.clientResponse(clientId), payload, qos: 1, retain: false, dup: false }, () => {});
@@ -49,7 +51,15 @@ export function bridgeMqttRequests({ broker, topics, dispatcher, maxPayloadBytes
       return;
     }
     const clientId = client.id;
-    void dispatcher.request(parsed.value, { clientId, via: 'mqtt' }).then((answer) => reply(clientId, answer));
+    const principal = principalOf(client);
+    const { actor, kind } = principal ? actorOf(principal) : { actor: clientId, kind: 'unknown' };
+    const remote = client.req?.socket.remoteAddress ?? (client.conn as { remoteAddress?: string }).remoteAddress ?? null;
+    const origin = { clientId, via: 'mqtt' as const, actor, actorKind: kind, remote };
+    if (!principal || !canRunCommands(principal)) {
+      reply(clientId, dispatcher.refuse(parsed.value, origin, 'FORBIDDEN', `${actor} may not run commands (role ${principal && 'role' in principal ? principal.role : 'none'})`));
+      return;
+    }
+    void dispatcher.request(parsed.value, origin).then((answer) => reply(clientId, answer));
   };
 
   broker.on('publish', onPublish);

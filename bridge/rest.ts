@@ -4,7 +4,12 @@
  * codes as MQTT Replies.
  */
 import express, { type NextFunction, type Request, type Response, type Router } from 'express';
+import type { Authenticator } from '../src/auth/authenticator.js';
+import { actorOf, canRunCommands, isAdmin, type Principal } from '../src/auth/roles.js';
 import { errorReply, type Dispatcher } from '../src/dispatcher.js';
+import { HubError } from '../src/errors.js';
+import type { Stores } from '../src/store/stores.js';
+import { requirePrincipal } from '../src/web-auth.js';
 import { ERROR_CODES, httpStatusOf, type ErrorCode } from '../src/errors.js';
 import type { Logger } from '../src/log.js';
 import type { Presence } from '../src/presence.js';
@@ -19,17 +24,67 @@ export interface RestOptions {
   log: Logger;
   /** What `GET /api/hub` tells consoles and tools about this hub. */
   info: { topicPrefix: string; version: string };
+  auth: Authenticator;
+  stores: Stores;
+  /** Credentials changed in-process: apply at once (drop connections, update the table). */
+  onCredentialsChanged: () => void;
 }
 
 function sendError(res: Response, code: ErrorCode, message: string, httpStatus = httpStatusOf(code)): void {
   res.status(httpStatus).json({ status: 'error', code, message });
 }
 
-export function restRouter({ presence, dispatcher, maxPayloadBytes, log, info }: RestOptions): Router {
+const principalOf = (res: Response) => res.locals.principal as Principal;
+const remoteOf = (req: Request) => req.socket.remoteAddress ?? null;
+
+export function restRouter({ presence, dispatcher, maxPayloadBytes, log, info, auth, stores, onCredentialsChanged }: RestOptions): Router {
   const router = express.Router();
 
   router.get('/hub', (_req, res) => {
     res.json(info);
+  });
+
+  // Everything below needs a principal: an API token, a session, or anonymous access.
+  router.use(requirePrincipal(auth));
+
+  const adminOnly = (req: Request, res: Response, next: NextFunction) => {
+    if (isAdmin(principalOf(res))) return next();
+    sendError(res, 'FORBIDDEN', `${actorOf(principalOf(res)).actor} is not an admin`);
+  };
+  /** Runs an admin change, records it, and answers; a HubError becomes its coded answer. */
+  const change = (req: Request, res: Response, action: string, device: string | null, run: () => unknown, status = 200) => {
+    const { actor, kind } = actorOf(principalOf(res));
+    const entry = { at: Date.now(), actor, actorKind: kind, remote: remoteOf(req), action, device };
+    try {
+      const body = run();
+      stores.audit.record({ ...entry, outcome: 'ok' });
+      onCredentialsChanged();
+      res.status(status).json(body ?? { ok: true });
+    } catch (error) {
+      if (!(error instanceof HubError)) throw error;
+      stores.audit.record({ ...entry, outcome: error.code, detail: { message: error.message } });
+      sendError(res, error.code, error.message);
+    }
+  };
+
+  router.post('/devices', adminOnly, express.json({ limit: 16 * 1024, type: () => true }), (req, res) => {
+    const { id, tags = [] } = (req.body ?? {}) as { id?: unknown; tags?: unknown };
+    if (typeof id !== 'string') return sendError(res, 'BAD_REQUEST', 'id is required');
+    if (!Array.isArray(tags) || !tags.every((t) => typeof t === 'string')) return sendError(res, 'BAD_REQUEST', 'tags must be a list of strings');
+    change(req, res, 'device.add', id, () => ({ id, token: stores.devices.add(id, tags as string[]) }), 201);
+  });
+  router.delete('/devices/:id', adminOnly, (req, res) => change(req, res, 'device.remove', req.params.id as string, () => stores.devices.remove(req.params.id as string)));
+  router.post('/devices/:id/rotate', adminOnly, (req, res) =>
+    change(req, res, 'device.rotate', req.params.id as string, () => ({ id: req.params.id, token: stores.devices.rotate(req.params.id as string) })),
+  );
+
+  router.get('/audit', adminOnly, (req, res) => {
+    const device = typeof req.query.device === 'string' ? req.query.device : undefined;
+    const since = typeof req.query.since === 'string' ? Date.parse(req.query.since) : undefined;
+    if (since !== undefined && Number.isNaN(since)) return sendError(res, 'BAD_REQUEST', 'since must be a date, e.g. 2026-11-24T10:00:00Z');
+    const limit = typeof req.query.limit === 'string' ? Number(req.query.limit) : undefined;
+    if (limit !== undefined && !(Number.isInteger(limit) && limit > 0)) return sendError(res, 'BAD_REQUEST', 'limit must be a positive whole number');
+    res.json(stores.audit.query({ device, since, limit }).map((e) => ({ ...e, at: new Date(e.at).toISOString() })));
   });
 
   router.get('/devices', (_req, res) => {
@@ -80,8 +135,13 @@ export function restRouter({ presence, dispatcher, maxPayloadBytes, log, info }:
         res.status(400).json(errorReply(typeof rawId === 'string' ? rawId : null, device, 'BAD_REQUEST', checked.message));
         return;
       }
-      const clientId = `rest@${req.socket.remoteAddress ?? 'unknown'}`;
-      const reply = await dispatcher.request({ ...checked.value, device }, { clientId, via: 'rest' });
+      const principal = principalOf(res);
+      const { actor, kind } = actorOf(principal);
+      const origin = { clientId: `rest@${remoteOf(req) ?? 'unknown'}`, via: 'rest' as const, actor, actorKind: kind, remote: remoteOf(req) };
+      const command = { ...checked.value, device };
+      const reply = canRunCommands(principal)
+        ? await dispatcher.request(command, origin)
+        : dispatcher.refuse(command, origin, 'FORBIDDEN', `${actor} may not run commands (role ${'role' in principal ? principal.role : 'none'})`);
       res.status(reply.status === 'ok' ? 200 : httpStatusOf(reply.code)).json(reply);
     },
   );

@@ -1,10 +1,13 @@
 /**
- * The broker's topic policy: who may connect with which id, and who may publish where
- * (PROTOCOL.md "Names", "Device topics", "Client request / reply"). MQTT 3.1.1 has no way
- * to refuse one PUBLISH, so Aedes answers a refused publish by closing that connection;
- * every refusal is logged with its code so the operator can see why.
+ * The broker's door and its rules: who may connect (ids, credentials) and who may publish
+ * and subscribe where (src/auth/acl.ts). MQTT 3.1.1 has no way to refuse one PUBLISH, so
+ * Aedes answers a refused publish by closing that connection; a refused SUBSCRIBE gets
+ * return code 0x80. Every refusal is logged with its code so the operator can see why.
  */
 import type { AedesOptions, AuthenticateError, Client } from 'aedes';
+import { mayPublish, maySubscribe } from './auth/acl.js';
+import type { Authenticator } from './auth/authenticator.js';
+import type { Principal } from './auth/roles.js';
 import type { Logger } from './log.js';
 import { idProblem } from './protocol/ids.js';
 import type { Topics } from './protocol/topics.js';
@@ -14,8 +17,17 @@ type Hooks = Required<Pick<AedesOptions, 'preConnect' | 'authenticate' | 'author
 export interface AccessOptions {
   topics: Topics;
   log: Logger;
+  auth: Authenticator;
+  /** The device id vouched for by a verified client certificate, if the connection has one. */
+  certificateIdOf?: (client: Client) => string | undefined;
   /** Told of each connection that passed authentication, before the broker registers it (takeover detection). */
   onAuthenticated?: (client: Client) => void;
+}
+
+export interface Access {
+  hooks: Hooks;
+  /** Who a connection authenticated as. */
+  principalOf(client: Client): Principal | undefined;
 }
 
 const IDENTIFIER_REJECTED = 2;
@@ -24,25 +36,37 @@ function refusal(message: string, returnCode: number): AuthenticateError {
   return Object.assign(new Error(message), { returnCode }) as AuthenticateError;
 }
 
-export function createAccessHooks({ topics, log, onAuthenticated }: AccessOptions): Hooks {
+function remoteOf(client: Client): string | undefined {
+  return client.req?.socket.remoteAddress ?? (client.conn as { remoteAddress?: string }).remoteAddress;
+}
+
+export function createAccess({ topics, log, auth, certificateIdOf, onAuthenticated }: AccessOptions): Access {
   // Aedes replaces an empty client id with a generated one before `authenticate` runs;
   // the id the client really sent is kept here so an empty one can be refused.
   const sentIds = new WeakMap<Client, string>();
+  const principals = new WeakMap<Client, Principal>();
 
-  return {
+  const hooks: Hooks = {
     preConnect(client, packet, callback) {
       sentIds.set(client, packet.clientId ?? '');
       callback(null, true);
     },
 
-    authenticate(client, _username, _password, callback) {
+    authenticate(client, username, password, callback) {
       const sent = sentIds.get(client) ?? client.id;
       const problem = idProblem(sent);
       if (problem) {
-        log.warn({ code: 'BAD_REQUEST', clientId: sent.slice(0, 200) }, `connection refused: client id ${problem}`);
+        log.warn({ code: 'BAD_REQUEST', clientId: sent.slice(0, 200), remote: remoteOf(client) }, `connection refused: client id ${problem}`);
         callback(refusal(`client id ${problem}`, IDENTIFIER_REJECTED), false);
         return;
       }
+      const result = auth.mqtt(sent, username, password, certificateIdOf?.(client));
+      if (!result.ok) {
+        log.warn({ code: 'FORBIDDEN', clientId: sent, username, remote: remoteOf(client) }, `connection refused: ${result.reason}`);
+        callback(refusal(result.reason, result.returnCode), false);
+        return;
+      }
+      principals.set(client, result.principal);
       onAuthenticated?.(client);
       callback(null, true);
     },
@@ -50,42 +74,32 @@ export function createAccessHooks({ topics, log, onAuthenticated }: AccessOption
     authorizePublish(client, packet, callback) {
       if (!client) return callback(null);
       const device = topics.parseDeviceTopic(packet.topic);
-      if (device) {
-        if (device.kind === 'status') {
-          // A will arrives here while its connection closes. The hub publishes the status
-          // itself from the broker's disconnect event, so a will from a connection that a
-          // reconnect replaced can never mark the device offline.
-          if (client.closed) return callback(new Error('status is published by the hub'));
-          return deny(client, packet.topic, 'the status topic is published by the hub alone', callback);
-        }
-        if (device.kind === 'command') {
-          return deny(client, packet.topic, 'commands reach devices through the hub (publish a Request on your clients/{id}/request topic)', callback);
-        }
-        if (device.id !== client.id) {
-          return deny(client, packet.topic, `only device ${device.id} may publish its ${device.kind}`, callback);
-        }
-        if (device.kind === 'response') packet.retain = false;
-        return callback(null);
+      // A will arrives here while its connection closes. The hub publishes the status itself
+      // from the broker's disconnect event, so a will from a connection that a reconnect
+      // replaced can never mark the device offline.
+      if (client.closed && device?.kind === 'status') return callback(new Error('status is published by the hub'));
+      const principal = principals.get(client);
+      const verdict = principal ? mayPublish(principal, client.id, packet.topic, topics) : { ok: false as const, why: 'not authenticated' };
+      if (!verdict.ok) {
+        log.warn({ code: 'FORBIDDEN', clientId: client.id, topic: packet.topic }, `publish refused, connection closed: ${verdict.why}`);
+        return callback(new Error(verdict.why));
       }
-      const own = topics.parseClientTopic(packet.topic);
-      if (own) {
-        if (own.kind === 'response') {
-          return deny(client, packet.topic, 'replies are published by the hub alone', callback);
-        }
-        // A retained request would be stored and replayed to every later subscriber.
-        packet.retain = false;
-      }
+      // Requests and Responses are never stored: a retained one would be replayed to every later subscriber.
+      if (device?.kind === 'response' || topics.parseClientTopic(packet.topic)?.kind === 'request') packet.retain = false;
       callback(null);
     },
 
-    authorizeSubscribe(_client, subscription, callback) {
-      // Until access control exists every connection is anonymous and may read every topic.
+    authorizeSubscribe(client, subscription, callback) {
+      const principal = principals.get(client);
+      const verdict = principal ? maySubscribe(principal, client.id, subscription.topic, topics) : { ok: false as const, why: 'not authenticated' };
+      if (!verdict.ok) {
+        log.warn({ code: 'FORBIDDEN', clientId: client.id, topic: subscription.topic }, `subscription refused: ${verdict.why}`);
+        // null: the SUBACK says 0x80 for this filter, and the connection stays up.
+        return callback(null, null);
+      }
       callback(null, subscription);
     },
   };
 
-  function deny(client: Client, topic: string, why: string, callback: (error?: Error | null) => void): void {
-    log.warn({ code: 'FORBIDDEN', clientId: client.id, topic }, `publish refused, connection closed: ${why}`);
-    callback(new Error(why));
-  }
+  return { hooks, principalOf: (client) => principals.get(client) };
 }

@@ -30,6 +30,7 @@ export const SETTINGS = {
   maxResponseBytes: { flag: 'max-response-bytes', type: 'number', help: 'largest Response a device may send (output caps are 1 MiB per stream)', default: 8 * 1024 * 1024 },
   maxInflightPerDevice: { flag: 'max-inflight-per-device', type: 'number', help: 'commands in flight to one device before BUSY', default: 32 },
   maxInflightTotal: { flag: 'max-inflight-total', type: 'number', help: 'commands in flight across the hub before BUSY', default: 10000 },
+  allowedOrigins: { flag: 'allowed-origins', type: 'string', help: 'other web origins whose pages may open WebSockets to the hub, comma-separated (the hub\'s own always may)', default: '' },
 } as const;
 
 export type SettingKey = keyof typeof SETTINGS;
@@ -49,7 +50,16 @@ export const ConfigSchema = z.strictObject({
   maxResponseBytes: positiveInt(1024),
   maxInflightPerDevice: positiveInt(1),
   maxInflightTotal: positiveInt(1),
+  allowedOrigins: z.string({ error: () => 'must be a comma-separated list of origins' }).superRefine((value, ctx) => {
+    for (const origin of splitList(value)) {
+      if (!/^https?:\/\/[^/\s]+$/.test(origin)) ctx.addIssue({ code: 'custom', message: `has ${JSON.stringify(origin)}, which is not an origin like https://ops.example.com` });
+    }
+  }),
 });
+
+export function splitList(value: string): string[] {
+  return value.split(',').map((item) => item.trim()).filter(Boolean);
+}
 
 export type HubConfig = z.infer<typeof ConfigSchema>;
 

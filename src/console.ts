@@ -2,13 +2,35 @@
  * Serves the web console (web/, compiled to dist/web/ by the build) and the MQTT.js browser
  * bundle it connects with, from the hub's own HTTP port: no CDN, works without internet.
  */
-import { existsSync } from 'node:fs';
+import { createHash } from 'node:crypto';
+import { existsSync, readFileSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { join } from 'node:path';
 import express, { type Express } from 'express';
 import { PACKAGE_ROOT } from './package-root.js';
 
 const require = createRequire(import.meta.url);
+
+/**
+ * The Content-Security-Policy of the console: its own scripts only, plus the one inline
+ * import map of index.html, allowed by its hash; Web Worker timers come from blob: URLs.
+ */
+export function consoleContentSecurityPolicy(): string {
+  const html = readFileSync(join(PACKAGE_ROOT, 'web', 'index.html'), 'utf8');
+  const inline = /<script type="importmap">([\s\S]*?)<\/script>/.exec(html)?.[1] ?? '';
+  const hash = createHash('sha256').update(inline).digest('base64');
+  return [
+    "default-src 'self'",
+    `script-src 'self' 'sha256-${hash}'`,
+    "style-src 'self'",
+    "img-src 'self' data:",
+    "connect-src 'self' ws: wss:",
+    "worker-src 'self' blob:",
+    "frame-ancestors 'none'",
+    "base-uri 'none'",
+    "form-action 'self'",
+  ].join('; ');
+}
 
 export function mountConsole(app: Express): void {
   const webDir = join(PACKAGE_ROOT, 'web');
@@ -22,6 +44,10 @@ export function mountConsole(app: Express): void {
   app.get('/', (_req, res) => {
     res.setHeader('cache-control', 'no-cache');
     res.sendFile(join(webDir, 'index.html'));
+  });
+  app.get('/login', (_req, res) => {
+    res.setHeader('cache-control', 'no-cache');
+    res.sendFile(join(webDir, 'login.html'));
   });
   app.get('/console.css', (_req, res) => {
     res.setHeader('cache-control', 'no-cache');

@@ -34,11 +34,18 @@ export interface CommandRequest {
   timeout_ms?: number;
 }
 
-/** Who asked: a client id (MQTT, REST, legacy console) for the connections table and logs. */
+/** Who asked: a client id (MQTT, REST, legacy console) for the connections table, and who and from where for the audit. */
 export interface Origin {
   clientId: string;
   via: 'mqtt' | 'rest' | 'api' | 'legacy';
+  /** The authenticated name (user, token, device) or "anonymous"; the client id when not given. */
+  actor?: string;
+  actorKind?: string;
+  remote?: string | null;
 }
+
+/** Called once per command with its final Reply, for the audit trail. */
+export type SettledHook = (request: CommandRequest, origin: Origin, reply: Reply, durationMs: number) => void;
 
 interface Pending {
   hubId: string;
@@ -67,6 +74,7 @@ export class Dispatcher {
     private readonly presence: Presence,
     private readonly limits: DispatchLimits,
     private readonly log: Logger,
+    private readonly onSettled?: SettledHook,
   ) {
     presence.on('offline', (device) => this.failDevice(device.id, 'DEVICE_OFFLINE', `device ${device.id} disconnected before it answered`));
   }
@@ -75,8 +83,27 @@ export class Dispatcher {
     return this.pending.size;
   }
 
-  /** Sends a command and resolves with its Reply; never rejects. */
+  /** Sends a command and resolves with its Reply; never rejects. Every command, answered or refused, reaches the settled hook. */
   request(request: CommandRequest, origin: Origin): Promise<Reply> {
+    const started = Date.now();
+    return this.dispatch(request, origin).then((reply) => this.settled(request, origin, reply, started));
+  }
+
+  /** Refuses a command before it is sent (FORBIDDEN, say), with the same accounting as any other. */
+  refuse(request: CommandRequest, origin: Origin, code: ErrorCode, message: string): Reply {
+    return this.settled(request, origin, errorReply(request.id ?? null, request.device, code, message), Date.now());
+  }
+
+  private settled(request: CommandRequest, origin: Origin, reply: Reply, started: number): Reply {
+    try {
+      this.onSettled?.(request, origin, reply, Date.now() - started);
+    } catch (error) {
+      this.log.error({ err: error }, 'cannot record a command in the audit trail');
+    }
+    return reply;
+  }
+
+  private dispatch(request: CommandRequest, origin: Origin): Promise<Reply> {
     const { device } = request;
     const callerId = request.id ?? null;
     const refuse = (code: ErrorCode, message: string) => Promise.resolve(errorReply(callerId, device, code, message));

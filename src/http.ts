@@ -22,10 +22,43 @@ export interface HttpFront {
   closeConnections(): void;
 }
 
-export function createHttpFront(log: Logger): HttpFront {
+export interface HttpFrontOptions {
+  /** Origins besides the hub's own whose pages may open WebSockets here. */
+  allowedOrigins: string[];
+  /** The Content-Security-Policy of the hub's pages. */
+  contentSecurityPolicy: string;
+  /** An HTTPS server to use instead of plain HTTP (TLS on). */
+  server?: Server;
+}
+
+/**
+ * A browser sends `Origin` with every WebSocket upgrade, and a page from anywhere can ask for
+ * one (cookies included): so an upgrade whose Origin is not the hub's own page, nor on the
+ * allow-list, is refused. Clients that are not browsers (hypha, MQTT tools) send no Origin.
+ */
+export function originAllowed(origin: string | undefined, host: string | undefined, allowed: string[]): boolean {
+  if (origin === undefined) return true;
+  if (allowed.includes(origin)) return true;
+  try {
+    return host !== undefined && new URL(origin).host === host;
+  } catch {
+    return false;
+  }
+}
+
+export function createHttpFront(log: Logger, options: HttpFrontOptions): HttpFront {
   const app = express();
   app.disable('x-powered-by');
-  const server = createServer(app);
+  app.use((_req, res, next) => {
+    res.setHeader('x-content-type-options', 'nosniff');
+    res.setHeader('x-frame-options', 'DENY');
+    res.setHeader('referrer-policy', 'no-referrer');
+    res.setHeader('cross-origin-opener-policy', 'same-origin');
+    res.setHeader('content-security-policy', options.contentSecurityPolicy);
+    next();
+  });
+  const server = options.server ?? createServer();
+  server.on('request', app);
   const routes: { path: string; handler: UpgradeHandler }[] = [];
   const sockets = new Set<Socket>();
 
@@ -35,6 +68,11 @@ export function createHttpFront(log: Logger): HttpFront {
     const route = routes.find((r) => (r.path.endsWith('/') ? pathname.startsWith(r.path) : pathname === r.path));
     if (!route) {
       socket.end('HTTP/1.1 404 Not Found\r\nConnection: close\r\nContent-Length: 0\r\n\r\n');
+      return;
+    }
+    if (!originAllowed(req.headers.origin, req.headers.host, options.allowedOrigins)) {
+      log.warn({ code: 'FORBIDDEN', origin: req.headers.origin, path: pathname, remote: req.socket.remoteAddress }, 'WebSocket refused: foreign Origin');
+      socket.end('HTTP/1.1 403 Forbidden\r\nConnection: close\r\nContent-Type: text/plain\r\nContent-Length: 37\r\n\r\nFORBIDDEN: this Origin is not allowed');
       return;
     }
     sockets.add(socket);

@@ -10,11 +10,12 @@ import { Aedes, type Client } from 'aedes';
 import { attachLegacyBridge } from '../bridge/legacy.js';
 import { bridgeMqttRequests } from '../bridge/mqtt-requests.js';
 import { restRouter } from '../bridge/rest.js';
-import { createAccessHooks } from './access.js';
-import { configFromOptions, type HubConfig } from './config.js';
-import { Dispatcher, type CommandRequest, type Origin } from './dispatcher.js';
+import { createAccess } from './access.js';
+import { Authenticator } from './auth/authenticator.js';
+import { configFromOptions, splitList, type HubConfig } from './config.js';
+import { Dispatcher, type CommandRequest, type Origin, type SettledHook } from './dispatcher.js';
 import { HubError } from './errors.js';
-import { mountConsole } from './console.js';
+import { consoleContentSecurityPolicy, mountConsole } from './console.js';
 import { createHttpFront, mqttOverWebSocket } from './http.js';
 import { PACKAGE_VERSION } from './package-root.js';
 import { createLogger, type Logger } from './log.js';
@@ -24,6 +25,9 @@ import { idProblem } from './protocol/ids.js';
 import { ORDERS, type CommandResult, type Order, type Reply, type Status } from './protocol/schemas.js';
 import { Topics } from './protocol/topics.js';
 import { DeviceRegistry } from './registry.js';
+import { watchCredentials } from './revocation.js';
+import { ensureFirstAdmin, openStores, type Stores } from './store/stores.js';
+import { sessionRouter } from './web-auth.js';
 
 export interface HubOptions extends Partial<HubConfig> {
   /** A logger to use instead of one made from `logLevel`. */
@@ -51,6 +55,8 @@ const CLOSE_BUDGET_MS = 4000;
 export class Hub extends EventEmitter<HubEvents> {
   /** The live ports (useful when 0 was asked for). */
   readonly ports: { mqtt: number; http: number };
+  /** On the first start (empty database): the password of the admin user created then, to show once. */
+  initialAdminPassword: string | null = null;
 
   constructor(
     readonly config: HubConfig,
@@ -59,6 +65,8 @@ export class Hub extends EventEmitter<HubEvents> {
     readonly broker: Aedes,
     private readonly presence: Presence,
     private readonly dispatcher: Dispatcher,
+    /** The hub's database: devices, users, tokens, sessions, audit. */
+    readonly stores: Stores,
     ports: { mqtt: number; http: number },
     /** Teardown steps, in the order they run. */
     private readonly teardown: (() => void | Promise<void>)[],
@@ -141,6 +149,25 @@ export class Hub extends EventEmitter<HubEvents> {
   }
 }
 
+/** Every command, answered or refused, into the audit trail. */
+function auditCommands(stores: Stores): SettledHook {
+  return (request, origin, reply, durationMs) =>
+    stores.audit.record({
+      at: Date.now(),
+      actor: origin.actor ?? origin.clientId,
+      actorKind: origin.actorKind ?? origin.via,
+      remote: origin.remote ?? null,
+      action: 'command',
+      device: request.device,
+      order: request.order,
+      cmdStr: request.cmd_str,
+      outcome: reply.status === 'ok' ? 'ok' : reply.code,
+      exitCode: reply.status === 'ok' ? reply.exit_code : null,
+      durationMs,
+      detail: { via: origin.via, clientId: origin.clientId },
+    });
+}
+
 function listen(server: TcpServer | HttpServer, port: number, host: string, flag: string): Promise<number> {
   return new Promise((resolve, reject) => {
     const onError = (error: NodeJS.ErrnoException) => {
@@ -204,22 +231,28 @@ export async function startHub(options: HubOptions = {}): Promise<Hub> {
   const onClose = (step: () => void | Promise<void>) => teardown.unshift(step);
 
   try {
-    const registry = new DeviceRegistry(config.dataDir, log);
+    const stores = openStores(config.dataDir);
+    onClose(() => stores.close());
+    const imported = stores.devices.importLegacyRegistry(config.dataDir);
+    if (imported > 0) log.info({ devices: imported }, 'imported the devices of devices.json into the database');
+    const initialAdminPassword = ensureFirstAdmin(stores, log);
+    const auth = new Authenticator(stores.devices, stores.tokens, stores.sessions, { allowAnonymous: config.allowAnonymous });
+    const registry = new DeviceRegistry(stores.devices, log);
     onClose(() => registry.flush());
 
     let noteAuthenticated: (client: Client) => void = () => {};
-    const broker = await Aedes.createBroker({
-      ...createAccessHooks({ topics, log, onAuthenticated: (client) => noteAuthenticated(client) }),
-    });
+    const access = createAccess({ topics, log, auth, onAuthenticated: (client) => noteAuthenticated(client) });
+    const broker = await Aedes.createBroker({ ...access.hooks });
     broker.on('connectionError', (client, error) => log.debug({ clientId: client?.id, err: error.message }, 'connection error'));
 
-    const publishStatus = (id: string, status: Status) => {
-      const payload = Buffer.from(JSON.stringify(status));
+    // A null status clears the retained message (a removed device).
+    const publishStatus = (id: string, status: Status | null) => {
+      const payload = status ? Buffer.from(JSON.stringify(status)) : Buffer.alloc(0);
       broker.publish({ cmd: 'publish', topic: topics.deviceStatus(id), payload, qos: 1, retain: true, dup: false }, () => {});
     };
     const presence = new Presence(registry, publishStatus, log);
-    const dispatcher = new Dispatcher(presence, config, log);
-    const mqttDevices = watchMqttDevices(broker, topics, presence, log, (device, payload) => dispatcher.handleResponse(device, payload));
+    const dispatcher = new Dispatcher(presence, config, log, auditCommands(stores));
+    const mqttDevices = watchMqttDevices(broker, topics, presence, log, (device, payload) => dispatcher.handleResponse(device, payload), access.principalOf);
     noteAuthenticated = mqttDevices.noteAuthenticated;
     onClose(() => mqttDevices.close());
     onClose(() =>
@@ -231,20 +264,35 @@ export async function startHub(options: HubOptions = {}): Promise<Hub> {
         CLOSE_BUDGET_MS,
       ),
     );
-    const requests = bridgeMqttRequests({ broker, topics, dispatcher, maxPayloadBytes: config.maxPayloadBytes, log });
+    const credentials = watchCredentials(stores, presence, broker, access.principalOf, auth, log);
+    onClose(() => credentials.close());
+    const requests = bridgeMqttRequests({ broker, topics, dispatcher, maxPayloadBytes: config.maxPayloadBytes, log, principalOf: access.principalOf });
     onClose(() => requests.close());
     onClose(() => dispatcher.close());
     presence.publishKnownStatuses();
 
-    const http = createHttpFront(log);
+    const http = createHttpFront(log, { allowedOrigins: splitList(config.allowedOrigins), contentSecurityPolicy: consoleContentSecurityPolicy() });
     http.app.get('/healthz', (_req, res) => {
       res.json({ ok: true, devices: presence.table.size, online: presence.onlineCount(), inflight: dispatcher.inflight });
     });
-    http.app.use('/api', restRouter({ presence, dispatcher, maxPayloadBytes: config.maxPayloadBytes, log, info: { topicPrefix: config.topicPrefix, version: PACKAGE_VERSION } }));
+    http.app.use('/api', sessionRouter({ auth, stores, log, secure: false }));
+    http.app.use(
+      '/api',
+      restRouter({
+        presence,
+        dispatcher,
+        maxPayloadBytes: config.maxPayloadBytes,
+        log,
+        info: { topicPrefix: config.topicPrefix, version: PACKAGE_VERSION },
+        auth,
+        stores,
+        onCredentialsChanged: () => credentials.check(),
+      }),
+    );
     mountConsole(http.app);
     const ws = mqttOverWebSocket(broker, Math.max(config.maxPayloadBytes, config.maxResponseBytes) + 64 * 1024);
     http.addUpgrade('/mqtt', ws.handler);
-    const legacy = attachLegacyBridge({ http, presence, dispatcher, log, maxPayloadBytes: config.maxPayloadBytes });
+    const legacy = attachLegacyBridge({ http, presence, dispatcher, log, maxPayloadBytes: config.maxPayloadBytes, auth });
     onClose(() => legacy.close());
     onClose(() => {
       ws.close();
@@ -260,7 +308,8 @@ export async function startHub(options: HubOptions = {}): Promise<Hub> {
     onClose(() => void closed.push(stopListening(http.server)));
     const httpPort = await listen(http.server, config.httpPort, config.host, '--http-port');
 
-    const hub = new Hub(config, log, topics, broker, presence, dispatcher, { mqtt: mqttPort, http: httpPort }, teardown);
+    const hub = new Hub(config, log, topics, broker, presence, dispatcher, stores, { mqtt: mqttPort, http: httpPort }, teardown);
+    hub.initialAdminPassword = initialAdminPassword;
     log.info(
       { mqtt: hub.urls.mqtt, ws: hub.urls.ws, http: hub.urls.http, topicPrefix: config.topicPrefix, dataDir: config.dataDir, devices: presence.table.size },
       'hub listening',

@@ -6,6 +6,7 @@
 import type { EventEmitter } from 'node:events';
 import type { Aedes, AedesPublishPacket, Client } from 'aedes';
 import type { Logger } from './log.js';
+import type { Principal } from './auth/roles.js';
 import type { DeviceLink, OfflineReason, Presence } from './presence.js';
 import type { Command, Transport } from './protocol/schemas.js';
 import type { Topics } from './protocol/topics.js';
@@ -49,6 +50,7 @@ export function watchMqttDevices(
   presence: Presence,
   log: Logger,
   onResponse: (device: string, payload: Buffer | string) => void,
+  principalOf: (client: Client) => Principal | undefined,
 ): MqttDevices {
   const links = new WeakMap<Client, MqttLink>();
   /** Authenticated connections not yet registered by the broker, by id. */
@@ -56,6 +58,16 @@ export function watchMqttDevices(
   /** Devices whose connection closed because a new one with the same id is taking over. */
   const takeovers = new Map<string, { link: MqttLink; timer: NodeJS.Timeout }>();
   const endReasons = new WeakMap<Client, OfflineReason>();
+
+  /**
+   * A connection is a device when it authenticated with a device credential, or (anonymous
+   * access only) once it holds a subscription to its own command topic.
+   */
+  const isDevice = (client: Client): boolean => {
+    const principal = principalOf(client);
+    if (principal?.kind === 'device') return true;
+    return principal?.kind === 'anonymous' && holdsCommandSubscription(client);
+  };
 
   const holdsCommandSubscription = (client: Client): boolean => {
     // `subscriptions` is filled for restored and new subscriptions alike (not in Aedes' typings).
@@ -77,12 +89,12 @@ export function watchMqttDevices(
 
   const onClient = (client: Client) => {
     if (authenticating.get(client.id) === client) authenticating.delete(client.id);
-    if (holdsCommandSubscription(client)) goOnline(client);
+    if (isDevice(client)) goOnline(client);
   };
 
   const onSubscribe = (subscriptions: { topic: string }[], client: Client) => {
     const own = topics.deviceCommand(client.id);
-    if (subscriptions.some((s) => s.topic === own)) goOnline(client);
+    if (subscriptions.some((s) => s.topic === own) && isDevice(client)) goOnline(client);
   };
 
   const onDisconnect = (client: Client) => {

@@ -45,7 +45,7 @@ export interface DeviceInfo {
   remoteAddress: string | null;
 }
 
-export type OfflineReason = 'disconnect' | 'keepalive-timeout' | 'error' | 'replaced' | 'hub-closing';
+export type OfflineReason = 'disconnect' | 'keepalive-timeout' | 'error' | 'replaced' | 'hub-closing' | 'removed';
 
 export interface PresenceEvents {
   online: [device: DeviceInfo];
@@ -82,11 +82,33 @@ export class Presence extends EventEmitter<PresenceEvents> {
 
   constructor(
     private readonly registry: DeviceRegistry,
-    private readonly publishStatus: (id: string, status: Status) => void,
+    private readonly publishStatus: (id: string, status: Status | null) => void,
     private readonly log: Logger,
   ) {
     super();
     for (const record of registry.all()) this.entries.set(record.id, this.fromRecord(record));
+  }
+
+  /** A device registered while the hub runs (an admin command): known, offline until it connects. */
+  know(id: string): void {
+    if (this.entries.has(id)) return;
+    const entry: MutableEntry = { id, online: false, transport: null, remoteAddress: null, connectedAt: null, lastSeen: null, link: null, clients: new Map() };
+    this.entries.set(id, entry);
+    this.publishStatus(id, this.statusOf(entry));
+  }
+
+  /** A device removed by an admin: its connection is dropped and it leaves the table and the retained statuses. */
+  forget(id: string): void {
+    const entry = this.entries.get(id);
+    if (!entry) return;
+    const link = entry.link;
+    if (link) {
+      this.detach(id, link, 'removed');
+      link.close('the device was removed');
+    }
+    this.entries.delete(id);
+    this.publishStatus(id, null);
+    this.log.info({ device: id }, 'device removed');
   }
 
   private fromRecord(record: DeviceRecord): MutableEntry {

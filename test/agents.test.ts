@@ -150,7 +150,7 @@ describe('agents and the hub', () => {
   it('brings agents back by themselves after a hub restart', async () => {
     const [mqttPort, httpPort] = [await freePort(), await freePort()];
     const dataDir = tempDir();
-    const args = ['--mqtt-port', String(mqttPort), '--http-port', String(httpPort), '--data-dir', dataDir, '--log-level', 'warn'];
+    const args = ['--mqtt-port', String(mqttPort), '--http-port', String(httpPort), '--data-dir', dataDir, '--log-level', 'warn', '--allow-anonymous'];
     const online = async () => {
       const res = await fetch(`http://127.0.0.1:${httpPort}/api/devices/pi-r`).catch(() => null);
       return res?.ok ? ((await res.json()) as { online: boolean }).online : false;

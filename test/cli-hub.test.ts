@@ -65,8 +65,10 @@ describe('rhizosphere CLI', () => {
       const { code } = await hub.exited;
       expect(code).toBe(0);
       expect(Date.now() - sent).toBeLessThan(5000);
-      // Not a terminal: JSON log lines.
-      const lines = hub.output().trim().split('\n').map((line) => JSON.parse(line) as { msg: string });
+      // Not a terminal: JSON log lines, and on this first start the admin's one-time password.
+      const output = hub.output();
+      expect(output).toMatch(/first start: created user "admin" with password\n\n {4}[A-Za-z0-9_-]{20}\n/);
+      const lines = output.split('\n').filter((line) => line.startsWith('{')).map((line) => JSON.parse(line) as { msg: string });
       expect(lines.map((l) => l.msg)).toEqual(expect.arrayContaining(['hub listening', 'stopping', 'hub closed']));
     }
   });

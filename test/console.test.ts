@@ -100,7 +100,7 @@ describe('web console', () => {
   it('filters by id and shows the connection state through a hub restart', async () => {
     const [mqttPort, httpPort] = [await freePort(), await freePort()];
     const dataDir = tempDir();
-    const options = { host: '127.0.0.1', mqttPort, httpPort, dataDir, logLevel: 'silent' as const };
+    const options = { host: '127.0.0.1', mqttPort, httpPort, dataDir, logLevel: 'silent' as const, allowAnonymous: true };
     let hub = await startHub(options);
     cleanup(() => hub.close());
     await startAgents(hub, ['alpha-1', 'alpha-2', 'beta-1']);

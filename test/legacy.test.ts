@@ -17,6 +17,8 @@ import type { Hub } from '../src/index.js';
 import { Presence, type OfflineReason } from '../src/presence.js';
 import type { Reply } from '../src/protocol/schemas.js';
 import { DeviceRegistry } from '../src/registry.js';
+import { Authenticator } from '../src/auth/authenticator.js';
+import { openStores } from '../src/store/stores.js';
 import { cleanup, connectMqtt, RequestClient, spawnHypha, startTestHub, tempDir, waitFor } from './helpers.js';
 
 const wsUrl = (hub: Hub, path: string) => hub.urls.http.replace(/^http/, 'ws') + path;
@@ -473,7 +475,10 @@ describe('legacy bridge timings', () => {
   /** The bridge on its own HTTP server, with short timings. */
   async function bridgeRig() {
     const log = pino({ level: 'silent' });
-    const presence = new Presence(new DeviceRegistry(tempDir(), log), () => {}, log);
+    const stores = openStores(tempDir());
+    cleanup(() => stores.close());
+    const auth = new Authenticator(stores.devices, stores.tokens, stores.sessions, { allowAnonymous: true });
+    const presence = new Presence(new DeviceRegistry(stores.devices, log), () => {}, log);
     const dispatcher = new Dispatcher(presence, { maxInflightPerDevice: 32, maxInflightTotal: 100, maxResponseBytes: 1 << 20 }, log);
     const server = createServer();
     const routes = new Map<string, (req: IncomingMessage, socket: Socket, head: Buffer) => void>();
@@ -489,6 +494,7 @@ describe('legacy bridge timings', () => {
       dispatcher,
       log,
       maxPayloadBytes: 4096,
+      auth,
       timings: { pingIntervalMs: 100, registerWaitMs: 300 },
     });
     await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));

@@ -4,6 +4,8 @@
  */
 import { parseArgs } from 'node:util';
 import { parseArgsProblem } from './args.js';
+import { ADMIN_COMMANDS, ADMIN_USAGE, AdminUsageError, runAdmin } from './admin.js';
+import { HubError } from '../errors.js';
 import { ConfigError, envName, resolveConfig, SETTINGS, type SettingKey } from '../config.js';
 import { startHub, StartError } from '../hub.js';
 import { createLogger } from '../log.js';
@@ -28,8 +30,10 @@ function usage(): string {
     `  ${'--config FILE'.padEnd(30)} JSON file with settings; env RHIZOSPHERE_CONFIG`,
     `  ${'--help'.padEnd(30)} show this help`,
     '',
-    'Devices run the agent: hypha --url mqtt://HUB:1883 --id ID  (see hypha --help)',
-    'Run a command:  curl -X POST http://127.0.0.1:8080/api/devices/ID/commands \\',
+    ADMIN_USAGE,
+    '',
+    'Devices run the agent: hypha --url mqtt://HUB:1883 --id ID --token TOKEN  (see hypha --help)',
+    'Run a command:  curl -X POST http://127.0.0.1:8080/api/devices/ID/commands -H "authorization: Bearer TOKEN" \\',
     "                  -H 'content-type: application/json' -d '{\"order\":\"exec_bash\",\"cmd_str\":\"uname -a\"}'",
     '',
     'Exit status: 0 after a clean stop (SIGTERM, SIGINT), 2 for a bad flag, value or port in use.',
@@ -70,7 +74,9 @@ function parseFlags(argv: string[]) {
 }
 
 async function main(): Promise<void> {
-  const { flags, help, config: configFile } = parseFlags(process.argv.slice(2));
+  const argv = process.argv.slice(2);
+  if ((ADMIN_COMMANDS as readonly string[]).includes(argv[0] ?? '')) return admin(argv);
+  const { flags, help, config: configFile } = parseFlags(argv);
   if (help) {
     process.stdout.write(`${usage()}\n`);
     return;
@@ -87,8 +93,8 @@ async function main(): Promise<void> {
   }
 
   const log = createLogger({ level: config.logLevel });
-  if (!config.allowAnonymous) {
-    log.warn('access control is not built yet: every client is accepted without credentials, as with --allow-anonymous');
+  if (config.allowAnonymous) {
+    log.warn('anonymous access is on (--allow-anonymous): anyone who can reach the hub may connect and run commands on every device');
   }
   let hub;
   try {
@@ -96,6 +102,13 @@ async function main(): Promise<void> {
   } catch (error) {
     if (error instanceof StartError || error instanceof ConfigError) fail(error.message);
     throw error;
+  }
+
+  if (hub.initialAdminPassword) {
+    process.stdout.write(
+      `\nrhizosphere: first start: created user "admin" with password\n\n    ${hub.initialAdminPassword}\n\n` +
+        `Log in at ${hub.urls.http}/ — this password is shown only this once (change it: rhizosphere user passwd admin).\n\n`,
+    );
   }
 
   let stopping = false;
@@ -112,6 +125,20 @@ async function main(): Promise<void> {
   };
   process.on('SIGTERM', stop);
   process.on('SIGINT', stop);
+}
+
+/** `rhizosphere device|user|token|audit …`: exit 0 done, 1 refused (a coded problem), 2 usage. */
+async function admin(argv: string[]): Promise<void> {
+  try {
+    await runAdmin(argv, process.env, (line) => process.stdout.write(`${line}\n`));
+  } catch (error) {
+    if (error instanceof AdminUsageError || error instanceof ConfigError) fail(error.message);
+    if (error instanceof HubError) {
+      process.stderr.write(`rhizosphere: ${error.code}: ${error.message}\n`);
+      process.exit(1);
+    }
+    throw error;
+  }
 }
 
 main().catch((error: unknown) => {

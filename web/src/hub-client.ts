@@ -3,7 +3,7 @@
  * command round trip over MQTT over WebSocket (docs/protocol.md), like any other client.
  */
 import mqtt, { type MqttClient } from 'mqtt';
-import type { Device, HubInfo, Order, Reply, Status } from './types.js';
+import type { Device, HubInfo, Order, Reply, Session, Status } from './types.js';
 
 export type ConnectionState = 'connecting' | 'connected' | 'reconnecting' | 'offline';
 
@@ -33,8 +33,13 @@ export class HubClient extends EventTarget {
   private readonly dirty = new Set<string>();
   private flush = 0;
 
+  /** Thrown by start() when the browser has no session: the page goes to /login. */
+  static readonly LOGIN_NEEDED = 'login needed';
+  session: Session | null = null;
+
   async start(): Promise<void> {
     this.info = await getJson<HubInfo>('/api/hub');
+    this.session = await getJson<Session>('/api/session');
     await this.loadDevices();
     const url = `${location.protocol === 'https:' ? 'wss' : 'ws'}://${location.host}/mqtt`;
     this.client = mqtt.connect(url, {
@@ -47,13 +52,28 @@ export class HubClient extends EventTarget {
       // Browsers throttle timers in background tabs to once a minute or less; Web Worker
       // timers are not throttled, so a console left in a background tab keeps its keepalive.
       timerVariant: 'worker',
+      ...(this.session.mqtt ? { username: this.session.mqtt.username, password: this.session.mqtt.password } : {}),
     });
+    // The MQTT token is short-lived: renew it well before it expires, so reconnects keep working.
+    if (this.session.mqtt) window.setInterval(() => void this.renewToken(), 20 * 60 * 1000);
     this.client.on('connect', () => this.onConnect());
     this.client.on('reconnect', () => this.setState('reconnecting'));
     this.client.on('close', () => this.onClose());
     this.client.on('message', (topic, payload) => this.onMessage(topic, payload));
     window.addEventListener('offline', () => this.setState('offline'));
     window.addEventListener('online', () => this.client?.reconnect());
+  }
+
+  private async renewToken(): Promise<void> {
+    try {
+      const session = await getJson<Session>('/api/session');
+      if (session.mqtt && this.client) {
+        this.client.options.username = session.mqtt.username;
+        this.client.options.password = session.mqtt.password;
+      }
+    } catch (error) {
+      if ((error as Error).message === HubClient.LOGIN_NEEDED) location.href = '/login';
+    }
   }
 
   private get responseTopic(): string {
@@ -175,6 +195,7 @@ export class HubClient extends EventTarget {
 
 async function getJson<T>(path: string): Promise<T> {
   const res = await fetch(path, { headers: { accept: 'application/json' } });
+  if (res.status === 401) throw new Error(HubClient.LOGIN_NEEDED);
   if (!res.ok) throw new Error(`${path}: HTTP ${res.status}`);
   return (await res.json()) as T;
 }

@@ -63,9 +63,20 @@ async function main(): Promise<void> {
   try {
     await hub.start();
   } catch (error) {
+    if ((error as Error).message === HubClient.LOGIN_NEEDED) {
+      location.href = '/login';
+      return;
+    }
     connection.textContent = 'cannot reach the hub';
     connection.dataset.state = 'offline';
     console.error(error);
+  }
+  const session = hub.session;
+  if (session) {
+    byId('who').textContent = `${session.name} (${session.role})`;
+    const logout = byId<HTMLButtonElement>('logout');
+    logout.hidden = session.mqtt === null;
+    logout.addEventListener('click', () => void fetch('/api/logout', { method: 'POST' }).then(() => (location.href = '/login')));
   }
   byId('version').textContent = hub.info.version ? `v${hub.info.version}` : '';
   showSelected();

@@ -49,3 +49,10 @@ export interface HubInfo {
   topicPrefix: string;
   version: string;
 }
+
+export interface Session {
+  name: string;
+  role: 'admin' | 'operator' | 'viewer';
+  /** MQTT credentials for the console's connection; null with anonymous access. */
+  mqtt: { username: string; password: string; expiresAt: number } | null;
+}

@@ -1,0 +1,120 @@
+/**
+ * Turns credentials into a Principal, for every way in: MQTT (TCP, TLS, WebSocket), the
+ * legacy device socket, and HTTP (API token, browser session). One place, so each door
+ * applies the same rules.
+ */
+import type { DeviceStore } from '../store/devices.js';
+import type { SessionStore, TokenStore } from '../store/people.js';
+import { newToken } from './secrets.js';
+import type { Principal, Role } from './roles.js';
+
+/** MQTT username under which the web console presents its short-lived token ('@' never occurs in an id). */
+export const CONSOLE_USERNAME = '@console';
+export const CONSOLE_TOKEN_TTL_MS = 60 * 60 * 1000;
+
+export type AuthResult =
+  | { ok: true; principal: Principal }
+  /** returnCode: MQTT CONNACK 4 (bad user name or password) or 5 (not authorized). */
+  | { ok: false; returnCode: 4 | 5; reason: string };
+
+export interface AuthenticatorOptions {
+  allowAnonymous: boolean;
+}
+
+export class Authenticator {
+  /** Console MQTT tokens live in memory: they are short-lived and re-issued by /api/session. */
+  private readonly consoleTokens = new Map<string, { name: string; role: Role; expiresAt: number }>();
+
+  constructor(
+    private readonly devices: DeviceStore,
+    private readonly tokens: TokenStore,
+    private readonly sessions: SessionStore,
+    private readonly options: AuthenticatorOptions,
+  ) {}
+
+  get allowAnonymous(): boolean {
+    return this.options.allowAnonymous;
+  }
+
+  /** MQTT CONNECT. `certificateId` is the device id from a verified client certificate (mutual TLS). */
+  mqtt(clientId: string, username: string | undefined, password: Buffer | undefined, certificateId?: string): AuthResult {
+    if (certificateId !== undefined) {
+      if (clientId !== certificateId) return { ok: false, returnCode: 5, reason: `client id must be the certificate's device id ${certificateId}` };
+      return this.device(certificateId);
+    }
+    const secret = password?.toString('utf8') ?? '';
+    if (!username) {
+      return this.options.allowAnonymous
+        ? { ok: true, principal: { kind: 'anonymous', role: 'operator' } }
+        : { ok: false, returnCode: 5, reason: 'credentials required (anonymous access is off)' };
+    }
+    if (username === CONSOLE_USERNAME) return this.consoleToken(secret);
+    if (username === clientId) {
+      const check = this.devices.checkToken(clientId, secret);
+      if (check === 'ok') return { ok: true, principal: { kind: 'device', id: clientId } };
+      if (check === 'pending') return { ok: false, returnCode: 5, reason: `device ${clientId} is waiting for an admin to accept it` };
+      if (check === 'wrong') return { ok: false, returnCode: 4, reason: `wrong token for device ${clientId}` };
+      if (check === 'no-token' && this.options.allowAnonymous) return { ok: true, principal: { kind: 'anonymous', role: 'operator' } };
+    }
+    const token = this.tokens.verify(username, secret);
+    if (token) return { ok: true, principal: { kind: 'token', name: token.name, role: token.role } };
+    return { ok: false, returnCode: 4, reason: `unknown user name ${username} or wrong password` };
+  }
+
+  /** A device known by other means (certificate): it must be registered and accepted. */
+  private device(id: string): AuthResult {
+    const known = this.devices.get(id);
+    if (!known) return { ok: false, returnCode: 5, reason: `no device ${id} is registered` };
+    if (known.state === 'pending') return { ok: false, returnCode: 5, reason: `device ${id} is waiting for an admin to accept it` };
+    return { ok: true, principal: { kind: 'device', id } };
+  }
+
+  /** The original hypha: `x-custome-id` and `Authorization: Bearer {token}`. */
+  legacyDevice(id: string, bearer: string | null): AuthResult {
+    if (bearer !== null) {
+      const check = this.devices.checkToken(id, bearer);
+      if (check === 'ok') return { ok: true, principal: { kind: 'device', id } };
+      if (check === 'pending') return { ok: false, returnCode: 5, reason: `device ${id} is waiting for an admin to accept it` };
+      if (check === 'wrong') return { ok: false, returnCode: 4, reason: `wrong token for device ${id}` };
+    }
+    // The original agent always sends "Bearer 0000": in development mode that is no credential.
+    if (this.options.allowAnonymous && this.devices.checkToken(id, bearer ?? '') !== 'wrong') {
+      return { ok: true, principal: { kind: 'anonymous', role: 'operator' } };
+    }
+    return { ok: false, returnCode: 4, reason: bearer === null ? 'a device token is required (Authorization: Bearer TOKEN)' : `wrong or unknown token for device ${id}` };
+  }
+
+  /** HTTP: an API token as `Authorization: Bearer`, or a browser session cookie. */
+  http(bearer: string | null, sessionId: string | null): Principal | null {
+    if (bearer) {
+      const token = this.tokens.bySecret(bearer);
+      return token ? { kind: 'token', name: token.name, role: token.role } : null;
+    }
+    if (sessionId) {
+      const user = this.sessions.user(sessionId);
+      if (user) return { kind: 'user', name: user.name, role: user.role };
+    }
+    return this.options.allowAnonymous ? { kind: 'anonymous', role: 'operator' } : null;
+  }
+
+  /** A token the console presents as its MQTT password (username `@console`). */
+  issueConsoleToken(user: { name: string; role: Role }): { username: string; password: string; expiresAt: number } {
+    const now = Date.now();
+    for (const [token, entry] of this.consoleTokens) if (entry.expiresAt < now) this.consoleTokens.delete(token);
+    const password = newToken();
+    const expiresAt = now + CONSOLE_TOKEN_TTL_MS;
+    this.consoleTokens.set(password, { name: user.name, role: user.role, expiresAt });
+    return { username: CONSOLE_USERNAME, password, expiresAt };
+  }
+
+  /** Ends the console tokens of a user (logout, removal, new password). */
+  revokeConsoleTokens(name: string): void {
+    for (const [token, entry] of this.consoleTokens) if (entry.name === name) this.consoleTokens.delete(token);
+  }
+
+  private consoleToken(secret: string): AuthResult {
+    const entry = this.consoleTokens.get(secret);
+    if (!entry || entry.expiresAt < Date.now()) return { ok: false, returnCode: 4, reason: 'console token unknown or expired (log in again)' };
+    return { ok: true, principal: { kind: 'user', name: entry.name, role: entry.role } };
+  }
+}

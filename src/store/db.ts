@@ -1,0 +1,90 @@
+/**
+ * The hub's embedded database: SQLite in `<data-dir>/rhizosphere.db`, in WAL mode so the
+ * admin commands (`rhizosphere device add`, …) can write while the hub runs. The schema
+ * moves forward by numbered migrations recorded in `PRAGMA user_version`.
+ */
+import { mkdirSync } from 'node:fs';
+import { join } from 'node:path';
+import Database from 'better-sqlite3';
+
+export type Db = Database.Database;
+
+/** Each entry upgrades the schema by one version; never edit one that has shipped, add a new one. */
+const MIGRATIONS: string[] = [
+  // 1: devices, people, API tokens, browser sessions, the audit trail
+  `
+  CREATE TABLE devices (
+    id            TEXT PRIMARY KEY,
+    token_hash    TEXT,
+    state         TEXT NOT NULL DEFAULT 'active' CHECK (state IN ('active', 'pending')),
+    tags          TEXT NOT NULL DEFAULT '[]',
+    created_at    INTEGER NOT NULL,
+    transport     TEXT,
+    remote_address TEXT,
+    connected_at  INTEGER,
+    last_seen     INTEGER
+  );
+  CREATE TABLE users (
+    name          TEXT PRIMARY KEY,
+    role          TEXT NOT NULL CHECK (role IN ('admin', 'operator', 'viewer')),
+    password_hash TEXT NOT NULL,
+    created_at    INTEGER NOT NULL
+  );
+  CREATE TABLE tokens (
+    name          TEXT PRIMARY KEY,
+    role          TEXT NOT NULL CHECK (role IN ('admin', 'operator', 'viewer')),
+    secret_hash   TEXT NOT NULL UNIQUE,
+    created_at    INTEGER NOT NULL
+  );
+  CREATE TABLE sessions (
+    id_hash       TEXT PRIMARY KEY,
+    user          TEXT NOT NULL REFERENCES users(name) ON DELETE CASCADE,
+    created_at    INTEGER NOT NULL,
+    expires_at    INTEGER NOT NULL
+  );
+  CREATE TABLE audit (
+    seq           INTEGER PRIMARY KEY AUTOINCREMENT,
+    at            INTEGER NOT NULL,
+    actor         TEXT NOT NULL,
+    actor_kind    TEXT NOT NULL,
+    remote        TEXT,
+    action        TEXT NOT NULL,
+    device        TEXT,
+    command_order TEXT,
+    cmd_str       TEXT,
+    outcome       TEXT NOT NULL,
+    exit_code     INTEGER,
+    duration_ms   INTEGER,
+    detail        TEXT
+  );
+  CREATE INDEX audit_device_at ON audit(device, at);
+  CREATE INDEX audit_at ON audit(at);
+  `,
+];
+
+export const SCHEMA_VERSION = MIGRATIONS.length;
+
+export function openDatabase(dataDir: string): Db {
+  mkdirSync(dataDir, { recursive: true });
+  const db = new Database(join(dataDir, 'rhizosphere.db'));
+  db.pragma('journal_mode = WAL');
+  // The hub and an admin command may write at the same moment: wait rather than fail.
+  db.pragma('busy_timeout = 5000');
+  db.pragma('foreign_keys = ON');
+  db.pragma('synchronous = NORMAL');
+  migrate(db);
+  return db;
+}
+
+function migrate(db: Db): void {
+  const current = db.pragma('user_version', { simple: true }) as number;
+  if (current > MIGRATIONS.length) {
+    throw new Error(`the database was written by a newer rhizosphere (schema ${current}, this one knows ${MIGRATIONS.length})`);
+  }
+  for (let version = current; version < MIGRATIONS.length; version++) {
+    db.transaction(() => {
+      db.exec(MIGRATIONS[version]!);
+      db.pragma(`user_version = ${version + 1}`);
+    })();
+  }
+}
