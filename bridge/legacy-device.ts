@@ -223,6 +223,8 @@ export class LegacyDeviceLink implements DeviceLink {
   private endCause: OfflineReason = 'disconnect';
   /** Kept out of reach: links are visible through `hub.connections`. */
   readonly #token: string | null;
+  /** The hash of the token it authenticated with (a rotation ends the connection). */
+  credential: string | undefined;
 
   constructor(
     private readonly ws: WebSocket,
@@ -285,6 +287,7 @@ export class LegacyDeviceLink implements DeviceLink {
       return this.refuse(`not authorized: ${verdict.reason}`);
     }
     clearTimeout(this.registerTimer);
+    if (verdict.principal.kind === 'device') this.credential = verdict.principal.tokenHash;
     this.id = id;
     this.state = 'attached';
     this.deps.presence.attach(id, this);

@@ -75,6 +75,8 @@ export class Dispatcher {
     private readonly limits: DispatchLimits,
     private readonly log: Logger,
     private readonly onSettled?: SettledHook,
+    /** Registered devices that presence has not seen yet (never connected) are offline, not unknown. */
+    private readonly isRegistered: (device: string) => boolean = () => false,
   ) {
     presence.on('offline', (device) => this.failDevice(device.id, 'DEVICE_OFFLINE', `device ${device.id} disconnected before it answered`));
   }
@@ -110,7 +112,10 @@ export class Dispatcher {
 
     if (this.closed) return refuse('INTERNAL', 'the hub is shutting down');
     const entry = this.presence.get(device);
-    if (!entry) return refuse('UNKNOWN_DEVICE', `no device ${device} has connected to this hub`);
+    if (!entry) {
+      if (this.isRegistered(device)) return refuse('DEVICE_OFFLINE', `device ${device} is registered but has not connected yet`);
+      return refuse('UNKNOWN_DEVICE', `no device ${device} has connected to this hub`);
+    }
     if (!entry.online || !entry.link) return refuse('DEVICE_OFFLINE', `device ${device} is not connected`);
     if (this.pending.size >= this.limits.maxInflightTotal) {
       return refuse('BUSY', `the hub has ${this.pending.size} commands in flight (limit ${this.limits.maxInflightTotal})`);

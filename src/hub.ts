@@ -6,6 +6,7 @@
 import { EventEmitter } from 'node:events';
 import { createServer as createTcpServer, type Server as TcpServer } from 'node:net';
 import type { Server as HttpServer } from 'node:http';
+import type { Server as TlsServer } from 'node:tls';
 import { Aedes, type Client } from 'aedes';
 import { attachLegacyBridge } from '../bridge/legacy.js';
 import { bridgeMqttRequests } from '../bridge/mqtt-requests.js';
@@ -27,6 +28,7 @@ import { Topics } from './protocol/topics.js';
 import { DeviceRegistry } from './registry.js';
 import { watchCredentials } from './revocation.js';
 import { ensureFirstAdmin, openStores, type Stores } from './store/stores.js';
+import { certificateIdOf, createHubHttpsServer, createMqttsServer, loadTls, warnAboutValidity } from './tls.js';
 import { sessionRouter } from './web-auth.js';
 
 export interface HubOptions extends Partial<HubConfig> {
@@ -52,9 +54,24 @@ export class StartError extends Error {
 
 const CLOSE_BUDGET_MS = 4000;
 
+/** The live ports; `mqtts` only when TLS is on. */
+export interface HubPorts {
+  mqtt: number;
+  mqtts?: number;
+  http: number;
+}
+
+/** Where to reach the hub; `mqtts` only when TLS is on, and then `ws` and `http` are `wss://` and `https://`. */
+export interface HubUrls {
+  mqtt: string;
+  mqtts?: string;
+  ws: string;
+  http: string;
+}
+
 export class Hub extends EventEmitter<HubEvents> {
   /** The live ports (useful when 0 was asked for). */
-  readonly ports: { mqtt: number; http: number };
+  readonly ports: HubPorts;
   /** On the first start (empty database): the password of the admin user created then, to show once. */
   initialAdminPassword: string | null = null;
 
@@ -67,7 +84,7 @@ export class Hub extends EventEmitter<HubEvents> {
     private readonly dispatcher: Dispatcher,
     /** The hub's database: devices, users, tokens, sessions, audit. */
     readonly stores: Stores,
-    ports: { mqtt: number; http: number },
+    ports: HubPorts,
     /** Teardown steps, in the order they run. */
     private readonly teardown: (() => void | Promise<void>)[],
   ) {
@@ -77,13 +94,15 @@ export class Hub extends EventEmitter<HubEvents> {
     presence.on('offline', (device, reason) => this.emit('offline', device, reason));
   }
 
-  get urls(): { mqtt: string; ws: string; http: string } {
+  get urls(): HubUrls {
     const host = this.config.host.includes(':') ? `[${this.config.host}]` : this.config.host;
     const reachable = host === '0.0.0.0' ? '127.0.0.1' : host === '[::]' ? '[::1]' : host;
+    const secure = this.ports.mqtts !== undefined;
     return {
       mqtt: `mqtt://${reachable}:${this.ports.mqtt}`,
-      ws: `ws://${reachable}:${this.ports.http}/mqtt`,
-      http: `http://${reachable}:${this.ports.http}`,
+      ...(secure ? { mqtts: `mqtts://${reachable}:${this.ports.mqtts}` } : {}),
+      ws: `${secure ? 'wss' : 'ws'}://${reachable}:${this.ports.http}/mqtt`,
+      http: `${secure ? 'https' : 'http'}://${reachable}:${this.ports.http}`,
     };
   }
 
@@ -168,7 +187,7 @@ function auditCommands(stores: Stores): SettledHook {
     });
 }
 
-function listen(server: TcpServer | HttpServer, port: number, host: string, flag: string): Promise<number> {
+function listen(server: TcpServer | HttpServer | TlsServer, port: number, host: string, flag: string): Promise<number> {
   return new Promise((resolve, reject) => {
     const onError = (error: NodeJS.ErrnoException) => {
       server.off('listening', onListening);
@@ -198,7 +217,7 @@ function listen(server: TcpServer | HttpServer, port: number, host: string, flag
  * Stops accepting connections at once. The returned promise settles only when every open
  * connection has ended too, so it is awaited last, after the broker dropped its clients.
  */
-function stopListening(server: TcpServer | HttpServer): Promise<void> {
+function stopListening(server: TcpServer | HttpServer | TlsServer): Promise<void> {
   return new Promise((resolve) => {
     if (!server.listening) return resolve();
     server.close(() => resolve());
@@ -216,11 +235,17 @@ function withinBudget(work: Promise<void>, ms: number): Promise<void> {
   });
 }
 
-/** Starts a hub: embedded broker, MQTT over TCP, HTTP (REST, /healthz, MQTT over WebSocket). */
+/**
+ * Starts a hub: embedded broker, MQTT over TCP, HTTP (REST, /healthz, MQTT over WebSocket);
+ * with a TLS certificate, MQTT over TLS too, and HTTPS instead of HTTP.
+ */
 export async function startHub(options: HubOptions = {}): Promise<Hub> {
   const { logger, ...settings } = options;
   const config = configFromOptions(settings);
+  // Read before anything starts, so a bad certificate file leaves nothing to unwind.
+  const tls = loadTls(config);
   const log = logger ?? createLogger({ level: config.logLevel });
+  if (tls) warnAboutValidity(tls, log);
   const topics = new Topics(config.topicPrefix);
 
   // Teardown steps in close order; each part adds its step as it starts, so a failed
@@ -241,7 +266,7 @@ export async function startHub(options: HubOptions = {}): Promise<Hub> {
     onClose(() => registry.flush());
 
     let noteAuthenticated: (client: Client) => void = () => {};
-    const access = createAccess({ topics, log, auth, onAuthenticated: (client) => noteAuthenticated(client) });
+    const access = createAccess({ topics, log, auth, certificateIdOf, onAuthenticated: (client) => noteAuthenticated(client) });
     const broker = await Aedes.createBroker({ ...access.hooks });
     broker.on('connectionError', (client, error) => log.debug({ clientId: client?.id, err: error.message }, 'connection error'));
 
@@ -251,7 +276,7 @@ export async function startHub(options: HubOptions = {}): Promise<Hub> {
       broker.publish({ cmd: 'publish', topic: topics.deviceStatus(id), payload, qos: 1, retain: true, dup: false }, () => {});
     };
     const presence = new Presence(registry, publishStatus, log);
-    const dispatcher = new Dispatcher(presence, config, log, auditCommands(stores));
+    const dispatcher = new Dispatcher(presence, config, log, auditCommands(stores), (id) => stores.devices.get(id) !== undefined);
     const mqttDevices = watchMqttDevices(broker, topics, presence, log, (device, payload) => dispatcher.handleResponse(device, payload), access.principalOf);
     noteAuthenticated = mqttDevices.noteAuthenticated;
     onClose(() => mqttDevices.close());
@@ -271,11 +296,16 @@ export async function startHub(options: HubOptions = {}): Promise<Hub> {
     onClose(() => dispatcher.close());
     presence.publishKnownStatuses();
 
-    const http = createHttpFront(log, { allowedOrigins: splitList(config.allowedOrigins), contentSecurityPolicy: consoleContentSecurityPolicy() });
+    const http = createHttpFront(log, {
+      allowedOrigins: splitList(config.allowedOrigins),
+      contentSecurityPolicy: consoleContentSecurityPolicy(),
+      server: tls ? createHubHttpsServer(tls, log) : undefined,
+    });
     http.app.get('/healthz', (_req, res) => {
       res.json({ ok: true, devices: presence.table.size, online: presence.onlineCount(), inflight: dispatcher.inflight });
     });
-    http.app.use('/api', sessionRouter({ auth, stores, log, secure: false }));
+    // Under TLS the session cookie is Secure: a browser never sends it over plain HTTP.
+    http.app.use('/api', sessionRouter({ auth, stores, log, secure: tls !== null }));
     http.app.use(
       '/api',
       restRouter({
@@ -304,14 +334,20 @@ export async function startHub(options: HubOptions = {}): Promise<Hub> {
     const closed: Promise<void>[] = [];
     teardown.push(() => withinBudget(Promise.all(closed).then(() => {}), 1000));
     onClose(() => void closed.push(stopListening(tcp)));
-    const mqttPort = await listen(tcp, config.mqttPort, config.host, '--mqtt-port');
+    const ports: HubPorts = { mqtt: await listen(tcp, config.mqttPort, config.host, '--mqtt-port'), http: 0 };
+    if (tls) {
+      const mqtts = createMqttsServer(tls, (socket) => broker.handle(socket), log);
+      onClose(() => void closed.push(stopListening(mqtts)));
+      ports.mqtts = await listen(mqtts, config.mqttsPort, config.host, '--mqtts-port');
+    }
     onClose(() => void closed.push(stopListening(http.server)));
-    const httpPort = await listen(http.server, config.httpPort, config.host, '--http-port');
+    ports.http = await listen(http.server, config.httpPort, config.host, '--http-port');
 
-    const hub = new Hub(config, log, topics, broker, presence, dispatcher, stores, { mqtt: mqttPort, http: httpPort }, teardown);
+    const hub = new Hub(config, log, topics, broker, presence, dispatcher, stores, ports, teardown);
     hub.initialAdminPassword = initialAdminPassword;
+    const { mqtt, mqtts, ws, http: httpUrl } = hub.urls;
     log.info(
-      { mqtt: hub.urls.mqtt, ws: hub.urls.ws, http: hub.urls.http, topicPrefix: config.topicPrefix, dataDir: config.dataDir, devices: presence.table.size },
+      { mqtt, mqtts, ws, http: httpUrl, mutualTls: tls?.ca ? (tls.requireClientCert ? 'required' : 'optional') : undefined, topicPrefix: config.topicPrefix, dataDir: config.dataDir, devices: presence.table.size },
       'hub listening',
     );
     if (config.host !== '127.0.0.1' && config.host !== 'localhost' && config.host !== '::1') {

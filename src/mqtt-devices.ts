@@ -22,6 +22,7 @@ class MqttLink implements DeviceLink {
     private readonly broker: Aedes,
     private readonly client: Client,
     private readonly commandTopic: string,
+    readonly credential: string | undefined,
   ) {
     this.transport = client.req ? 'mqtt-ws' : 'mqtt';
     const socket = client.req?.socket ?? (client.conn as { remoteAddress?: string });
@@ -77,7 +78,8 @@ export function watchMqttDevices(
 
   const goOnline = (client: Client): void => {
     if (links.has(client) || client.closed) return;
-    const link = new MqttLink(broker, client, topics.deviceCommand(client.id));
+    const principal = principalOf(client);
+    const link = new MqttLink(broker, client, topics.deviceCommand(client.id), principal?.kind === 'device' ? principal.tokenHash : undefined);
     links.set(client, link);
     const pending = takeovers.get(client.id);
     if (pending) {

@@ -18,6 +18,8 @@ export interface DeviceLink {
   send(command: Command): void;
   /** Drops the connection, e.g. when the same id connects through another link. */
   close(reason: string): void;
+  /** The hash of the token this connection authenticated with, if it used one: a rotation ends it. */
+  readonly credential?: string;
 }
 
 export interface DeviceEntry {

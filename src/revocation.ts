@@ -30,54 +30,38 @@ export function watchCredentials(
   auth: Authenticator,
   log: Logger,
 ): CredentialWatch {
-  let devices: DeviceCredentials = stores.devices.credentialMap();
-  let tokens: Map<string, Role> = stores.tokens.roleMap();
-  let users: Map<string, Role> = new Map(stores.users.list().map((u) => [u.name, u.role]));
+  // Removals are found by comparing with the last list of ids; everything else is checked
+  // against the database as it is now, so it also catches changes made in this process.
+  let known = new Set(stores.devices.credentialMap().keys());
   let version = stores.db.pragma('data_version', { simple: true }) as number;
 
-  const dropClients = (matches: (principal: Principal) => boolean, why: string) => {
+  const dropClients = (stillValid: (principal: Principal) => boolean) => {
     for (const client of Object.values((broker as unknown as { clients: Record<string, Client> }).clients)) {
       const principal = principalOf(client);
-      if (principal && matches(principal)) {
-        log.info({ clientId: client.id, why }, 'connection dropped');
-        client.close();
-      }
+      if (!principal || stillValid(principal)) continue;
+      log.info({ clientId: client.id, principal: principal.kind }, 'credentials gone or changed: connection dropped');
+      if (principal.kind === 'user') auth.revokeConsoleTokens(principal.name);
+      client.close();
     }
   };
 
   const check = () => {
-    const nextDevices = stores.devices.credentialMap();
-    for (const [id, before] of devices) {
-      const after = nextDevices.get(id);
-      if (!after) {
-        presence.forget(id);
-        continue;
-      }
-      if (after.tokenHash !== before.tokenHash || (after.state === 'pending' && before.state !== 'pending')) {
-        const link = presence.get(id)?.link;
-        if (link) {
-          log.info({ device: id }, 'device credentials changed: its connection is dropped');
-          link.close('credentials changed');
-        }
+    const devices: DeviceCredentials = stores.devices.credentialMap();
+    for (const id of known) if (!devices.has(id)) presence.forget(id);
+    for (const [id, current] of devices) {
+      if (!known.has(id) && current.state === 'active') presence.know(id);
+      const link = presence.get(id)?.link;
+      // A link that authenticated with a token ends when that token is no longer the device's.
+      if (link?.credential !== undefined && (link.credential !== current.tokenHash || current.state !== 'active')) {
+        log.info({ device: id }, 'device credentials changed: its connection is dropped');
+        link.close('credentials changed');
       }
     }
-    for (const [id, after] of nextDevices) if (!devices.has(id) && after.state === 'active') presence.know(id);
-    devices = nextDevices;
+    known = new Set(devices.keys());
 
-    const nextTokens = stores.tokens.roleMap();
-    for (const [name, role] of tokens) {
-      if (nextTokens.get(name) !== role) dropClients((p) => p.kind === 'token' && p.name === name, `token ${name} was removed`);
-    }
-    tokens = nextTokens;
-
-    const nextUsers = new Map(stores.users.list().map((u) => [u.name, u.role]));
-    for (const [name, role] of users) {
-      if (nextUsers.get(name) !== role) {
-        auth.revokeConsoleTokens(name);
-        dropClients((p) => p.kind === 'user' && p.name === name, `user ${name} was removed or changed`);
-      }
-    }
-    users = nextUsers;
+    const tokens: Map<string, Role> = stores.tokens.roleMap();
+    const users = new Map(stores.users.list().map((u) => [u.name, u.role]));
+    dropClients((p) => (p.kind === 'token' ? tokens.get(p.name) === p.role : p.kind === 'user' ? users.get(p.name) === p.role : true));
   };
 
   const timer = setInterval(() => {

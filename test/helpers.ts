@@ -196,3 +196,18 @@ export function spawnHub(args: string[]) {
   });
   return { child, exited, output: () => output };
 }
+
+/**
+ * The QoS the broker granted for one filter: 0, 1, 2, or 128 when it refused. MQTT.js rejects
+ * a refused subscription with an error that carries the SUBACK; both ways end here.
+ */
+export function grantedQos(client: MqttClient, filter: string, qos: 0 | 1 = 1): Promise<number> {
+  return client.subscribeAsync(filter, { qos }).then(
+    (granted) => granted[0]?.qos ?? -1,
+    (error: { packet?: { granted?: (number | { qos: number })[] } }) => {
+      const first = error.packet?.granted?.[0];
+      if (first === undefined) throw error;
+      return typeof first === 'number' ? first : first.qos;
+    },
+  );
+}

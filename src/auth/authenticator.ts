@@ -5,7 +5,7 @@
  */
 import type { DeviceStore } from '../store/devices.js';
 import type { SessionStore, TokenStore } from '../store/people.js';
-import { newToken } from './secrets.js';
+import { hashToken, newToken } from './secrets.js';
 import type { Principal, Role } from './roles.js';
 
 /** MQTT username under which the web console presents its short-lived token ('@' never occurs in an id). */
@@ -51,7 +51,7 @@ export class Authenticator {
     if (username === CONSOLE_USERNAME) return this.consoleToken(secret);
     if (username === clientId) {
       const check = this.devices.checkToken(clientId, secret);
-      if (check === 'ok') return { ok: true, principal: { kind: 'device', id: clientId } };
+      if (check === 'ok') return { ok: true, principal: { kind: 'device', id: clientId, tokenHash: hashToken(secret) } };
       if (check === 'pending') return { ok: false, returnCode: 5, reason: `device ${clientId} is waiting for an admin to accept it` };
       if (check === 'wrong') return { ok: false, returnCode: 4, reason: `wrong token for device ${clientId}` };
       if (check === 'no-token' && this.options.allowAnonymous) return { ok: true, principal: { kind: 'anonymous', role: 'operator' } };
@@ -73,7 +73,7 @@ export class Authenticator {
   legacyDevice(id: string, bearer: string | null): AuthResult {
     if (bearer !== null) {
       const check = this.devices.checkToken(id, bearer);
-      if (check === 'ok') return { ok: true, principal: { kind: 'device', id } };
+      if (check === 'ok') return { ok: true, principal: { kind: 'device', id, tokenHash: hashToken(bearer) } };
       if (check === 'pending') return { ok: false, returnCode: 5, reason: `device ${id} is waiting for an admin to accept it` };
       if (check === 'wrong') return { ok: false, returnCode: 4, reason: `wrong token for device ${id}` };
     }

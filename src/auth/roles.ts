@@ -8,7 +8,8 @@ export function isRole(value: unknown): value is Role {
 
 /** An authenticated connection or request. */
 export type Principal =
-  | { kind: 'device'; id: string }
+  /** `tokenHash`: the token it authenticated with, so a rotation can find the connections it ends. */
+  | { kind: 'device'; id: string; tokenHash?: string }
   | { kind: 'user'; name: string; role: Role }
   | { kind: 'token'; name: string; role: Role }
   | { kind: 'anonymous'; role: 'operator' };
