@@ -22,6 +22,30 @@ export interface AccessOptions {
   certificateIdOf?: (client: Client) => string | undefined;
   /** Told of each connection that passed authentication, before the broker registers it (takeover detection). */
   onAuthenticated?: (client: Client) => void;
+  /** Publishes a second one connection may keep up (bursts of twice that pass); 0 = no limit. */
+  maxPublishRate?: number;
+}
+
+/**
+ * A token bucket per connection: `rate` publishes a second on average, bursts up to twice
+ * that. A client past it is flooding the hub, and MQTT 3.1.1 can only refuse it by closing.
+ */
+class PublishBudget {
+  private tokens: number;
+  private last = performance.now();
+
+  constructor(private readonly rate: number) {
+    this.tokens = rate * 2;
+  }
+
+  take(): boolean {
+    const now = performance.now();
+    this.tokens = Math.min(this.rate * 2, this.tokens + ((now - this.last) / 1000) * this.rate);
+    this.last = now;
+    if (this.tokens < 1) return false;
+    this.tokens -= 1;
+    return true;
+  }
 }
 
 export interface Access {
@@ -40,11 +64,12 @@ function remoteOf(client: Client): string | undefined {
   return client.req?.socket.remoteAddress ?? (client.conn as { remoteAddress?: string }).remoteAddress;
 }
 
-export function createAccess({ topics, log, auth, certificateIdOf, onAuthenticated }: AccessOptions): Access {
+export function createAccess({ topics, log, auth, certificateIdOf, onAuthenticated, maxPublishRate = 0 }: AccessOptions): Access {
   // Aedes replaces an empty client id with a generated one before `authenticate` runs;
   // the id the client really sent is kept here so an empty one can be refused.
   const sentIds = new WeakMap<Client, string>();
   const principals = new WeakMap<Client, Principal>();
+  const budgets = new WeakMap<Client, PublishBudget>();
 
   const hooks: Hooks = {
     preConnect(client, packet, callback) {
@@ -78,6 +103,14 @@ export function createAccess({ topics, log, auth, certificateIdOf, onAuthenticat
       // from the broker's disconnect event, so a will from a connection that a reconnect
       // replaced can never mark the device offline.
       if (client.closed && device?.kind === 'status') return callback(new Error('status is published by the hub'));
+      if (maxPublishRate > 0) {
+        let budget = budgets.get(client);
+        if (!budget) budgets.set(client, (budget = new PublishBudget(maxPublishRate)));
+        if (!budget.take()) {
+          log.warn({ code: 'BUSY', clientId: client.id, rate: maxPublishRate }, `publish refused, connection closed: more than ${maxPublishRate} publishes a second`);
+          return callback(new Error('publish rate exceeded'));
+        }
+      }
       const principal = principals.get(client);
       const verdict = principal ? mayPublish(principal, client.id, packet.topic, topics) : { ok: false as const, why: 'not authenticated' };
       if (!verdict.ok) {

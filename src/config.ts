@@ -12,6 +12,8 @@ const port = z
   .int({ error: 'must be a whole number' })
   .min(0, { error: 'must be 0 to 65535' })
   .max(65535, { error: 'must be 0 to 65535' });
+/** A file path; '' means not set. */
+const filePath = z.string({ error: () => 'must be a file path' });
 const positiveInt = (min: number) =>
   z.number({ error: () => 'must be a number' }).int({ error: 'must be a whole number' }).min(min, { error: `must be at least ${min}` });
 
@@ -30,6 +32,12 @@ export const SETTINGS = {
   maxResponseBytes: { flag: 'max-response-bytes', type: 'number', help: 'largest Response a device may send (output caps are 1 MiB per stream)', default: 8 * 1024 * 1024 },
   maxInflightPerDevice: { flag: 'max-inflight-per-device', type: 'number', help: 'commands in flight to one device before BUSY', default: 32 },
   maxInflightTotal: { flag: 'max-inflight-total', type: 'number', help: 'commands in flight across the hub before BUSY', default: 10000 },
+  tlsCert: { flag: 'tls-cert', type: 'string', placeholder: 'FILE', help: 'PEM certificate (chain) of the hub; with --tls-key: MQTT over TLS on --mqtts-port, HTTPS/WSS on --http-port', default: '' },
+  tlsKey: { flag: 'tls-key', type: 'string', placeholder: 'FILE', help: 'PEM private key of --tls-cert (not encrypted)', default: '' },
+  tlsCa: { flag: 'tls-ca', type: 'string', placeholder: 'FILE', help: 'PEM file of the CA that signs device certificates: a device with one is known by its CN (mutual TLS)', default: '' },
+  mqttsPort: { flag: 'mqtts-port', type: 'number', help: 'MQTT over TLS port, used with --tls-cert (0 = any free port)', default: 8883 },
+  requireClientCert: { flag: 'require-client-cert', type: 'boolean', help: 'on --mqtts-port, accept only devices with a certificate signed by --tls-ca', default: false },
+  maxPublishRate: { flag: 'max-publish-rate', type: 'number', help: 'publishes a second one connection may keep up (bursts of twice that); 0 = no limit', default: 1000 },
   allowedOrigins: { flag: 'allowed-origins', type: 'string', help: 'other web origins whose pages may open WebSockets to the hub, comma-separated (the hub\'s own always may)', default: '' },
 } as const;
 
@@ -50,6 +58,12 @@ export const ConfigSchema = z.strictObject({
   maxResponseBytes: positiveInt(1024),
   maxInflightPerDevice: positiveInt(1),
   maxInflightTotal: positiveInt(1),
+  tlsCert: filePath,
+  tlsKey: filePath,
+  tlsCa: filePath,
+  mqttsPort: port,
+  requireClientCert: z.boolean({ error: () => 'must be true or false' }),
+  maxPublishRate: z.number({ error: () => 'must be a number' }).int({ error: 'must be a whole number' }).min(0, { error: 'must be 0 (no limit) or more' }),
   allowedOrigins: z.string({ error: () => 'must be a comma-separated list of origins' }).superRefine((value, ctx) => {
     for (const origin of splitList(value)) {
       if (!/^https?:\/\/[^/\s]+$/.test(origin)) ctx.addIssue({ code: 'custom', message: `has ${JSON.stringify(origin)}, which is not an origin like https://ops.example.com` });
@@ -188,7 +202,21 @@ export function resolveConfig(layers: ConfigLayers = {}): HubConfig {
     const where = describe(key, sources[key] ?? { kind: 'default' });
     throw new ConfigError(`${where}: ${JSON.stringify(merged[key])} ${issue.message}`);
   }
+  const tls = tlsSettingsProblem(parsed.data);
+  if (tls) throw new ConfigError(`${describe(tls.key, sources[tls.key] ?? { kind: 'flag' })}: ${tls.problem}`);
   return parsed.data;
+}
+
+/**
+ * TLS settings only make sense together. (Whether the files can be read and hold PEM is
+ * checked when the hub starts: see src/tls.ts.)
+ */
+function tlsSettingsProblem(config: HubConfig): { key: SettingKey; problem: string } | null {
+  if (config.tlsCert && !config.tlsKey) return { key: 'tlsCert', problem: 'needs --tls-key as well (the private key of the certificate)' };
+  if (config.tlsKey && !config.tlsCert) return { key: 'tlsKey', problem: 'needs --tls-cert as well (the certificate of the key)' };
+  if (config.requireClientCert && !config.tlsCa) return { key: 'requireClientCert', problem: 'needs --tls-ca, the CA whose certificates devices must present' };
+  if (config.tlsCa && !config.tlsCert) return { key: 'tlsCa', problem: 'needs --tls-cert and --tls-key: client certificates are asked for only over TLS' };
+  return null;
 }
 
 /** Applies defaults and validation to options given in-process (startHub). */

@@ -5,7 +5,7 @@
  */
 import { createServer, type IncomingMessage, type Server } from 'node:http';
 import type { Socket } from 'node:net';
-import type { Aedes } from 'aedes';
+import type { Duplex } from 'node:stream';
 import express, { type Express } from 'express';
 import { WebSocketServer } from 'ws';
 import type { Logger } from './log.js';
@@ -98,7 +98,7 @@ export function createHttpFront(log: Logger, options: HttpFrontOptions): HttpFro
 }
 
 /** MQTT over WebSocket (subprotocol `mqtt`) handed to the broker as a stream. */
-export function mqttOverWebSocket(broker: Aedes, maxPayload: number): { handler: UpgradeHandler; close(): void } {
+export function mqttOverWebSocket(handle: (stream: Duplex, req: IncomingMessage) => void, maxPayload: number): { handler: UpgradeHandler; close(): void } {
   const wss = new WebSocketServer({
     noServer: true,
     maxPayload,
@@ -111,7 +111,7 @@ export function mqttOverWebSocket(broker: Aedes, maxPayload: number): { handler:
       wss.handleUpgrade(req, socket, head, (ws) => {
         const stream = webSocketDuplex(ws);
         stream.on('error', () => stream.destroy());
-        broker.handle(stream, req);
+        handle(stream, req);
       });
     },
     close() {

@@ -7,7 +7,10 @@ import { EventEmitter } from 'node:events';
 import { createServer as createTcpServer, type Server as TcpServer } from 'node:net';
 import type { Server as HttpServer } from 'node:http';
 import type { Server as TlsServer } from 'node:tls';
+import type { IncomingMessage } from 'node:http';
+import type { Duplex } from 'node:stream';
 import { Aedes, type Client } from 'aedes';
+import { limitPacketSize } from './packet-limit.js';
 import { attachLegacyBridge } from '../bridge/legacy.js';
 import { bridgeMqttRequests } from '../bridge/mqtt-requests.js';
 import { restRouter } from '../bridge/rest.js';
@@ -28,7 +31,7 @@ import { Topics } from './protocol/topics.js';
 import { DeviceRegistry } from './registry.js';
 import { watchCredentials } from './revocation.js';
 import { ensureFirstAdmin, openStores, type Stores } from './store/stores.js';
-import { certificateIdOf, createHubHttpsServer, createMqttsServer, loadTls, warnAboutValidity } from './tls.js';
+import { certificateIdOf, createHubHttpsServer, createMqttsServer, loadTls, warnAboutValidity, type TlsMaterial } from './tls.js';
 import { sessionRouter } from './web-auth.js';
 
 export interface HubOptions extends Partial<HubConfig> {
@@ -224,6 +227,12 @@ function stopListening(server: TcpServer | HttpServer | TlsServer): Promise<void
   });
 }
 
+/** For the start line: whether devices may, or must, prove their id with a certificate. */
+function clientCertificateMode(tls: TlsMaterial | null): 'required' | 'optional' | undefined {
+  if (!tls?.ca) return undefined;
+  return tls.requireClientCert ? 'required' : 'optional';
+}
+
 function withinBudget(work: Promise<void>, ms: number): Promise<void> {
   return new Promise((resolve) => {
     const timer = setTimeout(resolve, ms);
@@ -266,7 +275,7 @@ export async function startHub(options: HubOptions = {}): Promise<Hub> {
     onClose(() => registry.flush());
 
     let noteAuthenticated: (client: Client) => void = () => {};
-    const access = createAccess({ topics, log, auth, certificateIdOf, onAuthenticated: (client) => noteAuthenticated(client) });
+    const access = createAccess({ topics, log, auth, certificateIdOf, onAuthenticated: (client) => noteAuthenticated(client), maxPublishRate: config.maxPublishRate });
     const broker = await Aedes.createBroker({ ...access.hooks });
     broker.on('connectionError', (client, error) => log.debug({ clientId: client?.id, err: error.message }, 'connection error'));
 
@@ -320,7 +329,15 @@ export async function startHub(options: HubOptions = {}): Promise<Hub> {
       }),
     );
     mountConsole(http.app);
-    const ws = mqttOverWebSocket(broker, Math.max(config.maxPayloadBytes, config.maxResponseBytes) + 64 * 1024);
+    // Every MQTT connection, whatever carries it, goes through the packet size guard.
+    const maxPacketBytes = Math.max(config.maxPayloadBytes, config.maxResponseBytes) + 64 * 1024;
+    const handle = (stream: Duplex, req?: IncomingMessage) => {
+      const client = broker.handle(stream, req);
+      limitPacketSize(client, maxPacketBytes, (declared) =>
+        log.warn({ code: 'PAYLOAD_TOO_LARGE', clientId: client.id, declared, limit: maxPacketBytes }, 'connection closed: MQTT packet over the size limit'),
+      );
+    };
+    const ws = mqttOverWebSocket(handle, maxPacketBytes);
     http.addUpgrade('/mqtt', ws.handler);
     const legacy = attachLegacyBridge({ http, presence, dispatcher, log, maxPayloadBytes: config.maxPayloadBytes, auth });
     onClose(() => legacy.close());
@@ -330,24 +347,28 @@ export async function startHub(options: HubOptions = {}): Promise<Hub> {
     });
 
     // TCP_NODELAY: with QoS 1 round trips, Nagle plus delayed ACK adds ~40-90 ms to every command.
-    const tcp = createTcpServer({ noDelay: true }, (socket) => broker.handle(socket));
+    const tcp = createTcpServer({ noDelay: true }, (socket) => handle(socket));
     const closed: Promise<void>[] = [];
     teardown.push(() => withinBudget(Promise.all(closed).then(() => {}), 1000));
     onClose(() => void closed.push(stopListening(tcp)));
-    const ports: HubPorts = { mqtt: await listen(tcp, config.mqttPort, config.host, '--mqtt-port'), http: 0 };
+    const mqttPort = await listen(tcp, config.mqttPort, config.host, '--mqtt-port');
+    // With TLS the plain MQTT port stays open too (devices on a private network may keep
+    // using it); a firewall decides who reaches which.
+    let mqttsPort: number | undefined;
     if (tls) {
-      const mqtts = createMqttsServer(tls, (socket) => broker.handle(socket), log);
+      const mqtts = createMqttsServer(tls, (socket) => handle(socket), log);
       onClose(() => void closed.push(stopListening(mqtts)));
-      ports.mqtts = await listen(mqtts, config.mqttsPort, config.host, '--mqtts-port');
+      mqttsPort = await listen(mqtts, config.mqttsPort, config.host, '--mqtts-port');
     }
     onClose(() => void closed.push(stopListening(http.server)));
-    ports.http = await listen(http.server, config.httpPort, config.host, '--http-port');
+    const httpPort = await listen(http.server, config.httpPort, config.host, '--http-port');
 
+    const ports: HubPorts = { mqtt: mqttPort, ...(mqttsPort !== undefined ? { mqtts: mqttsPort } : {}), http: httpPort };
     const hub = new Hub(config, log, topics, broker, presence, dispatcher, stores, ports, teardown);
     hub.initialAdminPassword = initialAdminPassword;
-    const { mqtt, mqtts, ws, http: httpUrl } = hub.urls;
+    const urls = hub.urls;
     log.info(
-      { mqtt, mqtts, ws, http: httpUrl, mutualTls: tls?.ca ? (tls.requireClientCert ? 'required' : 'optional') : undefined, topicPrefix: config.topicPrefix, dataDir: config.dataDir, devices: presence.table.size },
+      { mqtt: urls.mqtt, mqtts: urls.mqtts, ws: urls.ws, http: urls.http, clientCertificates: clientCertificateMode(tls), topicPrefix: config.topicPrefix, dataDir: config.dataDir, devices: presence.table.size },
       'hub listening',
     );
     if (config.host !== '127.0.0.1' && config.host !== 'localhost' && config.host !== '::1') {

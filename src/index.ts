@@ -1,5 +1,5 @@
 /** rhizosphere's in-process API: start a hub, read its connections table, run commands. */
-export { startHub, Hub, StartError, type HubOptions, type HubEvents, type ExecCommand } from './hub.js';
+export { startHub, Hub, StartError, type HubOptions, type HubEvents, type HubPorts, type HubUrls, type ExecCommand } from './hub.js';
 export { resolveConfig, ConfigError, ConfigSchema, DEFAULTS, SETTINGS, type HubConfig } from './config.js';
 export { HubError, ERROR_CODES, type ErrorCode } from './errors.js';
 export type { DeviceEntry, DeviceInfo, DeviceLink, OfflineReason } from './presence.js';

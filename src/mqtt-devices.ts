@@ -57,17 +57,18 @@ export function watchMqttDevices(
   /** Authenticated connections not yet registered by the broker, by id. */
   const authenticating = new Map<string, Client>();
   /** Devices whose connection closed because a new one with the same id is taking over. */
-  const takeovers = new Map<string, { link: MqttLink; timer: NodeJS.Timeout }>();
+  const takeovers = new Map<string, { link: MqttLink; successor: Client; timer: NodeJS.Timeout }>();
   const endReasons = new WeakMap<Client, OfflineReason>();
 
   /**
    * A connection is a device when it authenticated with a device credential, or (anonymous
-   * access only) once it holds a subscription to its own command topic.
+   * access only) when it subscribes to its own command topic. Either way it counts as online
+   * once it holds that subscription (now, or restored from its persistent session): before
+   * that, a command sent to it would reach nobody.
    */
   const isDevice = (client: Client): boolean => {
-    const principal = principalOf(client);
-    if (principal?.kind === 'device') return true;
-    return principal?.kind === 'anonymous' && holdsCommandSubscription(client);
+    const kind = principalOf(client)?.kind;
+    return (kind === 'device' || kind === 'anonymous') && holdsCommandSubscription(client);
   };
 
   const holdsCommandSubscription = (client: Client): boolean => {
@@ -87,6 +88,14 @@ export function watchMqttDevices(
       takeovers.delete(client.id);
     }
     presence.attach(client.id, link);
+    // A safety net under 'clientDisconnect': when a second connection with the same id dies in
+    // the middle of taking over, Aedes unregisters the wrong client and never reports the
+    // first one's end. The socket's own close always comes; presence ignores a link it has
+    // already let go of, and a takeover in progress keeps the device online on purpose.
+    client.conn.once('close', () => {
+      if (takeovers.get(client.id)?.link === link) return;
+      presence.detach(client.id, link, endReasons.get(client) ?? 'disconnect');
+    });
   };
 
   const onClient = (client: Client) => {
@@ -101,7 +110,17 @@ export function watchMqttDevices(
 
   const onDisconnect = (client: Client) => {
     const link = links.get(client);
-    if (!link) return;
+    if (!link) {
+      // A connection that was taking over a device's id died before it became the device:
+      // the takeover is off, and the device it replaced is gone.
+      const pending = takeovers.get(client.id);
+      if (pending && pending.successor === client) {
+        clearTimeout(pending.timer);
+        takeovers.delete(client.id);
+        presence.detach(client.id, pending.link, 'disconnect');
+      }
+      return;
+    }
     const successor = authenticating.get(client.id);
     if (successor && successor !== client && !successor.closed) {
       // A takeover: the successor is registered right after this close. Stay online
@@ -111,7 +130,7 @@ export function watchMqttDevices(
         presence.detach(client.id, link, 'replaced');
       }, TAKEOVER_GRACE_MS);
       timer.unref();
-      takeovers.set(client.id, { link, timer });
+      takeovers.set(client.id, { link, successor, timer });
       return;
     }
     presence.detach(client.id, link, endReasons.get(client) ?? 'disconnect');

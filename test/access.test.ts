@@ -23,11 +23,12 @@ async function api(hub: Hub, path: string, { token, method = 'GET', body }: { to
   return { status: res.status, body: (await res.json().catch(() => null)) as Record<string, unknown> | unknown[] | null, headers: res.headers };
 }
 
-/** A device made of a bare MQTT.js client with its credentials. */
-async function deviceClient(hub: Hub, id: string, token: string) {
+/** A device made of a bare MQTT.js client with its credentials, subscribed to its command topic like a real one. */
+async function deviceClient(hub: Hub, id: string, token: string, { subscribe = true } = {}) {
   const client = await connectMqtt(hub.urls.mqtt, { clientId: id, username: id, password: token, clean: false });
   const received: string[] = [];
   client.on('message', (topic) => received.push(topic));
+  if (subscribe) await client.subscribeAsync(`rhizosphere/devices/${id}/command`, { qos: 1 });
   return { client, received };
 }
 
@@ -42,8 +43,11 @@ describe('who gets in', () => {
     // A device's token used with another client id is not a device credential.
     await expect(connectMqtt(hub.urls.mqtt, { clientId: 'pi-other', username: 'pi-01', password: token })).rejects.toMatchObject({ code: 4 });
 
-    // Authenticated as a device: online at once, without any subscription.
-    await deviceClient(hub, 'pi-01', token);
+    // Authenticated as a device: it is a device, online once it holds its command subscription.
+    const { client } = await deviceClient(hub, 'pi-01', token, { subscribe: false });
+    await new Promise((r) => setTimeout(r, 100));
+    expect(hub.device('pi-01')?.online ?? false).toBe(false);
+    await client.subscribeAsync('rhizosphere/devices/pi-01/command', { qos: 1 });
     await waitFor(() => hub.device('pi-01')?.online, { what: 'pi-01 online' });
 
     const secret = hub.stores.tokens.add('ops', 'operator');
@@ -116,7 +120,6 @@ describe('what each connection may reach', () => {
     const hub = await secure();
     const a = await deviceClient(hub, 'dev-a', hub.stores.devices.add('dev-a'));
     const b = await deviceClient(hub, 'dev-b', hub.stores.devices.add('dev-b'));
-    await b.client.subscribeAsync('rhizosphere/devices/dev-b/command', { qos: 1 });
     expect(await grantedQos(a.client, '#')).toBe(128);
     expect(await grantedQos(a.client, 'rhizosphere/devices/dev-a/command')).toBe(1);
 

@@ -103,8 +103,8 @@ export class RequestClient {
     });
   }
 
-  static async connect(url: string, clientId: string, prefix = 'rhizosphere'): Promise<RequestClient> {
-    const client = await connectMqtt(url, { clientId });
+  static async connect(url: string, clientId: string, prefix = 'rhizosphere', options: IClientOptions = {}): Promise<RequestClient> {
+    const client = await connectMqtt(url, { ...options, clientId });
     await client.subscribeAsync(`${prefix}/clients/${clientId}/response`, { qos: 1 });
     return new RequestClient(client, clientId, prefix);
   }

@@ -5,8 +5,12 @@
  */
 import { createHash, randomBytes, scryptSync, timingSafeEqual } from 'node:crypto';
 
+/**
+ * 256 random bits behind a fixed prefix: a token never starts with '-' (which a command line
+ * would take for a flag), and secret scanners can recognise a leaked one.
+ */
 export function newToken(): string {
-  return randomBytes(32).toString('base64url');
+  return `rz_${randomBytes(32).toString('base64url')}`;
 }
 
 export function hashToken(token: string): string {

@@ -3,7 +3,6 @@
  * environment variable (flag over environment over default), which suits systemd units.
  * A bad flag or value ends the start with one line on stderr and exit status 2.
  */
-import { accessSync, constants as fsConstants } from 'node:fs';
 import { parseArgs } from 'node:util';
 import { parseArgsProblem } from './args.js';
 import { startAgent, urlProblem, type Agent, type AgentOptions } from '../hypha/agent.js';
@@ -11,12 +10,13 @@ import { resolveDeviceId, type ChosenIdSource } from '../hypha/identity.js';
 import { createLogger, isLogLevel, LOG_LEVELS, type Logger, type LogLevel } from '../hypha/log.js';
 import { DEFAULT_MAX_CONCURRENT, DEFAULT_MAX_QUEUE, DEFAULT_OUTPUT_CAP } from '../hypha/runner.js';
 import { DEFAULT_TOPIC_PREFIX, topicPrefixProblem } from '../protocol/topics.js';
+import { loadPemFiles } from '../pem.js';
 
 const EXIT_USAGE = 2;
 const EXIT_FORCED = 1;
 const FORCE_EXIT_AFTER_MS = 5000;
 
-type FlagName = 'url' | 'id' | 'token' | 'topic-prefix' | 'keepalive' | 'max-concurrent' | 'max-queue' | 'output-cap' | 'ca' | 'log-level';
+type FlagName = 'url' | 'id' | 'token' | 'topic-prefix' | 'keepalive' | 'max-concurrent' | 'max-queue' | 'output-cap' | 'ca' | 'cert' | 'key' | 'log-level';
 
 interface FlagSpec {
   env: string;
@@ -35,6 +35,8 @@ const FLAGS: Record<FlagName, FlagSpec> = {
   'max-queue': { env: 'HYPHA_MAX_QUEUE', value: 'N', help: 'commands waiting at most; past that the hub hears BUSY', default: String(DEFAULT_MAX_QUEUE) },
   'output-cap': { env: 'HYPHA_OUTPUT_CAP', value: 'BYTES', help: 'stdout and stderr kept per command, each', default: String(DEFAULT_OUTPUT_CAP) },
   ca: { env: 'HYPHA_CA', value: 'FILE', help: 'PEM file of the CA that signed the hub certificate (mqtts://, wss://)', default: 'system CAs' },
+  cert: { env: 'HYPHA_CERT', value: 'FILE', help: 'PEM client certificate for mutual TLS; its CN must be the device id (with --key)' },
+  key: { env: 'HYPHA_KEY', value: 'FILE', help: 'PEM private key of --cert (not encrypted)' },
   'log-level': { env: 'HYPHA_LOG_LEVEL', value: 'LEVEL', help: `${LOG_LEVELS.join(', ')}`, default: 'info' },
 };
 
@@ -111,13 +113,21 @@ function checked(setting: Setting | undefined, problemOf: (value: string) => str
   return setting.value;
 }
 
-function readableFileProblem(path: string): string | null {
-  try {
-    accessSync(path, fsConstants.R_OK);
-    return null;
-  } catch (err) {
-    return `cannot read ${path} (${(err as NodeJS.ErrnoException).code ?? 'error'})`;
-  }
+/**
+ * The TLS files, read and parsed now so that a missing file, one that is not PEM, or a key
+ * that does not belong to its certificate ends the start with one line naming the flag,
+ * rather than as a failed handshake at every retry.
+ */
+function tlsFiles(settings: Partial<Record<FlagName, Setting>>): Pick<AgentOptions, 'caFile' | 'certFile' | 'keyFile'> {
+  const { ca, cert, key } = settings;
+  if (cert && !key) throw new UsageError(`${cert.origin}: needs --key as well (the private key of the certificate)`);
+  if (key && !cert) throw new UsageError(`${key.origin}: needs --cert as well (the certificate of the key)`);
+  const loaded = loadPemFiles(
+    { ca: ca?.value, cert: cert?.value, key: key?.value },
+    { ca: ca?.origin ?? '--ca', cert: cert?.origin ?? '--cert', key: key?.origin ?? '--key' },
+  );
+  if ('problem' in loaded) throw new UsageError(loaded.problem);
+  return { caFile: ca?.value, certFile: cert?.value, keyFile: key?.value };
 }
 
 function logLevelOf(setting: Setting | undefined): LogLevel {
@@ -148,7 +158,7 @@ function agentOptions(settings: Partial<Record<FlagName, Setting>>, log: Logger)
     maxConcurrent: wholeNumber(settings['max-concurrent'], 1),
     maxQueue: wholeNumber(settings['max-queue'], 0),
     outputCap: wholeNumber(settings['output-cap'], 0),
-    caFile: checked(settings.ca, readableFileProblem),
+    ...tlsFiles(settings),
     logger: log,
   };
   log.info('device id', { id: identity.id, from: identity.source === 'env' ? FLAGS.id.env : identity.source });

@@ -15,7 +15,8 @@ const EXIT_USAGE = 2;
 function usage(): string {
   const rows = (Object.keys(SETTINGS) as SettingKey[]).map((key) => {
     const s = SETTINGS[key];
-    const flag = s.type === 'boolean' ? `--${s.flag}` : `--${s.flag} ${s.type === 'number' ? 'N' : 'VALUE'}`;
+    const placeholder = 'placeholder' in s ? s.placeholder : s.type === 'number' ? 'N' : 'VALUE';
+    const flag = s.type === 'boolean' ? `--${s.flag}` : `--${s.flag} ${placeholder}`;
     return `  ${flag.padEnd(30)} ${s.help}\n  ${''.padEnd(30)} env ${envName(key)}; default ${JSON.stringify(s.default)}`;
   });
   return [

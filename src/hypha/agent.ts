@@ -47,6 +47,10 @@ export interface AgentOptions {
   logger?: Logger;
   /** PEM file of the CA that signed the hub's certificate, for mqtts:// and wss://. */
   caFile?: string;
+  /** PEM client certificate for mutual TLS (its CN is the device id), with `keyFile`. */
+  certFile?: string;
+  /** PEM private key of `certFile`. */
+  keyFile?: string;
   /** Source of the backoff jitter, in [0, 1). */
   random?: () => number;
 }
@@ -178,6 +182,8 @@ export class Agent extends EventEmitter<AgentEvents> {
       will: { topic: this.topics.deviceStatus(this.id), payload: Buffer.from(OFFLINE_STATUS), qos: 1, retain: true },
       ...(options.token !== undefined ? { username: this.id, password: options.token } : {}),
       ...(options.caFile !== undefined ? { ca: readFileSync(options.caFile) } : {}),
+      ...(options.certFile !== undefined ? { cert: readFileSync(options.certFile) } : {}),
+      ...(options.keyFile !== undefined ? { key: readFileSync(options.keyFile) } : {}),
     };
   }
 
@@ -218,7 +224,7 @@ export class Agent extends EventEmitter<AgentEvents> {
   }
 
   private onError(err: Error): void {
-    this.lastError = err.message;
+    this.lastError = connectionErrorReason(err);
     this.log.debug('connection error', { error: err });
   }
 
@@ -239,10 +245,14 @@ export class Agent extends EventEmitter<AgentEvents> {
    * two devices sharing an id knock each other off within moments of each connect.
    */
   private closeReason(): string {
-    if (this.connectedAt === undefined) return 'connection closed';
+    if (this.connectedAt === undefined) return this.isTls() ? `connection closed before the hub answered (${CLIENT_CERTIFICATE_HINT})` : 'connection closed';
     const lastedMs = Math.round(monotonicNow() - this.connectedAt);
     if (lastedMs >= QUICK_CLOSE_MS) return 'connection closed';
     return `connection closed ${lastedMs} ms after connecting (is another device using id ${this.id}?)`;
+  }
+
+  private isTls(): boolean {
+    return this.url.startsWith('mqtts:') || this.url.startsWith('wss:');
   }
 
   /** Replaces the fixed-period retry MQTT.js just set up with one after `delayMs`. */
@@ -315,6 +325,38 @@ export class Agent extends EventEmitter<AgentEvents> {
   }
 }
 
+/** Node's codes for a hub certificate that no trusted CA vouches for. */
+const UNTRUSTED_HUB_CERTIFICATE = new Set([
+  'UNABLE_TO_VERIFY_LEAF_SIGNATURE',
+  'UNABLE_TO_GET_ISSUER_CERT',
+  'UNABLE_TO_GET_ISSUER_CERT_LOCALLY',
+  'SELF_SIGNED_CERT_IN_CHAIN',
+  'DEPTH_ZERO_SELF_SIGNED_CERT',
+  'CERT_UNTRUSTED',
+]);
+
+/**
+ * Node closes a TLS connection whose client certificate it refuses right after the handshake,
+ * without a word, so a close before CONNACK over TLS most often means this.
+ */
+const CLIENT_CERTIFICATE_HINT = 'a hub that requires client certificates closes the connection when --cert is missing or not signed by its CA';
+
+/**
+ * A connection error in words that say what to do: certificate problems are the usual
+ * first-day trouble with TLS, and OpenSSL's own messages carry file names and line numbers.
+ */
+export function connectionErrorReason(err: Error & { code?: string }): string {
+  const message = /:SSL routines:[^:]*:([^:]+):/.exec(err.message)?.[1] ?? err.message.trim();
+  if (err.code !== undefined && UNTRUSTED_HUB_CERTIFICATE.has(err.code)) {
+    return `${message}: no trusted CA signed the hub certificate (give hypha the hub's CA with --ca FILE)`;
+  }
+  if (err.code === 'ERR_SSL_TLSV13_ALERT_CERTIFICATE_REQUIRED') return `${message}: the hub requires a client certificate (--cert FILE --key FILE)`;
+  if (err.code === 'ERR_SSL_TLSV1_ALERT_UNKNOWN_CA' || err.code === 'ERR_SSL_SSLV3_ALERT_BAD_CERTIFICATE') {
+    return `${message}: the hub refused the client certificate (--cert must be signed by the hub's --tls-ca)`;
+  }
+  return message;
+}
+
 function checkOptions(options: AgentOptions): void {
   const problems = [
     urlProblem(options.url),
@@ -323,6 +365,7 @@ function checkOptions(options: AgentOptions): void {
     wholeNumberProblem('backoffBaseMs', options.backoffBaseMs, 1),
     wholeNumberProblem('backoffCapMs', options.backoffCapMs, 1),
     wholeNumberProblem('outputCap', options.outputCap, 0),
+    (options.certFile === undefined) !== (options.keyFile === undefined) ? 'certFile and keyFile go together' : null,
   ].filter((problem) => problem !== null);
   if (problems.length > 0) throw new Error(problems.join('; '));
 }

@@ -2,10 +2,13 @@
  * One device: its state, a command form (order, bash command, Enter or Send), the results
  * of this session's commands and the history of commands sent from this browser.
  * Device output is untrusted: it is only ever set as textContent, never parsed as HTML.
+ * Viewers see everything but the form is disabled: the hub would refuse their commands.
  */
+import { copyButton } from './clipboard.js';
 import { clockTime, duration, el, relativeTime } from './format.js';
 import { loadHistory, remember, type HistoryEntry } from './history.js';
 import type { HubClient } from './hub-client.js';
+import { canRunCommands } from './roles.js';
 import { ORDERS, type Device, type Order, type Reply } from './types.js';
 
 interface Run {
@@ -77,20 +80,36 @@ export class DeviceView {
     const send = el('button', 'send', 'Send');
     send.type = 'submit';
     form.append(order, input, send);
+    // The hub is the judge: whatever reaches it is sent, and a refusal shows as a result.
     form.addEventListener('submit', (event) => {
       event.preventDefault();
       void this.submit(order.value as Order, input);
     });
     input.addEventListener('keydown', (event) => this.walkHistory(event, input, order));
+    const readOnly = !canRunCommands(this.hub.session);
+    if (readOnly) this.disableForm(form, [order, input, send]);
 
     const results = el('section', 'results');
     results.setAttribute('aria-label', 'results');
     const history = el('section', 'history');
-    this.root.replaceChildren(header, banner, form, results, history);
+    this.root.replaceChildren(header, banner, form, ...(readOnly ? [this.readOnlyNote()] : []), results, history);
     this.renderState();
     this.renderResults();
     this.renderHistory();
-    input.focus();
+    if (!readOnly) input.focus();
+  }
+
+  private disableForm(form: HTMLFormElement, controls: (HTMLInputElement | HTMLSelectElement | HTMLButtonElement)[]): void {
+    form.classList.add('read-only');
+    for (const control of controls) control.disabled = true;
+    const input = controls.find((c): c is HTMLInputElement => c instanceof HTMLInputElement);
+    if (input) input.placeholder = 'viewers cannot run commands';
+  }
+
+  private readOnlyNote(): HTMLElement {
+    const note = el('p', 'read-only-note', `Viewers cannot run commands. You are logged in as ${this.hub.session?.name ?? 'a viewer'} (viewer); an admin can give you the operator role.`);
+    note.setAttribute('role', 'note');
+    return note;
   }
 
   private renderState(): void {
@@ -196,17 +215,7 @@ export class DeviceView {
   private output(kind: 'stdout' | 'stderr', text: string): HTMLElement {
     const box = el('div', `output ${kind}`);
     const pre = el('pre', '', text);
-    const copy = el('button', 'copy', 'Copy');
-    copy.type = 'button';
-    copy.title = `copy ${kind}`;
-    copy.addEventListener('click', () => {
-      void navigator.clipboard?.writeText(text).then(
-        () => (copy.textContent = 'Copied'),
-        () => (copy.textContent = 'Copy failed'),
-      );
-      window.setTimeout(() => (copy.textContent = 'Copy'), 1500);
-    });
-    box.append(el('span', 'output-label', kind), copy, pre);
+    box.append(el('span', 'output-label', kind), copyButton('copy', `copy ${kind}`, () => text, pre), pre);
     return box;
   }
 

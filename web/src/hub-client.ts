@@ -3,6 +3,7 @@
  * command round trip over MQTT over WebSocket (docs/protocol.md), like any other client.
  */
 import mqtt, { type MqttClient } from 'mqtt';
+import { getJson, goToLogin, LOGIN_NEEDED } from './api.js';
 import type { Device, HubInfo, Order, Reply, Session, Status } from './types.js';
 
 export type ConnectionState = 'connecting' | 'connected' | 'reconnecting' | 'offline';
@@ -15,6 +16,8 @@ interface Pending {
 
 /** Extra time the console waits beyond the hub's own timeout before it gives up on a reply. */
 const REPLY_GRACE_MS = 5000;
+/** Pause before connecting again with a renewed token, so a hub that keeps refusing is not hammered. */
+const REFUSED_RETRY_MS = 2000;
 
 export class HubClient extends EventTarget {
   readonly devices = new Map<string, Device>();
@@ -33,8 +36,7 @@ export class HubClient extends EventTarget {
   private readonly dirty = new Set<string>();
   private flush = 0;
 
-  /** Thrown by start() when the browser has no session: the page goes to /login. */
-  static readonly LOGIN_NEEDED = 'login needed';
+  /** Who is logged in; start() rejects with LOGIN_NEEDED (api.ts) when nobody is. */
   session: Session | null = null;
 
   async start(): Promise<void> {
@@ -60,20 +62,37 @@ export class HubClient extends EventTarget {
     this.client.on('reconnect', () => this.setState('reconnecting'));
     this.client.on('close', () => this.onClose());
     this.client.on('message', (topic, payload) => this.onMessage(topic, payload));
+    this.client.on('error', (error) => this.onError(error as Error & { code?: number }));
     window.addEventListener('offline', () => this.setState('offline'));
     window.addEventListener('online', () => this.client?.reconnect());
   }
 
-  private async renewToken(): Promise<void> {
+  /** Fetches a fresh MQTT token; true when the client now holds one. */
+  private async renewToken(): Promise<boolean> {
     try {
       const session = await getJson<Session>('/api/session');
       if (session.mqtt && this.client) {
         this.client.options.username = session.mqtt.username;
         this.client.options.password = session.mqtt.password;
+        return true;
       }
     } catch (error) {
-      if ((error as Error).message === HubClient.LOGIN_NEEDED) location.href = '/login';
+      if ((error as Error).message === LOGIN_NEEDED) goToLogin();
     }
+    return false;
+  }
+
+  /**
+   * The hub refused the connection (CONNACK 4 or 5): MQTT.js then stops reconnecting. The
+   * token may have expired, or a restarted hub no longer knows it: renew it and try again;
+   * a session that has ended sends the page to /login instead.
+   */
+  private onError(error: Error & { code?: number }): void {
+    if (error.code !== 4 && error.code !== 5) return;
+    if (!this.session?.mqtt) return;
+    void this.renewToken().then((renewed) => {
+      if (renewed) window.setTimeout(() => this.client?.reconnect(), REFUSED_RETRY_MS);
+    });
   }
 
   private get responseTopic(): string {
@@ -112,6 +131,8 @@ export class HubClient extends EventTarget {
   }
 
   private onMessage(topic: string, payload: Uint8Array): void {
+    const removed = payload.length === 0 && /\/devices\/([^/]+)\/status$/.exec(topic);
+    if (removed && removed[1]) return this.forget(removed[1]);
     let body: unknown;
     try {
       body = JSON.parse(this.decoder.decode(payload));
@@ -140,6 +161,16 @@ export class HubClient extends EventTarget {
     device.transport = status.transport ?? device.transport;
     if (device.online) device.connectedAt = status.since;
     else device.lastSeen = status.since;
+    this.changed(id);
+  }
+
+  /** An admin removed the device: the hub cleared its retained status (an empty payload). */
+  private forget(id: string): void {
+    const device = this.devices.get(id);
+    if (!device) return;
+    if (device.online) this.onlineCount--;
+    this.devices.delete(id);
+    this.idsVersion++;
     this.changed(id);
   }
 
@@ -191,11 +222,4 @@ export class HubClient extends EventTarget {
       this.dispatchEvent(new CustomEvent<ReadonlySet<string> | null>('devices', { detail: ids }));
     });
   }
-}
-
-async function getJson<T>(path: string): Promise<T> {
-  const res = await fetch(path, { headers: { accept: 'application/json' } });
-  if (res.status === 401) throw new Error(HubClient.LOGIN_NEEDED);
-  if (!res.ok) throw new Error(`${path}: HTTP ${res.status}`);
-  return (await res.json()) as T;
 }

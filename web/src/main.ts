@@ -1,7 +1,14 @@
-/** The console's entry point: wires the hub link, the device list and the device view. */
+/** The console's entry point: wires the hub link, the views and the top bar to the URL. */
+import { AuditView } from './audit-view.js';
+import { DevicesAdmin } from './admin-devices.js';
+import { goToLogin, LOGIN_NEEDED } from './api.js';
 import { DeviceList } from './device-list.js';
 import { DeviceView } from './device-view.js';
+import { el } from './format.js';
 import { HubClient, type ConnectionState } from './hub-client.js';
+import { isAdmin } from './roles.js';
+import { links, parseRoute, type Route } from './router.js';
+import type { Session } from './types.js';
 
 const STATE_TEXT: Record<ConnectionState, string> = {
   connecting: 'connecting…',
@@ -22,29 +29,43 @@ async function main(): Promise<void> {
   const counts = byId('counts');
   const filterText = byId<HTMLInputElement>('filter');
   const filterShow = byId<HTMLSelectElement>('show');
+  const consoleLayout = byId('console');
+  const adminRoot = byId('admin');
+  const consoleLink = byId<HTMLAnchorElement>('console-link');
 
-  const selectedFromHash = () => {
-    const match = /^#\/devices\/(.+)$/.exec(location.hash);
-    return match?.[1] ? decodeURIComponent(match[1]) : null;
-  };
   const view = new DeviceView(byId('device'), hub);
   const list = new DeviceList(
     byId('device-list'),
     hub,
-    (id) => (location.hash = `#/devices/${encodeURIComponent(id)}`),
+    (id) => (location.hash = links.device(id)),
     (shown, online, total) => {
       counts.textContent = `${online} online / ${total} devices${shown !== total ? ` · ${shown} shown` : ''}`;
       counts.dataset.online = String(online);
       counts.dataset.total = String(total);
     },
   );
+  const devicesAdmin = new DevicesAdmin(hub);
+  const audit = new AuditView();
 
-  const showSelected = () => {
-    const id = selectedFromHash();
-    list.select(id);
-    view.show(id);
+  const showRoute = (route: Route) => {
+    const onConsole = route.view === 'console';
+    consoleLayout.hidden = !onConsole;
+    adminRoot.hidden = onConsole;
+    markCurrentView(route);
+    if (route.view !== 'admin-devices') devicesAdmin.hide();
+    if (route.view === 'console') {
+      // Back from an admin view, the Console link returns to the device that was open.
+      consoleLink.href = route.device ? links.device(route.device) : links.console;
+      list.select(route.device);
+      view.show(route.device);
+    } else if (!isAdmin(hub.session)) {
+      adminRoot.replaceChildren(adminsOnly(hub.session));
+    } else if (route.view === 'admin-devices') {
+      devicesAdmin.show(adminRoot);
+    } else {
+      audit.show(adminRoot, route.device);
+    }
   };
-  window.addEventListener('hashchange', showSelected);
   const applyFilter = () => list.setFilter({ text: filterText.value, show: filterShow.value as 'all' | 'online' | 'offline' });
   filterText.addEventListener('input', applyFilter);
   filterShow.addEventListener('change', applyFilter);
@@ -56,30 +77,54 @@ async function main(): Promise<void> {
   hub.addEventListener('devices', (event) => {
     list.refresh();
     view.devicesChanged((event as CustomEvent<ReadonlySet<string> | null>).detail);
+    devicesAdmin.devicesChanged();
   });
   // Relative times ("last seen 3 min ago") age without any event.
-  window.setInterval(() => list.refresh(), 30_000);
+  window.setInterval(() => {
+    list.refresh();
+    devicesAdmin.devicesChanged();
+  }, 30_000);
 
   try {
     await hub.start();
   } catch (error) {
-    if ((error as Error).message === HubClient.LOGIN_NEEDED) {
-      location.href = '/login';
-      return;
-    }
+    if ((error as Error).message === LOGIN_NEEDED) return goToLogin();
     connection.textContent = 'cannot reach the hub';
     connection.dataset.state = 'offline';
     console.error(error);
   }
-  const session = hub.session;
-  if (session) {
-    byId('who').textContent = `${session.name} (${session.role})`;
-    const logout = byId<HTMLButtonElement>('logout');
-    logout.hidden = session.mqtt === null;
-    logout.addEventListener('click', () => void fetch('/api/logout', { method: 'POST' }).then(() => (location.href = '/login')));
-  }
+  if (hub.session) showSession(hub.session);
   byId('version').textContent = hub.info.version ? `v${hub.info.version}` : '';
-  showSelected();
+  // Views depend on the role: route only once the session is known.
+  window.addEventListener('hashchange', () => showRoute(parseRoute(location.hash)));
+  showRoute(parseRoute(location.hash));
+}
+
+/** The top bar: who is logged in, with which role, the admin views for admins, and Log out. */
+function showSession(session: Session): void {
+  const who = byId('who');
+  who.replaceChildren(el('span', 'who-name', session.name), el('span', 'role-badge', session.role));
+  who.dataset.role = session.role;
+  byId('views').hidden = !isAdmin(session);
+  const logout = byId<HTMLButtonElement>('logout');
+  // Anonymous access (--allow-anonymous) has no session to end.
+  logout.hidden = session.mqtt === null;
+  logout.addEventListener('click', () => {
+    logout.disabled = true;
+    void fetch('/api/logout', { method: 'POST' }).finally(() => (location.href = '/login'));
+  });
+}
+
+function markCurrentView(route: Route): void {
+  for (const link of document.querySelectorAll<HTMLAnchorElement>('#views a[data-view]')) {
+    if (link.dataset.view === route.view) link.setAttribute('aria-current', 'page');
+    else link.removeAttribute('aria-current');
+  }
+}
+
+function adminsOnly(session: Session | null): HTMLElement {
+  const who = session ? `You are logged in as ${session.name} (${session.role}).` : '';
+  return el('p', 'placeholder admins-only', `This view is for admins. ${who}`.trim());
 }
 
 void main();

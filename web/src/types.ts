@@ -48,11 +48,42 @@ export type Reply = OkReply | ErrorReply;
 export interface HubInfo {
   topicPrefix: string;
   version: string;
+  /** The hub's MQTT port, for the hypha command line; the console assumes 1883 when the hub does not say. */
+  mqttPort?: number;
 }
+
+export type Role = 'admin' | 'operator' | 'viewer';
 
 export interface Session {
   name: string;
-  role: 'admin' | 'operator' | 'viewer';
+  role: Role;
   /** MQTT credentials for the console's connection; null with anonymous access. */
   mqtt: { username: string; password: string; expiresAt: number } | null;
+}
+
+/** `POST /api/devices` and `POST /api/devices/{id}/rotate`: the token, shown once. */
+export interface IssuedToken {
+  id: string;
+  token: string;
+}
+
+/** One entry of `GET /api/audit`. */
+export interface AuditEntry {
+  seq: number;
+  /** ISO time. */
+  at: string;
+  actor: string;
+  /** user, token, device, anonymous, hub, … */
+  actorKind: string;
+  remote: string | null;
+  /** command, login, device.add, device.rotate, device.remove, … */
+  action: string;
+  device: string | null;
+  order: string | null;
+  cmdStr: string | null;
+  /** ok, an error code, or what a change did. */
+  outcome: string;
+  exitCode: number | null;
+  durationMs: number | null;
+  detail?: unknown;
 }
