@@ -17,13 +17,21 @@ import { toDeviceInfo } from '../src/presence.js';
 import { idProblem } from '../src/protocol/ids.js';
 import { RestCommandSchema, validate } from '../src/protocol/schemas.js';
 
+export interface HubInfo {
+  topicPrefix: string;
+  version: string;
+  /** The MQTT ports devices connect to (the console shows them in the hypha command line). */
+  mqttPort: number | null;
+  mqttsPort: number | null;
+}
+
 export interface RestOptions {
   presence: Presence;
   dispatcher: Dispatcher;
   maxPayloadBytes: number;
   log: Logger;
   /** What `GET /api/hub` tells consoles and tools about this hub. */
-  info: { topicPrefix: string; version: string };
+  info: HubInfo;
   auth: Authenticator;
   stores: Stores;
   /** Credentials changed in-process: apply at once (drop connections, update the table). */
@@ -77,6 +85,12 @@ export function restRouter({ presence, dispatcher, maxPayloadBytes, log, info, a
   router.post('/devices/:id/rotate', adminOnly, (req, res) =>
     change(req, res, 'device.rotate', req.params.id as string, () => ({ id: req.params.id, token: stores.devices.rotate(req.params.id as string) })),
   );
+
+  router.get('/enrolments', adminOnly, (_req, res) => {
+    res.json(stores.devices.list().filter((d) => d.state === 'pending').map((d) => ({ id: d.id, askedAt: new Date(d.createdAt).toISOString() })));
+  });
+  router.post('/devices/:id/accept', adminOnly, (req, res) => change(req, res, 'device.accept', req.params.id as string, () => stores.devices.accept(req.params.id as string)));
+  router.post('/devices/:id/reject', adminOnly, (req, res) => change(req, res, 'device.reject', req.params.id as string, () => stores.devices.reject(req.params.id as string)));
 
   router.get('/audit', adminOnly, (req, res) => {
     const device = typeof req.query.device === 'string' ? req.query.device : undefined;

@@ -37,6 +37,7 @@ export const SETTINGS = {
   tlsCa: { flag: 'tls-ca', type: 'string', placeholder: 'FILE', help: 'PEM file of the CA that signs device certificates: a device with one is known by its CN (mutual TLS)', default: '' },
   mqttsPort: { flag: 'mqtts-port', type: 'number', help: 'MQTT over TLS port, used with --tls-cert (0 = any free port)', default: 8883 },
   requireClientCert: { flag: 'require-client-cert', type: 'boolean', help: 'on --mqtts-port, accept only devices with a certificate signed by --tls-ca', default: false },
+  enrollKey: { flag: 'enroll-key', type: 'string', help: 'a shared key with which unknown devices may ask to join; they wait as pending until an admin accepts them', default: '' },
   maxPublishRate: { flag: 'max-publish-rate', type: 'number', help: 'publishes a second one connection may keep up (bursts of twice that); 0 = no limit', default: 1000 },
   allowedOrigins: { flag: 'allowed-origins', type: 'string', help: 'other web origins whose pages may open WebSockets to the hub, comma-separated (the hub\'s own always may)', default: '' },
 } as const;
@@ -63,6 +64,9 @@ export const ConfigSchema = z.strictObject({
   tlsCa: filePath,
   mqttsPort: port,
   requireClientCert: z.boolean({ error: () => 'must be true or false' }),
+  enrollKey: z.string({ error: () => 'must be a string' }).refine((key) => key === '' || (key.length >= 16 && !key.includes('.')), {
+    error: 'must be at least 16 characters, without "."',
+  }),
   maxPublishRate: z.number({ error: () => 'must be a number' }).int({ error: 'must be a whole number' }).min(0, { error: 'must be 0 (no limit) or more' }),
   allowedOrigins: z.string({ error: () => 'must be a comma-separated list of origins' }).superRefine((value, ctx) => {
     for (const origin of splitList(value)) {

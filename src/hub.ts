@@ -13,7 +13,7 @@ import { Aedes, type Client } from 'aedes';
 import { limitPacketSize } from './packet-limit.js';
 import { attachLegacyBridge } from '../bridge/legacy.js';
 import { bridgeMqttRequests } from '../bridge/mqtt-requests.js';
-import { restRouter } from '../bridge/rest.js';
+import { restRouter, type HubInfo } from '../bridge/rest.js';
 import { createAccess } from './access.js';
 import { Authenticator } from './auth/authenticator.js';
 import { configFromOptions, splitList, type HubConfig } from './config.js';
@@ -270,7 +270,7 @@ export async function startHub(options: HubOptions = {}): Promise<Hub> {
     const imported = stores.devices.importLegacyRegistry(config.dataDir);
     if (imported > 0) log.info({ devices: imported }, 'imported the devices of devices.json into the database');
     const initialAdminPassword = ensureFirstAdmin(stores, log);
-    const auth = new Authenticator(stores.devices, stores.tokens, stores.sessions, { allowAnonymous: config.allowAnonymous });
+    const auth = new Authenticator(stores.devices, stores.tokens, stores.sessions, { allowAnonymous: config.allowAnonymous, enrollKey: config.enrollKey || undefined });
     const registry = new DeviceRegistry(stores.devices, log);
     onClose(() => registry.flush());
 
@@ -305,6 +305,8 @@ export async function startHub(options: HubOptions = {}): Promise<Hub> {
     onClose(() => dispatcher.close());
     presence.publishKnownStatuses();
 
+    // Filled in with the real ports once the listeners are up.
+    const info: HubInfo = { topicPrefix: config.topicPrefix, version: PACKAGE_VERSION, mqttPort: null, mqttsPort: null };
     const http = createHttpFront(log, {
       allowedOrigins: splitList(config.allowedOrigins),
       contentSecurityPolicy: consoleContentSecurityPolicy(),
@@ -322,7 +324,7 @@ export async function startHub(options: HubOptions = {}): Promise<Hub> {
         dispatcher,
         maxPayloadBytes: config.maxPayloadBytes,
         log,
-        info: { topicPrefix: config.topicPrefix, version: PACKAGE_VERSION },
+        info,
         auth,
         stores,
         onCredentialsChanged: () => credentials.check(),
@@ -364,6 +366,8 @@ export async function startHub(options: HubOptions = {}): Promise<Hub> {
     const httpPort = await listen(http.server, config.httpPort, config.host, '--http-port');
 
     const ports: HubPorts = { mqtt: mqttPort, ...(mqttsPort !== undefined ? { mqtts: mqttsPort } : {}), http: httpPort };
+    info.mqttPort = mqttPort;
+    info.mqttsPort = mqttsPort ?? null;
     const hub = new Hub(config, log, topics, broker, presence, dispatcher, stores, ports, teardown);
     hub.initialAdminPassword = initialAdminPassword;
     const urls = hub.urls;

@@ -49,7 +49,8 @@ export function watchCredentials(
     const devices: DeviceCredentials = stores.devices.credentialMap();
     for (const id of known) if (!devices.has(id)) presence.forget(id);
     for (const [id, current] of devices) {
-      if (!known.has(id) && current.state === 'active') presence.know(id);
+      // New, or just accepted after enrolment: it belongs in the table now.
+      if (current.state === 'active' && !presence.get(id)) presence.know(id);
       const link = presence.get(id)?.link;
       // A link that authenticated with a token ends when that token is no longer the device's.
       if (link?.credential !== undefined && (link.credential !== current.tokenHash || current.state !== 'active')) {

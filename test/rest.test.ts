@@ -93,7 +93,7 @@ describe('REST API', () => {
     expect(bundle.status).toBe(200);
     expect(bundle.headers.get('content-type')).toMatch(/javascript/);
     expect((await bundle.text()).length).toBeGreaterThan(100_000);
-    expect(await (await fetch(`${hub.urls.http}/api/hub`)).json()).toEqual({ topicPrefix: 'acme/fleet', version: expect.stringMatching(/^\d+\.\d+\.\d+/) });
+    expect(await (await fetch(`${hub.urls.http}/api/hub`)).json()).toEqual({ topicPrefix: 'acme/fleet', version: expect.stringMatching(/^\d+\.\d+\.\d+/), mqttPort: hub.ports.mqtt, mqttsPort: null });
     expect((await fetch(`${hub.urls.http}/assets/../package.json`)).status).toBe(404);
   });
 

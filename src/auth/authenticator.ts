@@ -19,6 +19,8 @@ export type AuthResult =
 
 export interface AuthenticatorOptions {
   allowAnonymous: boolean;
+  /** With a key, an unknown device presenting `KEY.TOKEN` is recorded as pending, with that token. */
+  enrollKey?: string;
 }
 
 export class Authenticator {
@@ -50,6 +52,8 @@ export class Authenticator {
     }
     if (username === CONSOLE_USERNAME) return this.consoleToken(secret);
     if (username === clientId) {
+      const enrolling = this.enrolmentToken(secret);
+      if (enrolling !== null) return this.enrol(clientId, enrolling);
       const check = this.devices.checkToken(clientId, secret);
       if (check === 'ok') return { ok: true, principal: { kind: 'device', id: clientId, tokenHash: hashToken(secret) } };
       if (check === 'pending') return { ok: false, returnCode: 5, reason: `device ${clientId} is waiting for an admin to accept it` };
@@ -59,6 +63,29 @@ export class Authenticator {
     const token = this.tokens.verify(username, secret);
     if (token) return { ok: true, principal: { kind: 'token', name: token.name, role: token.role } };
     return { ok: false, returnCode: 4, reason: `unknown user name ${username} or wrong password` };
+  }
+
+  /** The device's own token when `secret` is `ENROLL_KEY.TOKEN`, else null. */
+  private enrolmentToken(secret: string): string | null {
+    const key = this.options.enrollKey;
+    if (!key || !secret.startsWith(`${key}.`)) return null;
+    const token = secret.slice(key.length + 1);
+    return token.length >= 16 ? token : null;
+  }
+
+  /**
+   * Enrolment: an unknown device becomes pending with the token it chose; once an admin
+   * accepts it, the same credential lets it in. A known device must still match its token.
+   */
+  private enrol(id: string, token: string): AuthResult {
+    const check = this.devices.checkToken(id, token);
+    if (check === 'ok') return { ok: true, principal: { kind: 'device', id, tokenHash: hashToken(token) } };
+    if (check === 'unknown') {
+      this.devices.addPending(id, hashToken(token));
+      return { ok: false, returnCode: 5, reason: `device ${id} asked to join and waits for an admin to accept it` };
+    }
+    if (check === 'pending') return { ok: false, returnCode: 5, reason: `device ${id} is waiting for an admin to accept it` };
+    return { ok: false, returnCode: 4, reason: `wrong token for device ${id}` };
   }
 
   /** A device known by other means (certificate): it must be registered and accepted. */

@@ -10,13 +10,14 @@ import { resolveDeviceId, type ChosenIdSource } from '../hypha/identity.js';
 import { createLogger, isLogLevel, LOG_LEVELS, type Logger, type LogLevel } from '../hypha/log.js';
 import { DEFAULT_MAX_CONCURRENT, DEFAULT_MAX_QUEUE, DEFAULT_OUTPUT_CAP } from '../hypha/runner.js';
 import { DEFAULT_TOPIC_PREFIX, topicPrefixProblem } from '../protocol/topics.js';
+import { loadOrCreateToken, readTokenFile } from '../hypha/token-file.js';
 import { loadPemFiles } from '../pem.js';
 
 const EXIT_USAGE = 2;
 const EXIT_FORCED = 1;
 const FORCE_EXIT_AFTER_MS = 5000;
 
-type FlagName = 'url' | 'id' | 'token' | 'topic-prefix' | 'keepalive' | 'max-concurrent' | 'max-queue' | 'output-cap' | 'ca' | 'cert' | 'key' | 'log-level';
+type FlagName = 'url' | 'id' | 'token' | 'token-file' | 'enroll-key' | 'topic-prefix' | 'keepalive' | 'max-concurrent' | 'max-queue' | 'output-cap' | 'ca' | 'cert' | 'key' | 'log-level';
 
 interface FlagSpec {
   env: string;
@@ -29,6 +30,8 @@ const FLAGS: Record<FlagName, FlagSpec> = {
   url: { env: 'HYPHA_URL', value: 'URL', help: 'the hub: mqtt://HOST:1883, mqtts://HOST:8883, ws://HOST:8080/mqtt or wss://HOST/mqtt (required)' },
   id: { env: 'HYPHA_ID', value: 'ID', help: 'device id, 1-128 of A-Z a-z 0-9 . _ : -', default: 'Raspberry Pi serial, else /etc/machine-id, else hostname' },
   token: { env: 'HYPHA_TOKEN', value: 'TOKEN', help: 'device token (sent as MQTT password, the id as username); prefer the env var, flags show in ps' },
+  'token-file': { env: 'HYPHA_TOKEN_FILE', value: 'FILE', help: 'read the token from FILE; with --enroll-key, made and kept there on first start' },
+  'enroll-key': { env: 'HYPHA_ENROLL_KEY', value: 'KEY', help: "the hub's enrolment key: ask to join; an admin accepts the device (needs --token-file)" },
   'topic-prefix': { env: 'HYPHA_TOPIC_PREFIX', value: 'P', help: 'topic prefix shared with the hub', default: DEFAULT_TOPIC_PREFIX },
   keepalive: { env: 'HYPHA_KEEPALIVE', value: 'SECONDS', help: 'MQTT keepalive, 0 to 65535', default: '30' },
   'max-concurrent': { env: 'HYPHA_MAX_CONCURRENT', value: 'N', help: 'commands running at once', default: String(DEFAULT_MAX_CONCURRENT) },
@@ -149,7 +152,7 @@ function agentOptions(settings: Partial<Record<FlagName, Setting>>, log: Logger)
   const options: AgentOptions = {
     url,
     id: identity.id,
-    token: settings.token?.value,
+    token: credential(settings, log),
     topicPrefix: checked(settings['topic-prefix'], (value) => {
       const problem = topicPrefixProblem(value);
       return problem ? `${JSON.stringify(value)} ${problem}` : null;
@@ -163,6 +166,32 @@ function agentOptions(settings: Partial<Record<FlagName, Setting>>, log: Logger)
   };
   log.info('device id', { id: identity.id, from: identity.source === 'env' ? FLAGS.id.env : identity.source });
   return options;
+}
+
+/**
+ * The MQTT password: the token (from --token or --token-file), or with enrolment
+ * `KEY.TOKEN`, the token made and kept in the token file on first start.
+ */
+function credential(settings: Partial<Record<FlagName, Setting>>, log: Logger): string | undefined {
+  const file = settings['token-file'];
+  const key = settings['enroll-key'];
+  if (key && !file && !settings.token) {
+    throw new UsageError(`${key.origin}: needs --token-file FILE, where the device keeps the token it makes for itself`);
+  }
+  let token = settings.token?.value;
+  try {
+    if (token === undefined && file && key) {
+      const kept = loadOrCreateToken(file.value);
+      if (kept.created) log.info('made a device token for enrolment', { file: file.value });
+      token = kept.token;
+    } else if (token === undefined && file) {
+      token = readTokenFile(file.value) ?? undefined;
+      if (token === undefined) throw new Error(`the token file ${file.value} is missing or empty`);
+    }
+  } catch (err) {
+    throw new UsageError(`${file!.origin}: ${(err as Error).message}`);
+  }
+  return key && token !== undefined ? `${key.value}.${token}` : token;
 }
 
 function stopOnSignals(agent: Agent, log: Logger): void {

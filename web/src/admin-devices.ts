@@ -47,11 +47,15 @@ export class DevicesAdmin {
   private readonly filterInput = el('input', 'admin-filter');
   private readonly summary = el('span', 'admin-summary');
   private readonly body = el('tbody');
+  /** Devices that asked to join with the hub's enrolment key and wait for a decision. */
+  private readonly pendingBox = el('section', 'pending-devices');
+  private pendingTimer = 0;
 
   constructor(private readonly hub: HubClient) {
     this.page.setAttribute('aria-label', 'device administration');
     this.secretBox.setAttribute('aria-label', 'one-time token');
-    this.page.append(this.header(), this.addForm(), this.messages, this.secretBox, this.tableTools(), this.table());
+    this.pendingBox.setAttribute('aria-label', 'devices waiting to join');
+    this.page.append(this.header(), this.addForm(), this.messages, this.secretBox, this.pendingBox, this.tableTools(), this.table());
     this.body.addEventListener('click', (event) => this.onRowClick(event));
   }
 
@@ -61,10 +65,14 @@ export class DevicesAdmin {
     this.renderMessages();
     this.renderSecret();
     this.renderTable();
+    void this.loadPending();
+    // Devices ask to join at any time; nothing announces it, so look again now and then.
+    this.pendingTimer = window.setInterval(() => void this.loadPending(), 5000);
   }
 
   /** Leaving the panel forgets the token on display: it is shown once. */
   hide(): void {
+    window.clearInterval(this.pendingTimer);
     this.visible = false;
     this.secret = null;
     this.problem = null;
@@ -143,6 +151,40 @@ export class DevicesAdmin {
     this.notice = `Removed ${id}: its agent was disconnected and its token no longer works.`;
     this.renderSecret();
     this.renderMessages();
+  }
+
+  private async loadPending(): Promise<void> {
+    const result = await callApi<{ id: string; askedAt: string }[]>('GET', '/api/enrolments');
+    if (!this.visible || !result.ok) return;
+    const list = result.value;
+    if (list.length === 0) {
+      this.pendingBox.replaceChildren();
+      this.pendingBox.hidden = true;
+      return;
+    }
+    this.pendingBox.hidden = false;
+    const items = list.map(({ id, askedAt }) => {
+      const item = el('li', 'pending-device');
+      item.dataset.id = id;
+      const accept = el('button', 'send accept', 'Accept');
+      const reject = el('button', 'danger reject', 'Reject');
+      accept.type = reject.type = 'button';
+      accept.addEventListener('click', () => void this.decide(id, 'accept'));
+      reject.addEventListener('click', () => void this.decide(id, 'reject'));
+      item.append(el('code', 'pending-id', id), el('span', 'pending-since', `asked ${new Date(askedAt).toLocaleString()}`), accept, reject);
+      return item;
+    });
+    const listNode = el('ul', 'pending-list');
+    listNode.append(...items);
+    this.pendingBox.replaceChildren(el('h3', '', `Waiting to join (${list.length})`), listNode);
+  }
+
+  private async decide(id: string, decision: 'accept' | 'reject'): Promise<void> {
+    const result = await this.act(() => callApi<unknown>('POST', `/api/devices/${encodeURIComponent(id)}/${decision}`));
+    if (!result?.ok) return;
+    this.notice = decision === 'accept' ? `Accepted ${id}: it is let in at its next try.` : `Rejected ${id}.`;
+    this.renderMessages();
+    await this.loadPending();
   }
 
   /** Runs one API call at a time (null while another runs) and shows its error, or clears the last one. */
