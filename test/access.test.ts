@@ -275,3 +275,44 @@ describe('web hardening', () => {
     expect(await connect(token)).toBe('open');
   });
 });
+
+describe('what lasts and what is limited', () => {
+  it('keeps devices, users, tokens and the audit across a restart', async () => {
+    const first = await secure();
+    const dataDir = first.config.dataDir;
+    const deviceToken = first.stores.devices.add('pi-keep', ['lab']);
+    const apiToken = first.stores.tokens.add('ops', 'operator');
+    expect(cli(first, ['user', 'add', 'vera', '--role', 'viewer', '--password-stdin'], 'vera-password\n').status).toBe(0);
+    await api(first, '/api/devices/pi-keep/commands', { token: apiToken, method: 'POST', body: { order: 'exec_bash', cmd_str: 'before restart' } });
+    await first.close();
+
+    const second = await startTestHub({ allowAnonymous: false, dataDir });
+    expect(second.initialAdminPassword).toBeNull();
+    expect(second.device('pi-keep')).toMatchObject({ online: false });
+    const { client } = await deviceClient(second, 'pi-keep', deviceToken);
+    await waitFor(() => second.device('pi-keep')?.online);
+    void client;
+    expect((await api(second, '/api/devices', { token: apiToken })).status).toBe(200);
+    const login = await fetch(`${second.urls.http}/api/login`, { method: 'POST', body: JSON.stringify({ name: 'vera', password: 'vera-password' }) });
+    expect(await login.json()).toEqual({ name: 'vera', role: 'viewer' });
+
+    const audit = cli(second, ['audit', '--device', 'pi-keep', '--json']);
+    expect(audit.status).toBe(0);
+    const entries = (JSON.parse(audit.stdout) as { entries: { action: string; cmdStr: string; actor: string; outcome: string }[] }).entries;
+    expect(entries).toEqual([expect.objectContaining({ action: 'command', cmdStr: 'before restart', actor: 'ops', outcome: 'DEVICE_OFFLINE' })]);
+    expect(JSON.parse(cli(second, ['audit', '--since', '2999-01-01T00:00:00Z', '--json']).stdout)).toEqual({ entries: [] });
+    expect(cli(second, ['audit', '--since', 'yesterday']).status).toBe(2);
+  });
+
+  it('closes a connection that publishes faster than the limit, and no other', async () => {
+    const hub = await startTestHub({ maxPublishRate: 20 });
+    const calm = await connectMqtt(hub.urls.mqtt, { clientId: 'calm' });
+    const flood = await connectMqtt(hub.urls.mqtt, { clientId: 'flood' });
+    const closed = new Promise<void>((r) => flood.once('close', () => r()));
+    for (let i = 0; i < 200; i++) flood.publish('sensors/flood', String(i), { qos: 0 });
+    await closed;
+    calm.publish('sensors/calm', 'one', { qos: 0 });
+    await new Promise((r) => setTimeout(r, 200));
+    expect(calm.connected).toBe(true);
+  });
+});
