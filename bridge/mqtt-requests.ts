@@ -17,9 +17,10 @@ export interface MqttRequestBridgeOptions {
   maxPayloadBytes: number;
   log: Logger;
   principalOf: (client: Client) => Principal | undefined;
+  remoteOf: (client: Client) => string | null;
 }
 
-export function bridgeMqttRequests({ broker, topics, dispatcher, maxPayloadBytes, log, principalOf }: MqttRequestBridgeOptions): { close(): void } {
+export function bridgeMqttRequests({ broker, topics, dispatcher, maxPayloadBytes, log, principalOf, remoteOf }: MqttRequestBridgeOptions): { close(): void } {
   const reply = (clientId: string, body: Reply) => {
     const payload = Buffer.from(JSON.stringify(body));
     broker.publish({ cmd: 'publish', topic: topics.clientResponse(clientId), payload, qos: 1, retain: false, dup: false }, () => {});
@@ -53,7 +54,7 @@ export function bridgeMqttRequests({ broker, topics, dispatcher, maxPayloadBytes
     const clientId = client.id;
     const principal = principalOf(client);
     const { actor, kind } = principal ? actorOf(principal) : { actor: clientId, kind: 'unknown' };
-    const remote = client.req?.socket.remoteAddress ?? (client.conn as { remoteAddress?: string }).remoteAddress ?? null;
+    const remote = remoteOf(client);
     const origin = { clientId, via: 'mqtt' as const, actor, actorKind: kind, remote };
     if (!principal || !canRunCommands(principal)) {
       reply(clientId, dispatcher.refuse(parsed.value, origin, 'FORBIDDEN', `${actor} may not run commands (role ${principal && 'role' in principal ? principal.role : 'none'})`));

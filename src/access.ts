@@ -52,6 +52,8 @@ export interface Access {
   hooks: Hooks;
   /** Who a connection authenticated as. */
   principalOf(client: Client): Principal | undefined;
+  /** Where it connected from, read at CONNECT (a client may be gone by the time its last publish is handled). */
+  remoteOf(client: Client): string | null;
 }
 
 const IDENTIFIER_REJECTED = 2;
@@ -70,6 +72,7 @@ export function createAccess({ topics, log, auth, certificateIdOf, onAuthenticat
   const sentIds = new WeakMap<Client, string>();
   const principals = new WeakMap<Client, Principal>();
   const budgets = new WeakMap<Client, PublishBudget>();
+  const remotes = new WeakMap<Client, string>();
 
   const hooks: Hooks = {
     preConnect(client, packet, callback) {
@@ -92,6 +95,8 @@ export function createAccess({ topics, log, auth, certificateIdOf, onAuthenticat
         return;
       }
       principals.set(client, result.principal);
+      const remote = remoteOf(client);
+      if (remote) remotes.set(client, remote);
       onAuthenticated?.(client);
       callback(null, true);
     },
@@ -134,5 +139,5 @@ export function createAccess({ topics, log, auth, certificateIdOf, onAuthenticat
     },
   };
 
-  return { hooks, principalOf: (client) => principals.get(client) };
+  return { hooks, principalOf: (client) => principals.get(client), remoteOf: (client) => remotes.get(client) ?? remoteOf(client) ?? null };
 }

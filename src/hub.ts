@@ -269,7 +269,6 @@ export async function startHub(options: HubOptions = {}): Promise<Hub> {
     onClose(() => stores.close());
     const imported = stores.devices.importLegacyRegistry(config.dataDir);
     if (imported > 0) log.info({ devices: imported }, 'imported the devices of devices.json into the database');
-    const initialAdminPassword = ensureFirstAdmin(stores, log);
     const auth = new Authenticator(stores.devices, stores.tokens, stores.sessions, { allowAnonymous: config.allowAnonymous, enrollKey: config.enrollKey || undefined });
     const registry = new DeviceRegistry(stores.devices, log);
     onClose(() => registry.flush());
@@ -300,7 +299,7 @@ export async function startHub(options: HubOptions = {}): Promise<Hub> {
     );
     const credentials = watchCredentials(stores, presence, broker, access.principalOf, auth, log);
     onClose(() => credentials.close());
-    const requests = bridgeMqttRequests({ broker, topics, dispatcher, maxPayloadBytes: config.maxPayloadBytes, log, principalOf: access.principalOf });
+    const requests = bridgeMqttRequests({ broker, topics, dispatcher, maxPayloadBytes: config.maxPayloadBytes, log, principalOf: access.principalOf, remoteOf: access.remoteOf });
     onClose(() => requests.close());
     onClose(() => dispatcher.close());
     presence.publishKnownStatuses();
@@ -369,7 +368,9 @@ export async function startHub(options: HubOptions = {}): Promise<Hub> {
     info.mqttPort = mqttPort;
     info.mqttsPort = mqttsPort ?? null;
     const hub = new Hub(config, log, topics, broker, presence, dispatcher, stores, ports, teardown);
-    hub.initialAdminPassword = initialAdminPassword;
+    // Only now that the hub is up: a start that fails (a port in use) must not use up the
+    // first start, whose admin password would then be shown to no one.
+    hub.initialAdminPassword = ensureFirstAdmin(stores, log);
     const urls = hub.urls;
     log.info(
       { mqtt: urls.mqtt, mqtts: urls.mqtts, ws: urls.ws, http: urls.http, clientCertificates: clientCertificateMode(tls), topicPrefix: config.topicPrefix, dataDir: config.dataDir, devices: presence.table.size },

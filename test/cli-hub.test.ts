@@ -51,6 +51,8 @@ describe('rhizosphere CLI', () => {
     const http = runHub(['--mqtt-port', '0', '--http-port', String(taken), '--data-dir', dataDir]);
     expect(http.status).toBe(2);
     expect(http.stderr).toMatch(new RegExp(`^rhizosphere: --http-port ${taken}: port ${taken} is already in use`));
+    // A start that failed did not use up the first start: no admin was made whose password nobody saw.
+    expect(runHub(['user', 'list', '--json', '--data-dir', dataDir]).stdout.trim()).toBe('{"users":[]}');
   });
 
   it('starts, serves /healthz, and stops cleanly within 5 s on SIGTERM and SIGINT', async () => {
