@@ -1,7 +1,8 @@
 /** Headless Chromium for the console tests (Debian's chromium, driven by playwright-core). */
 import { existsSync, mkdirSync } from 'node:fs';
 import { join } from 'node:path';
-import { chromium, type BrowserContext } from 'playwright-core';
+import { chromium, type BrowserContext, type Page } from 'playwright-core';
+import { expect } from 'vitest';
 import { cleanup, ROOT, tempDir } from './helpers.js';
 
 export const CHROMIUM = process.env.CHROMIUM_PATH ?? '/usr/bin/chromium';
@@ -24,4 +25,17 @@ export async function openBrowser(): Promise<BrowserContext> {
 export function artifact(name: string): string {
   mkdirSync(ARTIFACTS, { recursive: true });
   return join(ARTIFACTS, name);
+}
+
+/** A fresh page whose script errors and dialogs (alert, confirm) fail the test that opened it. */
+export async function openPage(): Promise<Page> {
+  const page = await (await openBrowser()).newPage();
+  const problems: string[] = [];
+  page.on('pageerror', (error) => problems.push(error.message));
+  page.on('dialog', (dialog) => {
+    problems.push(`dialog: ${dialog.message()}`);
+    void dialog.dismiss();
+  });
+  cleanup(() => expect(problems, 'errors in the page').toEqual([]));
+  return page;
 }

@@ -6,21 +6,8 @@
 import type { Locator, Page } from 'playwright-core';
 import { describe, expect, it } from 'vitest';
 import { startHub, type Hub } from '../src/index.js';
-import { artifact, openBrowser } from './browser.js';
+import { artifact, openPage } from './browser.js';
 import { cleanup, freePort, startAgents, startTestHub, tempDir } from './helpers.js';
-
-async function openPage(): Promise<Page> {
-  const context = await openBrowser();
-  const page = await context.newPage();
-  const problems: string[] = [];
-  page.on('pageerror', (error) => problems.push(error.message));
-  page.on('dialog', (dialog) => {
-    problems.push(`dialog: ${dialog.message()}`);
-    void dialog.dismiss();
-  });
-  cleanup(() => expect(problems, 'errors in the page').toEqual([]));
-  return page;
-}
 
 /** Fills in the login page and submits it. */
 async function logIn(page: Page, name: string, password: string): Promise<void> {

@@ -7,19 +7,11 @@ import { join } from 'node:path';
 import type { Page } from 'playwright-core';
 import { describe, expect, it } from 'vitest';
 import { startHub } from '../src/index.js';
-import { artifact, openBrowser } from './browser.js';
+import { artifact, openPage } from './browser.js';
 import { cleanup, freePort, spawnHypha, startAgents, startTestHub, tempDir, waitFor } from './helpers.js';
 
 async function openConsole(url: string): Promise<Page> {
-  const context = await openBrowser();
-  const page = await context.newPage();
-  const problems: string[] = [];
-  page.on('pageerror', (error) => problems.push(error.message));
-  page.on('dialog', (dialog) => {
-    problems.push(`dialog: ${dialog.message()}`);
-    void dialog.dismiss();
-  });
-  cleanup(() => expect(problems, 'errors in the page').toEqual([]));
+  const page = await openPage();
   await page.goto(url);
   await page.waitForSelector('.connection[data-state="connected"]');
   return page;

@@ -80,7 +80,7 @@ describe('enrolment', () => {
 
 describe('enrolment in the console', () => {
   it('shows a device waiting to join to an admin, who accepts it, and it comes online', async () => {
-    const { openBrowser, artifact } = await import('./browser.js');
+    const { openPage, artifact } = await import('./browser.js');
     const { startAgent } = await import('../src/hypha/agent.js');
     const hub = await startTestHub({ allowAnonymous: false, enrollKey: KEY });
     // A real agent that asks to join and retries quickly (the CLI's backoff would wait longer).
@@ -88,7 +88,7 @@ describe('enrolment in the console', () => {
     const { cleanup } = await import('./helpers.js');
     cleanup(() => agent.stop());
 
-    const page = await (await openBrowser()).newPage();
+    const page = await openPage();
     await page.goto(`${hub.urls.http}/`);
     await page.waitForURL(/\/login/);
     await page.fill('#name', 'admin');
