@@ -315,7 +315,13 @@ export async function startHub(options: HubOptions = {}): Promise<Hub> {
       res.json({ ok: true, devices: presence.table.size, online: presence.onlineCount(), inflight: dispatcher.inflight });
     });
     // Under TLS the session cookie is Secure: a browser never sends it over plain HTTP.
-    http.app.use('/api', sessionRouter({ auth, stores, log, secure: tls !== null }));
+    const endSessionConnections = (sessionHash: string) => {
+      for (const client of Object.values((broker as unknown as { clients: Record<string, Client> }).clients)) {
+        const principal = access.principalOf(client);
+        if (principal?.kind === 'user' && principal.session === sessionHash) client.close();
+      }
+    };
+    http.app.use('/api', sessionRouter({ auth, stores, log, endSessionConnections, secure: tls !== null }));
     http.app.use(
       '/api',
       restRouter({

@@ -10,6 +10,7 @@ import type { Principal } from './auth/roles.js';
 import type { Logger } from './log.js';
 import type { Stores } from './store/stores.js';
 import { SESSION_TTL_MS } from './store/people.js';
+import { hashToken } from './auth/secrets.js';
 
 export const SESSION_COOKIE = 'rhizosphere_session';
 
@@ -81,9 +82,11 @@ export interface SessionRouteOptions {
   log: Logger;
   /** Secure cookies when the hub serves HTTPS. */
   secure: boolean;
+  /** Drops the MQTT connections a browser session opened (its console, in any tab). */
+  endSessionConnections: (sessionHash: string) => void;
 }
 
-export function sessionRouter({ auth, stores, log, secure }: SessionRouteOptions): Router {
+export function sessionRouter({ auth, stores, log, secure, endSessionConnections }: SessionRouteOptions): Router {
   const router = express.Router();
   const limiter = new RateLimit(LOGIN_ATTEMPTS_PER_MINUTE, 60_000);
   const cookie = (value: string, maxAgeMs: number) =>
@@ -117,9 +120,10 @@ export function sessionRouter({ auth, stores, log, secure }: SessionRouteOptions
   router.post('/logout', (req, res) => {
     const session = parseCookies(req.headers.cookie).get(SESSION_COOKIE);
     if (session) {
-      const user = stores.sessions.user(session);
       stores.sessions.end(session);
-      if (user) auth.revokeConsoleTokens(user.name);
+      // That session's consoles, in every tab, lose their MQTT connection and cannot reconnect.
+      auth.revokeSessionTokens(hashToken(session));
+      endSessionConnections(hashToken(session));
     }
     res.setHeader('set-cookie', cookie('', 0));
     res.json({ ok: true });

@@ -218,8 +218,11 @@ describe('REST roles', () => {
     expect((await console.subscribeAsync('rhizosphere/devices/+/status', { qos: 0 }))[0]!.qos).toBe(0);
     await expect(connectMqtt(hub.urls.mqtt, { clientId: 'c2', username: '@console', password: 'forged' })).rejects.toMatchObject({ code: 4 });
 
-    // Logging out ends the session.
+    // Logging out ends the session, and drops the console connection it opened.
+    const consoleClosed = new Promise<void>((r) => console.once('close', () => r()));
     await fetch(`${hub.urls.http}/api/logout`, { method: 'POST', headers: { cookie: cookie.split(';')[0]! } });
+    await consoleClosed;
+    await expect(connectMqtt(hub.urls.mqtt, { clientId: 'c3', username: session.mqtt.username, password: session.mqtt.password })).rejects.toMatchObject({ code: 4 });
     expect((await fetch(`${hub.urls.http}/api/session`, { headers: { cookie: cookie.split(';')[0]! } })).status).toBe(401);
 
     // Ten tries a minute per address, then 429 BUSY, even with the right password.

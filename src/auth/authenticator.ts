@@ -25,7 +25,7 @@ export interface AuthenticatorOptions {
 
 export class Authenticator {
   /** Console MQTT tokens live in memory: they are short-lived and re-issued by /api/session. */
-  private readonly consoleTokens = new Map<string, { name: string; role: Role; expiresAt: number }>();
+  private readonly consoleTokens = new Map<string, { name: string; role: Role; session: string | undefined; expiresAt: number }>();
 
   constructor(
     private readonly devices: DeviceStore,
@@ -119,29 +119,34 @@ export class Authenticator {
     }
     if (sessionId) {
       const user = this.sessions.user(sessionId);
-      if (user) return { kind: 'user', name: user.name, role: user.role };
+      if (user) return { kind: 'user', name: user.name, role: user.role, session: hashToken(sessionId) };
     }
     return this.options.allowAnonymous ? { kind: 'anonymous', role: 'operator' } : null;
   }
 
   /** A token the console presents as its MQTT password (username `@console`). */
-  issueConsoleToken(user: { name: string; role: Role }): { username: string; password: string; expiresAt: number } {
+  issueConsoleToken(user: { name: string; role: Role; session?: string }): { username: string; password: string; expiresAt: number } {
     const now = Date.now();
     for (const [token, entry] of this.consoleTokens) if (entry.expiresAt < now) this.consoleTokens.delete(token);
     const password = newToken();
     const expiresAt = now + CONSOLE_TOKEN_TTL_MS;
-    this.consoleTokens.set(password, { name: user.name, role: user.role, expiresAt });
+    this.consoleTokens.set(password, { name: user.name, role: user.role, session: user.session, expiresAt });
     return { username: CONSOLE_USERNAME, password, expiresAt };
   }
 
-  /** Ends the console tokens of a user (logout, removal, new password). */
+  /** Ends the console tokens of a user (removal, new password). */
   revokeConsoleTokens(name: string): void {
     for (const [token, entry] of this.consoleTokens) if (entry.name === name) this.consoleTokens.delete(token);
+  }
+
+  /** Ends the console tokens of one browser session (logout). */
+  revokeSessionTokens(session: string): void {
+    for (const [token, entry] of this.consoleTokens) if (entry.session === session) this.consoleTokens.delete(token);
   }
 
   private consoleToken(secret: string): AuthResult {
     const entry = this.consoleTokens.get(secret);
     if (!entry || entry.expiresAt < Date.now()) return { ok: false, returnCode: 4, reason: 'console token unknown or expired (log in again)' };
-    return { ok: true, principal: { kind: 'user', name: entry.name, role: entry.role } };
+    return { ok: true, principal: { kind: 'user', name: entry.name, role: entry.role, session: entry.session } };
   }
 }

@@ -10,7 +10,8 @@ export function isRole(value: unknown): value is Role {
 export type Principal =
   /** `tokenHash`: the token it authenticated with, so a rotation can find the connections it ends. */
   | { kind: 'device'; id: string; tokenHash?: string }
-  | { kind: 'user'; name: string; role: Role }
+  /** `session`: the hash of the browser session a console connection belongs to (logout ends it). */
+  | { kind: 'user'; name: string; role: Role; session?: string }
   | { kind: 'token'; name: string; role: Role }
   | { kind: 'anonymous'; role: 'operator' };
 
