@@ -19,6 +19,8 @@ import { Authenticator } from './auth/authenticator.js';
 import { configFromOptions, splitList, type HubConfig } from './config.js';
 import { Dispatcher, type CommandRequest, type Origin, type SettledHook } from './dispatcher.js';
 import { HubError } from './errors.js';
+import { JobRunner } from './jobs/runner.js';
+import { jobsRouter } from '../bridge/jobs-rest.js';
 import { consoleContentSecurityPolicy, mountConsole } from './console.js';
 import { createHttpFront, mqttOverWebSocket } from './http.js';
 import { PACKAGE_VERSION } from './package-root.js';
@@ -85,8 +87,10 @@ export class Hub extends EventEmitter<HubEvents> {
     readonly broker: Aedes,
     private readonly presence: Presence,
     private readonly dispatcher: Dispatcher,
-    /** The hub's database: devices, users, tokens, sessions, audit. */
+    /** The hub's database: devices, users, tokens, sessions, audit, jobs. */
     readonly stores: Stores,
+    /** Fleet jobs: one command to many devices (PROTOCOL.md "Fleet jobs"). */
+    readonly jobs: JobRunner,
     ports: HubPorts,
     /** Teardown steps, in the order they run. */
     private readonly teardown: (() => void | Promise<void>)[],
@@ -303,6 +307,16 @@ export async function startHub(options: HubOptions = {}): Promise<Hub> {
     onClose(() => requests.close());
     onClose(() => dispatcher.close());
     presence.publishKnownStatuses();
+    const jobs = new JobRunner({
+      stores,
+      presence,
+      dispatcher,
+      topics,
+      log,
+      publish: (topic, payload) => broker.publish({ cmd: 'publish', topic, payload: Buffer.from(payload), qos: 1, retain: true, dup: false }, () => {}),
+    });
+    onClose(() => jobs.close());
+    jobs.start();
 
     // Filled in with the real ports once the listeners are up.
     const info: HubInfo = { topicPrefix: config.topicPrefix, version: PACKAGE_VERSION, mqttPort: null, mqttsPort: null };
@@ -322,6 +336,7 @@ export async function startHub(options: HubOptions = {}): Promise<Hub> {
       }
     };
     http.app.use('/api', sessionRouter({ auth, stores, log, endSessionConnections, secure: tls !== null }));
+    http.app.use('/api', jobsRouter({ jobs, auth, stores, log }));
     http.app.use(
       '/api',
       restRouter({
@@ -373,7 +388,10 @@ export async function startHub(options: HubOptions = {}): Promise<Hub> {
     const ports: HubPorts = { mqtt: mqttPort, ...(mqttsPort !== undefined ? { mqtts: mqttsPort } : {}), http: httpPort };
     info.mqttPort = mqttPort;
     info.mqttsPort = mqttsPort ?? null;
-    const hub = new Hub(config, log, topics, broker, presence, dispatcher, stores, ports, teardown);
+    // Jobs stop first of all (no new sends; commands in flight keep their unknown outcome),
+    // before any connection closes and answers them with DEVICE_OFFLINE; closing twice is harmless.
+    onClose(() => jobs.close());
+    const hub = new Hub(config, log, topics, broker, presence, dispatcher, stores, jobs, ports, teardown);
     // Only now that the hub is up: a start that fails (a port in use) must not use up the
     // first start, whose admin password would then be shown to no one.
     hub.initialAdminPassword = ensureFirstAdmin(stores, log);

@@ -4,6 +4,8 @@ export { resolveConfig, ConfigError, ConfigSchema, DEFAULTS, SETTINGS, type HubC
 export { HubError, ERROR_CODES, type ErrorCode } from './errors.js';
 export type { DeviceEntry, DeviceInfo, DeviceLink, OfflineReason } from './presence.js';
 export type { CommandRequest, Origin } from './dispatcher.js';
+export { JobRunner, JobSpecSchema, type JobSpec, type JobCreator, type JobView, type JobSummary, type JobTarget, type CreatedJob, type Counts as JobCounts, type JobState, type TargetState } from './jobs/runner.js';
+export type { Selector } from './jobs/selector.js';
 export { Topics, DEFAULT_TOPIC_PREFIX } from './protocol/topics.js';
 export { isValidId, idProblem, ID_MAX_LENGTH } from './protocol/ids.js';
 export {

@@ -59,6 +59,10 @@ export class Topics {
   clientResponse(id: string): string {
     return `${this.clientsPrefix}${id}/response`;
   }
+  /** Retained status of a fleet job. */
+  jobStatus(id: string): string {
+    return `${this.prefix}/jobs/${id}/status`;
+  }
 
   /** Wildcard filters the hub itself subscribes to. */
   get allDeviceStatuses(): string {

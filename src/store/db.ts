@@ -60,6 +60,38 @@ const MIGRATIONS: string[] = [
   CREATE INDEX audit_device_at ON audit(device, at);
   CREATE INDEX audit_at ON audit(at);
   `,
+  // 2: fleet jobs and the outcome on each of their devices
+  `
+  CREATE TABLE jobs (
+    id            TEXT PRIMARY KEY,
+    created_at    INTEGER NOT NULL,
+    actor         TEXT NOT NULL,
+    actor_kind    TEXT NOT NULL,
+    remote        TEXT,
+    command_order TEXT NOT NULL,
+    cmd_str       TEXT NOT NULL,
+    timeout_ms    INTEGER NOT NULL,
+    concurrency   INTEGER NOT NULL,
+    deadline_at   INTEGER NOT NULL,
+    state         TEXT NOT NULL CHECK (state IN ('running', 'done', 'canceled')),
+    target        TEXT NOT NULL DEFAULT '{}',
+    finished_at   INTEGER
+  );
+  CREATE INDEX jobs_created_at ON jobs(created_at);
+  CREATE INDEX jobs_state ON jobs(state);
+  CREATE TABLE job_targets (
+    job_id        TEXT NOT NULL REFERENCES jobs(id) ON DELETE CASCADE,
+    device        TEXT NOT NULL,
+    seq           INTEGER NOT NULL,
+    state         TEXT NOT NULL CHECK (state IN ('queued', 'sent', 'succeeded', 'failed', 'timed_out', 'canceled')),
+    result        TEXT,
+    error         TEXT,
+    exit_code     INTEGER,
+    updated_at    INTEGER NOT NULL,
+    PRIMARY KEY (job_id, device)
+  ) WITHOUT ROWID;
+  CREATE INDEX job_targets_state ON job_targets(state);
+  `,
 ];
 
 export const SCHEMA_VERSION = MIGRATIONS.length;

@@ -4,6 +4,7 @@ import { newPassword } from '../auth/secrets.js';
 import { AuditLog } from './audit.js';
 import { openDatabase, type Db } from './db.js';
 import { DeviceStore } from './devices.js';
+import { JobStore } from '../jobs/store.js';
 import { SessionStore, TokenStore, UserStore } from './people.js';
 
 export interface Stores {
@@ -13,6 +14,7 @@ export interface Stores {
   tokens: TokenStore;
   sessions: SessionStore;
   audit: AuditLog;
+  jobs: JobStore;
   close(): void;
 }
 
@@ -26,6 +28,7 @@ export function openStores(dataDir: string): Stores {
     tokens: new TokenStore(db),
     sessions: new SessionStore(db),
     audit,
+    jobs: new JobStore(db),
     close() {
       audit.flush();
       db.close();

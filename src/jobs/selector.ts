@@ -1,0 +1,106 @@
+/**
+ * Which devices a fleet job targets (PROTOCOL.md "Fleet jobs"): a selector of device ids,
+ * tags and online state, every key given must match. It is resolved once, when the job is
+ * created, against the devices the hub knows (registered or seen, in the database) and
+ * presence (who is online now).
+ */
+import { z } from 'zod';
+import { idProblem } from '../protocol/ids.js';
+import type { StoredDevice } from '../store/devices.js';
+import { tagProblem } from '../store/devices.js';
+
+export const SELECTOR_MAX_DEVICES = 100_000;
+export const SELECTOR_MAX_TAGS = 64;
+
+export interface Selector {
+  /** Only these device ids. */
+  devices?: string[];
+  /** Only devices that have every one of these tags (`[]`: every device). */
+  tags?: string[];
+  /** Only devices online (true) or offline (false) when the job is created. */
+  online?: boolean;
+}
+
+const deviceId = z.string({ error: 'must be a string' }).superRefine((value, ctx) => {
+  const problem = idProblem(value);
+  if (problem) ctx.addIssue({ code: 'custom', message: problem });
+});
+
+const tag = z.string({ error: 'must be a string' }).superRefine((value, ctx) => {
+  const problem = tagProblem(value);
+  if (problem) ctx.addIssue({ code: 'custom', message: problem });
+});
+
+export const SelectorSchema = z
+  .strictObject(
+    {
+      devices: z
+        .array(deviceId, { error: 'must be a list of device ids' })
+        .max(SELECTOR_MAX_DEVICES, { error: `must have at most ${SELECTOR_MAX_DEVICES} device ids` })
+        .optional(),
+      tags: z
+        .array(tag, { error: 'must be a list of tags' })
+        .max(SELECTOR_MAX_TAGS, { error: `must have at most ${SELECTOR_MAX_TAGS} tags` })
+        .optional(),
+      online: z.boolean({ error: 'must be true or false' }).optional(),
+    },
+    {
+      error: (issue) =>
+        issue.code === 'unrecognized_keys'
+          ? 'has an unknown key (allowed: devices, tags, online)'
+          : issue.input === undefined
+            ? 'is required'
+            : 'must be an object with devices, tags or online',
+    },
+  )
+  .refine((s) => s.devices !== undefined || s.tags !== undefined || s.online !== undefined, {
+    error: 'must name devices, tags or online (tags [] selects every device)',
+  });
+
+/** What the selector needs to know of the hub. */
+export interface SelectorSources {
+  /** Devices in the database: registered and seen ones, with their tags. */
+  stored: readonly StoredDevice[];
+  /** Devices presence knows (some may not be written to the database yet), with their online state. */
+  live: ReadonlyMap<string, { online: boolean }>;
+}
+
+export interface Selection {
+  /** Matching devices, in the order given (`devices`) or by id. */
+  devices: string[];
+  /** Ids listed in `devices` that the hub does not know: not targeted. */
+  unknown: string[];
+}
+
+/** Resolves a selector into device ids. Pending devices (waiting for enrolment) are never targeted. */
+export function resolveSelector(selector: Selector, { stored, live }: SelectorSources): Selection {
+  const known = new Map<string, string[]>();
+  const pending = new Set<string>();
+  for (const device of stored) {
+    if (device.state === 'pending') pending.add(device.id);
+    else known.set(device.id, device.tags);
+  }
+  for (const id of live.keys()) if (!known.has(id) && !pending.has(id)) known.set(id, []);
+
+  const matches = (id: string): boolean => {
+    const tags = known.get(id);
+    if (!tags) return false;
+    if (selector.tags && !selector.tags.every((t) => tags.includes(t))) return false;
+    if (selector.online !== undefined && (live.get(id)?.online ?? false) !== selector.online) return false;
+    return true;
+  };
+
+  if (selector.devices) {
+    const seen = new Set<string>();
+    const devices: string[] = [];
+    const unknown: string[] = [];
+    for (const id of selector.devices) {
+      if (seen.has(id)) continue;
+      seen.add(id);
+      if (!known.has(id)) unknown.push(id);
+      else if (matches(id)) devices.push(id);
+    }
+    return { devices, unknown };
+  }
+  return { devices: [...known.keys()].filter(matches).sort(), unknown: [] };
+}
