@@ -12,7 +12,7 @@ import type { Dispatcher, Origin } from '../dispatcher.js';
 import { HubError } from '../errors.js';
 import type { Logger } from '../log.js';
 import type { Presence } from '../presence.js';
-import { ORDERS, TIMEOUT_MS_DEFAULT, TIMEOUT_MS_MAX, TIMEOUT_MS_MIN, validate, type Order, type Reply } from '../protocol/schemas.js';
+import { expect, ORDERS, TIMEOUT_MS_DEFAULT, TIMEOUT_MS_MAX, TIMEOUT_MS_MIN, validate, type Order, type Reply } from '../protocol/schemas.js';
 import type { Topics } from '../protocol/topics.js';
 import type { Stores } from '../store/stores.js';
 import { resolveSelector, SelectorSchema, type Selector } from './selector.js';
@@ -35,9 +35,6 @@ const FLUSH_INTERVAL_MS = 200;
 const BUSY_RETRY_MS = 500;
 /** At start, the retained status of this many of the newest jobs is published again. */
 const REPUBLISH_AT_START = 200;
-
-/** "is required" when the field is absent, else the given text. */
-const expect = (text: string) => (issue: { input?: unknown }) => (issue.input === undefined ? 'is required' : text);
 
 const whole = (what: string, min: number, max: number) =>
   z

@@ -15,7 +15,7 @@ export const TIMEOUT_MS_DEFAULT = 60_000;
 export const REQUEST_ID_MAX_LENGTH = 64;
 
 /** A zod error callback: "is required" when the field is absent, else the given text. */
-const expect = (text: string) => (issue: { input?: unknown }) => (issue.input === undefined ? 'is required' : text);
+export const expect = (text: string) => (issue: { input?: unknown }) => (issue.input === undefined ? 'is required' : text);
 
 const deviceId = z.string({ error: expect('must be a string') }).superRefine((value, ctx) => {
   const problem = idProblem(value);
