@@ -4,7 +4,9 @@
  * Every problem is reported as one line that names the flag, variable or key.
  */
 import { readFileSync } from 'node:fs';
+import { dirname, isAbsolute, resolve } from 'node:path';
 import { z } from 'zod';
+import { idProblem } from './protocol/ids.js';
 import { DEFAULT_TOPIC_PREFIX, topicPrefixProblem } from './protocol/topics.js';
 
 const port = z
@@ -44,6 +46,32 @@ export const SETTINGS = {
 
 export type SettingKey = keyof typeof SETTINGS;
 
+/**
+ * One server-side handler (docs/handlers.md): a config-file-only key, no flag or variable.
+ * `module` starting with `.` or `/` is a file, relative to the config file (in-process: to
+ * the working directory); anything else is a package name.
+ */
+export const HandlerSpecSchema = z.strictObject(
+  {
+    name: z.string({ error: () => 'must be a string' }).superRefine((value, ctx) => {
+      const problem = idProblem(value);
+      if (problem) ctx.addIssue({ code: 'custom', message: problem });
+    }),
+    module: z.string({ error: () => 'must be a string (a file path or a package name)' }).min(1, { error: 'must not be empty' }),
+    options: z.unknown().optional(),
+  },
+  { error: () => 'must be an object like {"name": "inventory", "module": "./handlers/inventory.js", "options": {}}' },
+);
+export type HandlerSpec = z.infer<typeof HandlerSpecSchema>;
+
+const handlerList = z.array(HandlerSpecSchema, { error: () => 'must be an array of {"name", "module", "options"}' }).superRefine((specs, ctx) => {
+  const seen = new Set<string>();
+  specs.forEach((spec, i) => {
+    if (seen.has(spec.name)) ctx.addIssue({ code: 'custom', path: [i, 'name'], message: `names handler "${spec.name}" twice` });
+    seen.add(spec.name);
+  });
+});
+
 export const ConfigSchema = z.strictObject({
   host: z.string({ error: () => 'must be a string' }).min(1, { error: 'must not be empty' }),
   mqttPort: port,
@@ -73,6 +101,7 @@ export const ConfigSchema = z.strictObject({
       if (!/^https?:\/\/[^/\s]+$/.test(origin)) ctx.addIssue({ code: 'custom', message: `has ${JSON.stringify(origin)}, which is not an origin like https://ops.example.com` });
     }
   }),
+  handlers: handlerList,
 });
 
 export function splitList(value: string): string[] {
@@ -81,9 +110,13 @@ export function splitList(value: string): string[] {
 
 export type HubConfig = z.infer<typeof ConfigSchema>;
 
-export const DEFAULTS: HubConfig = Object.fromEntries(
-  Object.entries(SETTINGS).map(([key, setting]) => [key, setting.default]),
-) as HubConfig;
+export const DEFAULTS: HubConfig = {
+  ...(Object.fromEntries(Object.entries(SETTINGS).map(([key, setting]) => [key, setting.default])) as Omit<HubConfig, 'handlers'>),
+  handlers: [],
+};
+
+/** Keys the config file (and startHub) may hold besides the SETTINGS: structured, so no flag or variable. */
+const FILE_ONLY_KEYS = ['handlers'] as const;
 
 /** A configuration problem: `message` is the one line the CLI prints. */
 export class ConfigError extends Error {
@@ -168,11 +201,11 @@ export function resolveConfig(layers: ConfigLayers = {}): HubConfig {
   if (layers.file) {
     const fromFile = readConfigFile(layers.file);
     for (const [key, value] of Object.entries(fromFile)) {
-      if (!Object.hasOwn(SETTINGS, key)) {
+      if (!Object.hasOwn(SETTINGS, key) && !(FILE_ONLY_KEYS as readonly string[]).includes(key)) {
         const hint = closestKey(key);
         throw new ConfigError(`--config ${layers.file}: unknown key "${key}"${hint ? ` (did you mean "${hint}"?)` : ''}`);
       }
-      merged[key] = value;
+      merged[key] = key === 'handlers' ? relativeToFile(value, layers.file) : value;
       sources[key] = { kind: 'file', file: layers.file };
     }
   }
@@ -200,6 +233,14 @@ export function resolveConfig(layers: ConfigLayers = {}): HubConfig {
   if (!parsed.success) {
     const issue = parsed.error.issues[0]!;
     const key = String(issue.path[0] ?? '');
+    if (key === 'handlers') {
+      const source = sources.handlers;
+      const at = issue.path.slice(1).map((part) => (typeof part === 'number' ? `[${part}]` : `.${String(part)}`)).join('');
+      const value = issue.path.reduce<unknown>((node, part) => (node !== null && typeof node === 'object' ? (node as Record<PropertyKey, unknown>)[part as PropertyKey] : undefined), merged);
+      const where = source?.kind === 'file' ? `"handlers${at}" in ${source.file}` : `handlers${at}`;
+      if (issue.code === 'unrecognized_keys') throw new ConfigError(`${where}: unknown key "${issue.keys.join('", "')}" (a handler has name, module and options)`);
+      throw new ConfigError(`${where}: ${value === undefined ? 'missing;' : `${JSON.stringify(value)}`} ${issue.message}`);
+    }
     if (issue.code === 'unrecognized_keys') {
       throw new ConfigError(`unknown setting "${issue.keys.join('", "')}"`);
     }
@@ -209,6 +250,17 @@ export function resolveConfig(layers: ConfigLayers = {}): HubConfig {
   const tls = tlsSettingsProblem(parsed.data);
   if (tls) throw new ConfigError(`${describe(tls.key, sources[tls.key] ?? { kind: 'flag' })}: ${tls.problem}`);
   return parsed.data;
+}
+
+/** A handler's `module` naming a file (`./x.js`, `../x.js`) is relative to the config file; absolute paths and package names stay. */
+function relativeToFile(value: unknown, file: string): unknown {
+  if (!Array.isArray(value)) return value;
+  return value.map((spec: unknown) => {
+    if (spec === null || typeof spec !== 'object') return spec;
+    const { module } = spec as { module?: unknown };
+    if (typeof module !== 'string' || !module.startsWith('.') || isAbsolute(module)) return spec;
+    return { ...spec, module: resolve(dirname(resolve(file)), module) };
+  });
 }
 
 /**

@@ -20,6 +20,7 @@ import { configFromOptions, splitList, type HubConfig } from './config.js';
 import { Dispatcher, type CommandRequest, type Origin, type SettledHook } from './dispatcher.js';
 import { HubError } from './errors.js';
 import { JobRunner } from './jobs/runner.js';
+import { HandlerHost, HandlerStartError } from './handlers/loader.js';
 import { jobsRouter } from '../bridge/jobs-rest.js';
 import { consoleContentSecurityPolicy, mountConsole } from './console.js';
 import { createHttpFront, mqttOverWebSocket } from './http.js';
@@ -91,6 +92,8 @@ export class Hub extends EventEmitter<HubEvents> {
     readonly stores: Stores,
     /** Fleet jobs: one command to many devices (PROTOCOL.md "Fleet jobs"). */
     readonly jobs: JobRunner,
+    /** The server-side handlers the config names (docs/handlers.md): `list()`, `stop(name)`. */
+    readonly handlers: HandlerHost,
     ports: HubPorts,
     /** Teardown steps, in the order they run. */
     private readonly teardown: (() => void | Promise<void>)[],
@@ -145,13 +148,13 @@ export class Hub extends EventEmitter<HubEvents> {
    * Runs a command on a device and resolves with what it produced; rejects with a HubError
    * whose `code` is the protocol's (DEVICE_OFFLINE, TIMEOUT, BUSY, …).
    */
-  async exec(deviceId: string, command: ExecCommand): Promise<CommandResult> {
+  async exec(deviceId: string, command: ExecCommand, origin: Origin = { clientId: 'hub', via: 'api' }): Promise<CommandResult> {
     const { order = 'exec_bash', cmd_str, timeout_ms } = typeof command === 'string' ? { cmd_str: command } : command;
     const problem = idProblem(deviceId);
     if (problem) throw new HubError('BAD_REQUEST', `device ${problem}`);
     if (!ORDERS.includes(order)) throw new HubError('BAD_REQUEST', `order must be one of ${ORDERS.join(', ')}`);
     if (typeof cmd_str !== 'string' || cmd_str.length === 0) throw new HubError('BAD_REQUEST', 'cmd_str must be a non-empty string');
-    const reply = await this.dispatcher.request({ device: deviceId, order, cmd_str, timeout_ms }, { clientId: 'hub', via: 'api' });
+    const reply = await this.dispatcher.request({ device: deviceId, order, cmd_str, timeout_ms }, origin);
     if (reply.status === 'error') throw new HubError(reply.code, reply.message);
     const { result, error, exit_code, duration_ms, truncated } = reply;
     return { result, error, exit_code, duration_ms, truncated };
@@ -350,6 +353,9 @@ export async function startHub(options: HubOptions = {}): Promise<Hub> {
         onCredentialsChanged: () => credentials.check(),
       }),
     );
+    // Handler routes: /handlers/{name}/, behind the REST API's authentication; filled in when they start.
+    const handlers = new HandlerHost({ log, broker, db: stores.db, auth });
+    http.app.use('/handlers', handlers.router);
     mountConsole(http.app);
     // Every MQTT connection, whatever carries it, goes through the packet size guard.
     const maxPacketBytes = Math.max(config.maxPayloadBytes, config.maxResponseBytes) + 64 * 1024;
@@ -391,7 +397,15 @@ export async function startHub(options: HubOptions = {}): Promise<Hub> {
     // Jobs stop first of all (no new sends; commands in flight keep their unknown outcome),
     // before any connection closes and answers them with DEVICE_OFFLINE; closing twice is harmless.
     onClose(() => jobs.close());
-    const hub = new Hub(config, log, topics, broker, presence, dispatcher, stores, jobs, ports, teardown);
+    const hub = new Hub(config, log, topics, broker, presence, dispatcher, stores, jobs, handlers, ports, teardown);
+    // Handlers start last, with the whole hub to use, and stop first (before jobs and connections).
+    onClose(() => handlers.stopAll());
+    try {
+      await handlers.startAll(config.handlers, hub);
+    } catch (error) {
+      if (error instanceof HandlerStartError) throw new StartError(error.message, { cause: error.cause });
+      throw error;
+    }
     // Only now that the hub is up: a start that fails (a port in use) must not use up the
     // first start, whose admin password would then be shown to no one.
     hub.initialAdminPassword = ensureFirstAdmin(stores, log);

@@ -1,6 +1,23 @@
 /** rhizosphere's in-process API: start a hub, read its connections table, run commands. */
 export { startHub, Hub, StartError, type HubOptions, type HubEvents, type HubPorts, type HubUrls, type ExecCommand } from './hub.js';
-export { resolveConfig, ConfigError, ConfigSchema, DEFAULTS, SETTINGS, type HubConfig } from './config.js';
+export { resolveConfig, ConfigError, ConfigSchema, DEFAULTS, SETTINGS, type HubConfig, type HandlerSpec } from './config.js';
+export {
+  defineHandler,
+  type Handler,
+  type HandlerObject,
+  type HandlerFunction,
+  type HandlerContext,
+  type HandlerEvents,
+  type HandlerEventName,
+  type HandlerJobs,
+  type HandlerStore,
+  type DeviceView,
+  type TelemetryMessage,
+  type PublishOptions,
+  type MessageListener,
+  type StopFunction,
+} from './handlers/contract.js';
+export { HandlerHost, type HandlerState } from './handlers/loader.js';
 export { HubError, ERROR_CODES, type ErrorCode } from './errors.js';
 export type { DeviceEntry, DeviceInfo, DeviceLink, OfflineReason } from './presence.js';
 export type { CommandRequest, Origin } from './dispatcher.js';

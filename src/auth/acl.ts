@@ -38,10 +38,10 @@ export function mayMatchUnder(filter: string, prefix: string): boolean {
   return f.length > p.length;
 }
 
-/** What everyone who is not a device may read: statuses, telemetry, job progress, and its own replies. */
+/** What everyone who is not a device may read: statuses, telemetry, job progress, what server-side handlers publish, and its own replies. */
 function readablePatterns(topics: Topics, clientId: string): string[] {
   const P = topics.prefix;
-  return [`${P}/devices/+/status`, `${P}/devices/+/telemetry/#`, `${P}/jobs/+/status`, topics.clientResponse(clientId)];
+  return [`${P}/devices/+/status`, `${P}/devices/+/telemetry/#`, `${P}/jobs/+/status`, `${P}/handlers/#`, topics.clientResponse(clientId)];
 }
 
 export function maySubscribe(principal: Principal, clientId: string, filter: string, topics: Topics): Verdict {
@@ -54,7 +54,7 @@ export function maySubscribe(principal: Principal, clientId: string, filter: str
       if (principal.role === 'admin') return ALLOW;
       if (readablePatterns(topics, clientId).some((pattern) => filterCovers(pattern, filter))) return ALLOW;
       if (principal.role === 'operator' && !mayMatchUnder(filter, topics.prefix)) return ALLOW;
-      return deny(`a${principal.role === 'operator' ? 'n' : ''} ${principal.role} may read statuses, telemetry, job status and its own replies only`);
+      return deny(`a${principal.role === 'operator' ? 'n' : ''} ${principal.role} may read statuses, telemetry, job status, handler topics and its own replies only`);
     }
   }
 }

@@ -5,6 +5,7 @@
 import { parseArgs } from 'node:util';
 import { parseArgsProblem } from './args.js';
 import { ADMIN_COMMANDS, ADMIN_USAGE, AdminUsageError, runAdmin } from './admin.js';
+import { CLIENT_COMMANDS, CLIENT_USAGE, ClientError, ClientUsageError, runClientCommand } from './client-commands.js';
 import { HubError } from '../errors.js';
 import { ConfigError, envName, resolveConfig, SETTINGS, type SettingKey } from '../config.js';
 import { startHub, StartError } from '../hub.js';
@@ -32,6 +33,8 @@ function usage(): string {
     `  ${'--help'.padEnd(30)} show this help`,
     '',
     ADMIN_USAGE,
+    '',
+    CLIENT_USAGE,
     '',
     'Devices run the agent: hypha --url mqtt://HUB:1883 --id ID --token TOKEN  (see hypha --help)',
     'Run a command:  curl -X POST http://127.0.0.1:8080/api/devices/ID/commands -H "authorization: Bearer TOKEN" \\',
@@ -77,6 +80,7 @@ function parseFlags(argv: string[]) {
 async function main(): Promise<void> {
   const argv = process.argv.slice(2);
   if ((ADMIN_COMMANDS as readonly string[]).includes(argv[0] ?? '')) return admin(argv);
+  if ((CLIENT_COMMANDS as readonly string[]).includes(argv[0] ?? '')) return client(argv);
   const { flags, help, config: configFile } = parseFlags(argv);
   if (help) {
     process.stdout.write(`${usage()}\n`);
@@ -140,6 +144,29 @@ async function admin(argv: string[]): Promise<void> {
     }
     throw error;
   }
+}
+
+/** `rhizosphere exec|devices|run …`: the command's status (exec), 0/1 (run), 1 for a coded problem, 2 usage. */
+async function client(argv: string[]): Promise<void> {
+  let status: number;
+  try {
+    status = await runClientCommand(argv, process.env, {
+      out: (text) => process.stdout.write(text),
+      err: (text) => process.stderr.write(text),
+      errIsTty: process.stderr.isTTY === true,
+    });
+  } catch (error) {
+    if (error instanceof ClientUsageError) fail(error.message);
+    if (error instanceof ClientError) {
+      process.stderr.write(`rhizosphere: ${error.code}: ${error.message}\n`);
+      status = 1;
+    } else {
+      throw error;
+    }
+  }
+  // Let stdout and stderr drain (they may be pipes), then leave even if something lingers.
+  process.exitCode = status;
+  setTimeout(() => process.exit(status), 1000).unref();
 }
 
 main().catch((error: unknown) => {

@@ -92,6 +92,16 @@ const MIGRATIONS: string[] = [
   ) WITHOUT ROWID;
   CREATE INDEX job_targets_state ON job_targets(state);
   `,
+  // 3: the small key-value store of each server-side handler (docs/handlers.md), JSON values
+  `
+  CREATE TABLE handler_kv (
+    handler       TEXT NOT NULL,
+    key           TEXT NOT NULL,
+    value         TEXT NOT NULL,
+    updated_at    INTEGER NOT NULL,
+    PRIMARY KEY (handler, key)
+  ) WITHOUT ROWID;
+  `,
 ];
 
 export const SCHEMA_VERSION = MIGRATIONS.length;
