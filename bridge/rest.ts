@@ -101,8 +101,10 @@ export function restRouter({ presence, dispatcher, maxPayloadBytes, log, info, a
     res.json(stores.audit.query({ device, since, limit }).map((e) => ({ ...e, at: new Date(e.at).toISOString() })));
   });
 
+  // The live view from presence, with each device's tags from the database.
   router.get('/devices', (_req, res) => {
-    res.json(presence.list());
+    const tags = new Map(stores.devices.list().map((d) => [d.id, d.tags]));
+    res.json(presence.list().map((device) => ({ ...device, tags: tags.get(device.id) ?? [] })));
   });
 
   router.get('/devices/:id', (req, res) => {
@@ -111,7 +113,16 @@ export function restRouter({ presence, dispatcher, maxPayloadBytes, log, info, a
     if (problem) return sendError(res, 'BAD_REQUEST', `device id ${problem}`);
     const entry = presence.get(id);
     if (!entry) return sendError(res, 'UNKNOWN_DEVICE', `no device ${id} has connected to this hub`);
-    res.json(toDeviceInfo(entry));
+    res.json({ ...toDeviceInfo(entry), tags: stores.devices.get(id)?.tags ?? [] });
+  });
+
+  router.put('/devices/:id/tags', adminOnly, express.json({ limit: 16 * 1024, type: () => true }), (req, res) => {
+    const { tags } = (req.body ?? {}) as { tags?: unknown };
+    if (!Array.isArray(tags) || !tags.every((t) => typeof t === 'string')) return sendError(res, 'BAD_REQUEST', 'tags must be a list of strings');
+    change(req, res, 'device.tags', req.params.id as string, () => {
+      stores.devices.setTags(req.params.id as string, tags as string[]);
+      return { id: req.params.id, tags };
+    });
   });
 
   const parseJson = express.json({ limit: maxPayloadBytes, strict: true, type: () => true });

@@ -190,6 +190,14 @@ describe('REST roles', () => {
     expect((await api(hub, '/api/devices', { token: admin, method: 'POST', body: { id: 'a/b' } })).body).toMatchObject({ code: 'BAD_REQUEST' });
     expect((await api(hub, '/api/devices', { token: admin, method: 'POST', body: { id: 'pi-new' } })).body).toMatchObject({ code: 'BAD_REQUEST' });
     expect((await api(hub, '/api/devices/pi-new/rotate', { token: admin, method: 'POST' })).body).toMatchObject({ id: 'pi-new', token: expect.any(String) });
+    // Tags: admins set them, everyone reads them.
+    expect((await api(hub, '/api/devices/pi-new/tags', { token: operator, method: 'PUT', body: { tags: ['x'] } })).status).toBe(403);
+    expect((await api(hub, '/api/devices/pi-new/tags', { token: admin, method: 'PUT', body: { tags: 'kitchen' } })).body).toMatchObject({ code: 'BAD_REQUEST' });
+    expect((await api(hub, '/api/devices/pi-new/tags', { token: admin, method: 'PUT', body: { tags: ['bad tag'] } })).body).toMatchObject({ code: 'BAD_REQUEST' });
+    expect((await api(hub, '/api/devices/ghost/tags', { token: admin, method: 'PUT', body: { tags: [] } })).body).toMatchObject({ code: 'UNKNOWN_DEVICE' });
+    expect(await api(hub, '/api/devices/pi-new/tags', { token: admin, method: 'PUT', body: { tags: ['kitchen', 'floor-1'] } })).toMatchObject({ status: 200, body: { tags: ['kitchen', 'floor-1'] } });
+    expect((await api(hub, '/api/devices/pi-new', { token: viewer })).body).toMatchObject({ id: 'pi-new', online: false, tags: ['kitchen', 'floor-1'] });
+    expect((await api(hub, '/api/devices', { token: viewer })).body).toEqual(expect.arrayContaining([expect.objectContaining({ id: 'pi-new', tags: ['kitchen', 'floor-1'] })]));
     expect((await api(hub, '/api/devices/pi-new', { token: admin, method: 'DELETE' })).status).toBe(200);
     expect((await api(hub, '/api/devices/pi-new', { token: admin, method: 'DELETE' })).body).toMatchObject({ code: 'UNKNOWN_DEVICE' });
 
