@@ -148,6 +148,25 @@ export interface JobRunnerOptions {
 }
 
 const emptyCounts = (): Counts => ({ queued: 0, sent: 0, succeeded: 0, failed: 0, timed_out: 0, canceled: 0 });
+
+type Runtime = Pick<Job, 'targets' | 'ready' | 'head' | 'waiting' | 'attempting' | 'counts' | 'pausedUntil' | 'deadlineTimer' | 'retryTimer' | 'statusTimer' | 'lastStatusAt'>;
+
+/** The in-memory part of a running job, empty: a new job and a resumed one both start from it. */
+function freshRuntime(): Runtime {
+  return {
+    targets: new Map(),
+    ready: [],
+    head: 0,
+    waiting: new Set(),
+    attempting: 0,
+    counts: emptyCounts(),
+    pausedUntil: 0,
+    deadlineTimer: null,
+    retryTimer: null,
+    statusTimer: null,
+    lastStatusAt: 0,
+  };
+}
 const iso = (ms: number | null) => (ms === null ? null : new Date(ms).toISOString());
 const cut = (text: string | null | undefined): string | null =>
   text === null || text === undefined ? null : text.length > TARGET_TEXT_MAX ? text.slice(0, TARGET_TEXT_MAX) : text;
@@ -219,17 +238,7 @@ export class JobRunner {
       selector: spec.target,
       state: 'running',
       finishedAt: null,
-      targets: new Map(),
-      ready: [],
-      head: 0,
-      waiting: new Set(),
-      attempting: 0,
-      counts: emptyCounts(),
-      pausedUntil: 0,
-      deadlineTimer: null,
-      retryTimer: null,
-      statusTimer: null,
-      lastStatusAt: 0,
+      ...freshRuntime(),
     };
     selection.devices.forEach((device, seq) => {
       job.targets.set(device, { jobId: job.id, device, seq, state: 'queued', result: null, error: null, exit_code: null, updatedAt: now });
@@ -585,17 +594,7 @@ export class JobRunner {
       selector: JSON.parse(row.target) as Selector,
       state: row.state,
       finishedAt: row.finished_at,
-      targets: new Map(),
-      ready: [],
-      head: 0,
-      waiting: new Set(),
-      attempting: 0,
-      counts: emptyCounts(),
-      pausedUntil: 0,
-      deadlineTimer: null,
-      retryTimer: null,
-      statusTimer: null,
-      lastStatusAt: 0,
+      ...freshRuntime(),
     };
     for (const t of targets) {
       job.targets.set(t.device, { jobId: row.id, device: t.device, seq: t.seq, state: t.state, result: t.result, error: t.error, exit_code: t.exit_code, updatedAt: t.updated_at });
