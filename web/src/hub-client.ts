@@ -4,7 +4,10 @@
  */
 import mqtt, { type MqttClient } from 'mqtt';
 import { getJson, goToLogin, LOGIN_NEEDED } from './api.js';
-import type { Device, HubInfo, Order, Reply, Session, Status } from './types.js';
+import type { Device, HubInfo, JobStatus, Order, Reply, Session, Status } from './types.js';
+
+/** Called with each status of a watched job, the retained one first. */
+export type JobListener = (status: JobStatus) => void;
 
 export type ConnectionState = 'connecting' | 'connected' | 'reconnecting' | 'offline';
 
@@ -35,6 +38,8 @@ export class HubClient extends EventTarget {
   /** Devices changed since the last 'devices' event: events go out once per frame, not per message. */
   private readonly dirty = new Set<string>();
   private flush = 0;
+  /** Job status watchers by what they watch: a job id, or '+' for every job. */
+  private readonly jobWatches = new Map<string, Set<JobListener>>();
 
   /** Who is logged in; start() rejects with LOGIN_NEEDED (api.ts) when nobody is. */
   session: Session | null = null;
@@ -118,6 +123,7 @@ export class HubClient extends EventTarget {
     // each of thousands of them. Replies are not retained, so they get QoS 1.
     this.client!.subscribe(`${this.info.topicPrefix}/devices/+/status`, { qos: 0 });
     this.client!.subscribe(this.responseTopic, { qos: 1 });
+    for (const key of this.jobWatches.keys()) this.client!.subscribe(this.jobTopic(key), { qos: 1 });
     // Devices that first connected while the console was away are in the registry.
     if (wasReconnect) void this.loadDevices().catch(() => {});
   }
@@ -139,6 +145,8 @@ export class HubClient extends EventTarget {
     } catch {
       return;
     }
+    const job = /\/jobs\/([^/]+)\/status$/.exec(topic);
+    if (job?.[1] && topic === this.jobTopic(job[1])) return this.jobStatus(job[1], body as JobStatus);
     if (topic === this.responseTopic) {
       const reply = body as Reply;
       if (reply.id) this.settle(reply.id, reply);
@@ -172,6 +180,39 @@ export class HubClient extends EventTarget {
     this.devices.delete(id);
     this.idsVersion++;
     this.changed(id);
+  }
+
+  /**
+   * Watches the retained `P/jobs/{id}/status` of one job (`id`), or of every job (null):
+   * the listener gets the current status at once (it is retained), then each change.
+   * Returns the function that stops watching. Watches survive reconnects.
+   */
+  watchJobs(id: string | null, listener: JobListener): () => void {
+    const key = id ?? '+';
+    let listeners = this.jobWatches.get(key);
+    if (!listeners) {
+      listeners = new Set();
+      this.jobWatches.set(key, listeners);
+      if (this.client?.connected) this.client.subscribe(this.jobTopic(key), { qos: 1 });
+    }
+    listeners.add(listener);
+    return () => {
+      const current = this.jobWatches.get(key);
+      if (!current?.delete(listener) || current.size > 0) return;
+      this.jobWatches.delete(key);
+      if (this.client?.connected) this.client.unsubscribe(this.jobTopic(key));
+    };
+  }
+
+  private jobTopic(key: string): string {
+    return `${this.info.topicPrefix}/jobs/${key}/status`;
+  }
+
+  private jobStatus(id: string, status: JobStatus): void {
+    if (!status || typeof status !== 'object' || status.id !== id || typeof status.counts !== 'object' || status.counts === null) return;
+    for (const key of [id, '+']) {
+      for (const listener of this.jobWatches.get(key) ?? []) listener(status);
+    }
   }
 
   /** Sends a command and resolves with the Reply (never rejects). */

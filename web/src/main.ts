@@ -6,6 +6,7 @@ import { DeviceList } from './device-list.js';
 import { DeviceView } from './device-view.js';
 import { el } from './format.js';
 import { HubClient, type ConnectionState } from './hub-client.js';
+import { JobsView } from './jobs-view.js';
 import { isAdmin } from './roles.js';
 import { links, parseRoute, type Route } from './router.js';
 import type { Session } from './types.js';
@@ -31,7 +32,8 @@ async function main(): Promise<void> {
   const filterShow = byId<HTMLSelectElement>('show');
   const consoleLayout = byId('console');
   const adminRoot = byId('admin');
-  const consoleLink = byId<HTMLAnchorElement>('console-link');
+  // Admins have the Console link among their views; everyone else has its twin next to Jobs.
+  const consoleLinks = [byId<HTMLAnchorElement>('console-link'), byId<HTMLAnchorElement>('console-link-shared')];
 
   const view = new DeviceView(byId('device'), hub);
   const list = new DeviceList(
@@ -46,6 +48,7 @@ async function main(): Promise<void> {
   );
   const devicesAdmin = new DevicesAdmin(hub);
   const audit = new AuditView();
+  const jobs = new JobsView(hub);
 
   const showRoute = (route: Route) => {
     const onConsole = route.view === 'console';
@@ -53,11 +56,14 @@ async function main(): Promise<void> {
     adminRoot.hidden = onConsole;
     markCurrentView(route);
     if (route.view !== 'admin-devices') devicesAdmin.hide();
+    if (route.view !== 'jobs') jobs.hide();
     if (route.view === 'console') {
       // Back from an admin view, the Console link returns to the device that was open.
-      consoleLink.href = route.device ? links.device(route.device) : links.console;
+      for (const link of consoleLinks) link.href = route.device ? links.device(route.device) : links.console;
       list.select(route.device);
       view.show(route.device);
+    } else if (route.view === 'jobs') {
+      jobs.show(adminRoot, route.job);
     } else if (!isAdmin(hub.session)) {
       adminRoot.replaceChildren(adminsOnly(hub.session));
     } else if (route.view === 'admin-devices') {
@@ -106,6 +112,7 @@ function showSession(session: Session): void {
   who.replaceChildren(el('span', 'who-name', session.name), el('span', 'role-badge', session.role));
   who.dataset.role = session.role;
   byId('views').hidden = !isAdmin(session);
+  byId('console-link-shared').hidden = isAdmin(session);
   const logout = byId<HTMLButtonElement>('logout');
   // Anonymous access (--allow-anonymous) has no session to end.
   logout.hidden = session.mqtt === null;
@@ -116,7 +123,7 @@ function showSession(session: Session): void {
 }
 
 function markCurrentView(route: Route): void {
-  for (const link of document.querySelectorAll<HTMLAnchorElement>('#views a[data-view]')) {
+  for (const link of document.querySelectorAll<HTMLAnchorElement>('.views a[data-view]')) {
     if (link.dataset.view === route.view) link.setAttribute('aria-current', 'page');
     else link.removeAttribute('aria-current');
   }
