@@ -2,6 +2,7 @@
  * What the SDK hands out: the wire contract's payloads (docs/protocol.md) in the SDK's shape.
  * Type-only imports, so nothing of the hub is bundled.
  */
+import type { JobStatus } from '../protocol/jobs.js';
 import type { Order, Transport } from '../protocol/schemas.js';
 
 export type { Order, Transport };
@@ -62,9 +63,8 @@ export interface DeviceSelector {
   online?: boolean;
 }
 
-export type JobState = 'running' | 'done' | 'canceled';
-export type TargetState = 'queued' | 'sent' | 'succeeded' | 'failed' | 'timed_out' | 'canceled';
-export type JobCounts = Record<TargetState, number>;
+// Type-only: the wire shapes are shared with the hub, none of its code comes along.
+export type { JobCounts, JobState, JobStatus, JobSummary, JobTarget, JobView, TargetState } from '../protocol/jobs.js';
 
 /** Body of `POST /api/jobs`. */
 export interface JobSpec {
@@ -81,36 +81,6 @@ export interface CreatedJob {
   targets: number;
   /** Ids in `target.devices` the hub does not know (present only when there are some). */
   unknown?: string[];
-}
-
-/** Retained on `P/jobs/{id}/status`. */
-export interface JobStatus {
-  id: string;
-  state: JobState;
-  counts: JobCounts;
-}
-
-export interface JobSummary extends JobStatus {
-  created_at: string;
-  actor: string;
-  order: Order;
-  cmd_str: string;
-  timeout_ms: number;
-  concurrency: number;
-  deadline_at: string;
-  finished_at: string | null;
-}
-
-export interface JobTarget {
-  device: string;
-  state: TargetState;
-  result: string | null;
-  error: string | null;
-  exit_code: number | null;
-}
-
-export interface JobView extends JobSummary {
-  targets: JobTarget[];
 }
 
 export interface HubClientEvents {

@@ -13,6 +13,7 @@ import { HubError } from '../errors.js';
 import type { Logger } from '../log.js';
 import type { Presence } from '../presence.js';
 import { expect, ORDERS, TIMEOUT_MS_DEFAULT, TIMEOUT_MS_MAX, TIMEOUT_MS_MIN, validate, type Order, type Reply } from '../protocol/schemas.js';
+import type { JobCounts, JobSummary, JobTarget, JobView } from '../protocol/jobs.js';
 import type { Topics } from '../protocol/topics.js';
 import type { Stores } from '../store/stores.js';
 import { resolveSelector, SelectorSchema, type Selector } from './selector.js';
@@ -64,33 +65,8 @@ export interface JobCreator {
   remote?: string | null;
 }
 
-export type Counts = Record<TargetState, number>;
-
-export interface JobTarget {
-  device: string;
-  state: TargetState;
-  result: string | null;
-  error: string | null;
-  exit_code: number | null;
-}
-
-export interface JobSummary {
-  id: string;
-  state: JobState;
-  counts: Counts;
-  created_at: string;
-  actor: string;
-  order: Order;
-  cmd_str: string;
-  timeout_ms: number;
-  concurrency: number;
-  deadline_at: string;
-  finished_at: string | null;
-}
-
-export interface JobView extends JobSummary {
-  targets: JobTarget[];
-}
+export type Counts = JobCounts;
+export type { JobSummary, JobTarget, JobView };
 
 export interface CreatedJob {
   id: string;

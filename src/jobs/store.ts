@@ -1,10 +1,9 @@
 /** Fleet jobs in the database: one row per job, one per (job, device). Written in batches by the runner. */
 import type { Db } from '../store/db.js';
 
-export const JOB_STATES = ['running', 'done', 'canceled'] as const;
-export type JobState = (typeof JOB_STATES)[number];
-export const TARGET_STATES = ['queued', 'sent', 'succeeded', 'failed', 'timed_out', 'canceled'] as const;
-export type TargetState = (typeof TARGET_STATES)[number];
+import type { JobState, TargetState } from '../protocol/jobs.js';
+
+export { JOB_STATES, TARGET_STATES, type JobState, type TargetState } from '../protocol/jobs.js';
 
 export interface JobRow {
   id: string;
