@@ -12,8 +12,7 @@ import type { Stores } from '../src/store/stores.js';
 import { requirePrincipal } from '../src/web-auth.js';
 import { ERROR_CODES, httpStatusOf, type ErrorCode } from '../src/errors.js';
 import type { Logger } from '../src/log.js';
-import type { Presence } from '../src/presence.js';
-import { toDeviceInfo } from '../src/presence.js';
+import { toDeviceInfo, type DeviceInfo, type Presence } from '../src/presence.js';
 import { idProblem } from '../src/protocol/ids.js';
 import { RestCommandSchema, validate } from '../src/protocol/schemas.js';
 
@@ -101,10 +100,9 @@ export function restRouter({ presence, dispatcher, maxPayloadBytes, log, info, a
     res.json(stores.audit.query({ device, since, limit }).map((e) => ({ ...e, at: new Date(e.at).toISOString() })));
   });
 
-  // The live view from presence, with each device's tags from the database.
+  // The live view from presence (which keeps each device's tags too).
   router.get('/devices', (_req, res) => {
-    const tags = new Map(stores.devices.list().map((d) => [d.id, d.tags]));
-    res.json(presence.list().map((device) => ({ ...device, tags: tags.get(device.id) ?? [] })));
+    res.json(presence.list());
   });
 
   router.get('/devices/:id', (req, res) => {
@@ -113,15 +111,22 @@ export function restRouter({ presence, dispatcher, maxPayloadBytes, log, info, a
     if (problem) return sendError(res, 'BAD_REQUEST', `device id ${problem}`);
     const entry = presence.get(id);
     if (!entry) return sendError(res, 'UNKNOWN_DEVICE', `no device ${id} has connected to this hub`);
-    res.json({ ...toDeviceInfo(entry), tags: stores.devices.get(id)?.tags ?? [] });
+    res.json(withTagSources(toDeviceInfo(entry)));
   });
+  /** One device also shows where its tags come from: an admin (assigned) or itself (declared). */
+  const withTagSources = (device: DeviceInfo) => {
+    const stored = stores.devices.get(device.id);
+    return { ...device, assignedTags: stored?.assignedTags ?? [], declaredTags: stored?.declaredTags ?? [] };
+  };
 
   router.put('/devices/:id/tags', adminOnly, express.json({ limit: 16 * 1024, type: () => true }), (req, res) => {
     const { tags } = (req.body ?? {}) as { tags?: unknown };
     if (!Array.isArray(tags) || !tags.every((t) => typeof t === 'string')) return sendError(res, 'BAD_REQUEST', 'tags must be a list of strings');
-    change(req, res, 'device.tags', req.params.id as string, () => {
-      stores.devices.setTags(req.params.id as string, tags as string[]);
-      return { id: req.params.id, tags };
+    const id = req.params.id as string;
+    change(req, res, 'device.tags', id, () => {
+      stores.devices.setTags(id, tags as string[]);
+      const stored = stores.devices.get(id)!;
+      return { id, tags: stored.tags, assignedTags: stored.assignedTags, declaredTags: stored.declaredTags };
     });
   });
 

@@ -26,6 +26,7 @@ import { consoleContentSecurityPolicy, mountConsole } from './console.js';
 import { createHttpFront, mqttOverWebSocket } from './http.js';
 import { PACKAGE_VERSION } from './package-root.js';
 import { createLogger, type Logger } from './log.js';
+import { declaredTagsListener } from './device-tags.js';
 import { watchMqttDevices } from './mqtt-devices.js';
 import { Presence, toDeviceInfo, type DeviceEntry, type DeviceInfo, type OfflineReason } from './presence.js';
 import { idProblem } from './protocol/ids.js';
@@ -292,7 +293,14 @@ export async function startHub(options: HubOptions = {}): Promise<Hub> {
     };
     const presence = new Presence(registry, publishStatus, log);
     const dispatcher = new Dispatcher(presence, config, log, auditCommands(stores), (id) => stores.devices.get(id) !== undefined);
-    const mqttDevices = watchMqttDevices(broker, topics, presence, log, (device, payload) => dispatcher.handleResponse(device, payload), access.principalOf);
+    const mqttDevices = watchMqttDevices(
+      broker,
+      topics,
+      presence,
+      log,
+      { response: (device, payload) => dispatcher.handleResponse(device, payload), declaredTags: declaredTagsListener(stores.devices, presence, log) },
+      access.principalOf,
+    );
     noteAuthenticated = mqttDevices.noteAuthenticated;
     onClose(() => mqttDevices.close());
     onClose(() =>

@@ -50,7 +50,10 @@ export function watchMqttDevices(
   topics: Topics,
   presence: Presence,
   log: Logger,
-  onResponse: (device: string, payload: Buffer | string) => void,
+  on: {
+    response: (device: string, payload: Buffer | string) => void;
+    declaredTags: (device: string, payload: Buffer | string) => void;
+  },
   principalOf: (client: Client) => Principal | undefined,
 ): MqttDevices {
   const links = new WeakMap<Client, MqttLink>();
@@ -153,8 +156,10 @@ export function watchMqttDevices(
     if (!client) return;
     onActivity(packet, client);
     const topic = topics.parseDeviceTopic(packet.topic);
-    // The access hooks let only device X publish on X's response topic.
-    if (topic?.kind === 'response' && topic.id === client.id) onResponse(topic.id, packet.payload);
+    // The access hooks let only device X publish on X's response and telemetry topics.
+    if (topic?.id !== client.id) return;
+    if (topic.kind === 'response') on.response(topic.id, packet.payload);
+    else if (topic.kind === 'telemetry' && packet.topic === topics.deviceTags(client.id)) on.declaredTags(topic.id, packet.payload);
   };
 
   // One table, so that close() removes exactly what was added.

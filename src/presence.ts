@@ -8,7 +8,7 @@
 import { EventEmitter } from 'node:events';
 import type { Logger } from './log.js';
 import type { Command, Status, Transport } from './protocol/schemas.js';
-import type { DeviceRecord, DeviceRegistry } from './registry.js';
+import type { DeviceRegistry, KnownDevice } from './registry.js';
 
 /** One live connection of a device, whatever carries it (MQTT, MQTT over WebSocket, legacy WebSocket). */
 export interface DeviceLink {
@@ -35,6 +35,8 @@ export interface DeviceEntry {
   readonly link: DeviceLink | null;
   /** Client ids with commands in flight to this device. */
   readonly clients: ReadonlyMap<string, number>;
+  /** Assigned and declared tags together (what selectors match). */
+  readonly tags: readonly string[];
 }
 
 /** A device as the REST API and events show it (PROTOCOL.md `GET /api/devices`). */
@@ -45,6 +47,8 @@ export interface DeviceInfo {
   connectedAt: string | null;
   lastSeen: string | null;
   remoteAddress: string | null;
+  /** An addition to the v1 fields. */
+  tags: string[];
 }
 
 export type OfflineReason = 'disconnect' | 'keepalive-timeout' | 'error' | 'replaced' | 'hub-closing' | 'removed';
@@ -52,6 +56,7 @@ export type OfflineReason = 'disconnect' | 'keepalive-timeout' | 'error' | 'repl
 export interface PresenceEvents {
   online: [device: DeviceInfo];
   offline: [device: DeviceInfo, reason: OfflineReason];
+  tags: [device: DeviceInfo];
 }
 
 interface MutableEntry {
@@ -63,6 +68,7 @@ interface MutableEntry {
   lastSeen: number | null;
   link: DeviceLink | null;
   clients: Map<string, number>;
+  tags: string[];
 }
 
 const iso = (ms: number | null) => (ms === null ? null : new Date(ms).toISOString());
@@ -75,7 +81,14 @@ export function toDeviceInfo(entry: DeviceEntry): DeviceInfo {
     connectedAt: iso(entry.connectedAt),
     lastSeen: iso(entry.lastSeen),
     remoteAddress: entry.remoteAddress,
+    tags: [...entry.tags],
   };
+}
+
+const sameTags = (a: readonly string[], b: readonly string[]) => a.length === b.length && a.every((tag, i) => tag === b[i]);
+
+function blankEntry(id: string, tags: string[] = []): MutableEntry {
+  return { id, online: false, transport: null, remoteAddress: null, connectedAt: null, lastSeen: null, link: null, clients: new Map(), tags };
 }
 
 export class Presence extends EventEmitter<PresenceEvents> {
@@ -92,9 +105,9 @@ export class Presence extends EventEmitter<PresenceEvents> {
   }
 
   /** A device registered while the hub runs (an admin command): known, offline until it connects. */
-  know(id: string): void {
+  know(id: string, tags: string[] = []): void {
     if (this.entries.has(id)) return;
-    const entry: MutableEntry = { id, online: false, transport: null, remoteAddress: null, connectedAt: null, lastSeen: null, link: null, clients: new Map() };
+    const entry = blankEntry(id, tags);
     this.entries.set(id, entry);
     this.publishStatus(id, this.statusOf(entry));
   }
@@ -113,8 +126,27 @@ export class Presence extends EventEmitter<PresenceEvents> {
     this.log.info({ device: id }, 'device removed');
   }
 
-  private fromRecord(record: DeviceRecord): MutableEntry {
-    return { ...record, online: false, link: null, clients: new Map() };
+  /**
+   * The device's tags changed (an admin's or the device's own): the retained status carries
+   * them, so it is published again.
+   */
+  setTags(id: string, tags: string[]): void {
+    const entry = this.entries.get(id);
+    // A device not in the table yet gets its tags from the database when it comes.
+    if (!entry || sameTags(entry.tags, tags)) return;
+    entry.tags = [...tags];
+    if (!this.closing) this.publishStatus(id, this.statusOf(entry));
+    this.emit('tags', toDeviceInfo(entry));
+  }
+
+  private fromRecord(record: KnownDevice): MutableEntry {
+    return {
+      ...blankEntry(record.id, record.tags),
+      transport: record.transport,
+      remoteAddress: record.remoteAddress,
+      connectedAt: record.connectedAt,
+      lastSeen: record.lastSeen,
+    };
   }
 
   /** The connections table, read-only. */
@@ -144,7 +176,8 @@ export class Presence extends EventEmitter<PresenceEvents> {
     const now = Date.now();
     let entry = this.entries.get(id);
     if (!entry) {
-      entry = { id, online: false, transport: null, remoteAddress: null, connectedAt: null, lastSeen: null, link: null, clients: new Map() };
+      // First seen now (anonymous access, or registered in this process without telling presence).
+      entry = blankEntry(id, this.registry.tagsOf(id));
       this.entries.set(id, entry);
     }
     const previous = entry.link;
@@ -198,7 +231,7 @@ export class Presence extends EventEmitter<PresenceEvents> {
 
   statusOf(entry: DeviceEntry): Status {
     const since = entry.online ? entry.connectedAt : entry.lastSeen;
-    return { online: entry.online, since: iso(since) ?? new Date(0).toISOString(), transport: entry.transport };
+    return { online: entry.online, since: iso(since) ?? new Date(0).toISOString(), transport: entry.transport, tags: [...entry.tags] };
   }
 
   list(): DeviceInfo[] {

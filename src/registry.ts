@@ -7,6 +7,8 @@ import type { Logger } from './log.js';
 import type { DeviceStore, SeenRecord } from './store/devices.js';
 
 export type DeviceRecord = SeenRecord;
+/** A device in the database as presence first learns of it: what was seen, and its tags. */
+export type KnownDevice = SeenRecord & { tags: string[] };
 
 const SAVE_DELAY_MS = 1000;
 
@@ -20,8 +22,13 @@ export class DeviceRegistry {
   ) {}
 
   /** Every device in the database, registered or merely seen. */
-  all(): DeviceRecord[] {
+  all(): KnownDevice[] {
     return this.store.list();
+  }
+
+  /** The tags selectors match for one device, from the database ([] for one it does not hold). */
+  tagsOf(id: string): string[] {
+    return this.store.get(id)?.tags ?? [];
   }
 
   put(record: DeviceRecord): void {

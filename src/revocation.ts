@@ -2,7 +2,8 @@
  * Changes to credentials take effect at once, whoever makes them: an admin command in another
  * process (noticed through SQLite's `data_version`, polled twice a second) or the hub's own
  * REST API (which calls `check()` directly). A removed or rotated device, a removed token
- * or user loses its live connections; a newly registered device appears in the table.
+ * or user loses its live connections; a newly registered device appears in the table; new
+ * tags reach the table (and the retained statuses).
  */
 import type { Aedes, Client } from 'aedes';
 import type { Authenticator } from './auth/authenticator.js';
@@ -47,10 +48,12 @@ export function watchCredentials(
 
   const check = () => {
     const devices: DeviceCredentials = stores.devices.credentialMap();
+    const tags = stores.devices.tagMap();
     for (const id of known) if (!devices.has(id)) presence.forget(id);
     for (const [id, current] of devices) {
       // New, or just accepted after enrolment: it belongs in the table now.
-      if (current.state === 'active' && !presence.get(id)) presence.know(id);
+      if (current.state === 'active' && !presence.get(id)) presence.know(id, tags.get(id));
+      presence.setTags(id, tags.get(id) ?? []);
       const link = presence.get(id)?.link;
       // A link that authenticated with a token ends when that token is no longer the device's.
       if (link?.credential !== undefined && (link.credential !== current.tokenHash || current.state !== 'active')) {

@@ -89,18 +89,25 @@ describe('web console', () => {
     await page.screenshot({ path: artifact('console-offline.png') });
   });
 
-  it('filters by id and shows the connection state through a hub restart', async () => {
+  it('filters by id and tag and shows the connection state through a hub restart', async () => {
     const [mqttPort, httpPort] = [await freePort(), await freePort()];
     const dataDir = tempDir();
     const options = { host: '127.0.0.1', mqttPort, httpPort, dataDir, logLevel: 'silent' as const, allowAnonymous: true };
     let hub = await startHub(options);
     cleanup(() => hub.close());
-    await startAgents(hub, ['alpha-1', 'alpha-2', 'beta-1']);
+    await startAgents(hub, ['alpha-1', 'alpha-2'], hub.urls.mqtt, ['--tag', 'kitchen']);
+    await startAgents(hub, ['beta-1'], hub.urls.mqtt, ['--tag', 'attic', '--tag', 'pi4']);
     const page = await openConsole(`${hub.urls.http}/`);
     await expect.poll(() => page.locator('.device-row').count()).toBe(3);
+    await expect.poll(() => page.locator('.device-row[data-id="beta-1"] .tag').allTextContents()).toEqual(['attic', 'pi4']);
 
     await page.fill('#filter', 'alpha');
     await expect.poll(() => page.locator('.device-row').count()).toBe(2);
+    await page.fill('#filter', 'pi4');
+    await expect.poll(() => page.locator('.device-row').count()).toBe(1);
+    await page.fill('#filter', 'kitchen alpha-2');
+    await expect.poll(() => page.locator('.device-row').allTextContents()).toEqual([expect.stringContaining('alpha-2')]);
+    await page.fill('#filter', 'alpha');
     await page.selectOption('#show', 'offline');
     await page.locator('.list-empty').waitFor();
     await page.selectOption('#show', 'all');

@@ -7,7 +7,9 @@ import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
+import { Writable } from 'node:stream';
 import mqtt, { type IClientOptions, type MqttClient } from 'mqtt';
+import { pino } from 'pino';
 import { afterEach } from 'vitest';
 import { startHub, type Hub, type HubOptions } from '../src/index.js';
 import type { Reply } from '../src/protocol/schemas.js';
@@ -210,4 +212,11 @@ export function grantedQos(client: MqttClient, filter: string, qos: 0 | 1 = 1): 
       return typeof first === 'number' ? first : first.qos;
     },
   );
+}
+
+/** A logger that keeps the hub's log lines (parsed) for a test to look at. */
+export function capturedLog() {
+  const lines: { msg: string; [field: string]: unknown }[] = [];
+  const logger = pino({ level: 'debug' }, new Writable({ write: (chunk, _encoding, done) => (lines.push(JSON.parse(chunk.toString())), done()) }));
+  return { logger, lines };
 }

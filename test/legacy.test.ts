@@ -6,7 +6,6 @@
 import { spawn } from 'node:child_process';
 import { createServer, type IncomingMessage } from 'node:http';
 import type { Socket } from 'node:net';
-import { Writable } from 'node:stream';
 import { pino } from 'pino';
 import { describe, expect, it } from 'vitest';
 import { WebSocket } from 'ws';
@@ -19,7 +18,7 @@ import type { Reply } from '../src/protocol/schemas.js';
 import { DeviceRegistry } from '../src/registry.js';
 import { Authenticator } from '../src/auth/authenticator.js';
 import { openStores } from '../src/store/stores.js';
-import { cleanup, connectMqtt, RequestClient, spawnHypha, startTestHub, tempDir, waitFor } from './helpers.js';
+import { capturedLog, cleanup, connectMqtt, RequestClient, spawnHypha, startTestHub, tempDir, waitFor } from './helpers.js';
 
 const wsUrl = (hub: Hub, path: string) => hub.urls.http.replace(/^http/, 'ws') + path;
 
@@ -323,8 +322,7 @@ describe('legacy devices', () => {
   });
 
   it('survives garbage, answers out of turn and a device that never answers', async () => {
-    const lines: Record<string, unknown>[] = [];
-    const logger = pino({ level: 'debug' }, new Writable({ write: (chunk, _enc, done) => (lines.push(JSON.parse(chunk.toString())), done()) }));
+    const { logger, lines } = capturedLog();
     const hub = await startTestHub({ logger });
     const device = await rawDevice(hub, 'pi-raw');
     await waitFor(() => hub.device('pi-raw')?.online);

@@ -9,12 +9,10 @@ import { request as httpsRequest } from 'node:https';
 import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { Writable } from 'node:stream';
 import mqtt, { type IClientOptions } from 'mqtt';
-import { pino } from 'pino';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { ConfigError, resolveConfig, type Hub, type HubOptions } from '../src/index.js';
-import { cleanup, connectMqtt, HUB_BIN, HYPHA_BIN, RequestClient, spawnHypha, startTestHub, tempDir, waitFor, type HyphaProcess } from './helpers.js';
+import { capturedLog, cleanup, connectMqtt, HUB_BIN, HYPHA_BIN, RequestClient, spawnHypha, startTestHub, tempDir, waitFor, type HyphaProcess } from './helpers.js';
 
 interface KeyPair {
   cert: string;
@@ -96,13 +94,6 @@ beforeAll(() => {
   pki = makePki();
 });
 afterAll(() => rmSync(pki.dir, { recursive: true, force: true }));
-
-/** The hub's log lines, for the reasons of refusals. */
-function capturedLog() {
-  const lines: { msg: string; [field: string]: unknown }[] = [];
-  const logger = pino({ level: 'debug' }, new Writable({ write: (chunk, _encoding, done) => (lines.push(JSON.parse(chunk.toString())), done()) }));
-  return { logger, lines };
-}
 
 function startTlsHub(options: HubOptions = {}): Promise<Hub> {
   return startTestHub({ tlsCert: pki.server.cert, tlsKey: pki.server.key, mqttsPort: 0, allowAnonymous: false, ...options });

@@ -18,6 +18,7 @@ export class AdminUsageError extends Error {}
 export const ADMIN_USAGE = `Administration (acts on --data-dir; add --json for one JSON object on stdout):
   rhizosphere device add ID [--tag T]...     register a device; prints its token once
   rhizosphere device list                    every device, its state and tags
+  rhizosphere device tag ID [--tag T]...     replace the tags an admin assigned (none: clear)
   rhizosphere device remove ID               unregister it; its connection is dropped
   rhizosphere device rotate ID               a new token; the old one stops working at once
   rhizosphere device accept ID | reject ID   decide on a device waiting for enrolment
@@ -98,11 +99,33 @@ async function dispatch(noun: string | undefined, verb: string | undefined, name
       record('device.add', id, { tags: flags.tag });
       return print({ id, token, tags: flags.tag }, `device ${id} registered. Its token (shown only now):\n${token}\nOn the device: hypha --url mqtt://HUB:1883 --id ${id} --token ${token}`);
     }
+    case 'device tag': {
+      const id = need('a device id');
+      stores.devices.setTags(id, flags.tag);
+      record('device.tags', id, { tags: flags.tag });
+      const device = stores.devices.get(id)!;
+      return print(
+        { id, tags: device.tags, assignedTags: device.assignedTags, declaredTags: device.declaredTags },
+        `device ${id} tags: ${device.tags.join(',') || '(none)'}${device.declaredTags.length > 0 ? ` (declared by the device: ${device.declaredTags.join(',')})` : ''}`,
+      );
+    }
     case 'device list': {
       const list = stores.devices.list();
+      // Tags the device declared itself are marked with a *.
+      const tagsOf = (d: (typeof list)[number]) => [...d.assignedTags, ...d.declaredTags.filter((t) => !d.assignedTags.includes(t)).map((t) => `${t}*`)].join(',');
       return print(
-        { devices: list.map((d) => ({ id: d.id, state: d.state, tags: d.tags, registered: d.hasToken, lastSeen: d.lastSeen === null ? null : new Date(d.lastSeen).toISOString() })) },
-        list.length === 0 ? 'no devices' : list.map((d) => `${d.id.padEnd(24)} ${d.state.padEnd(8)} ${(d.hasToken ? 'token' : 'no token').padEnd(9)} ${d.tags.join(',')}`).join('\n'),
+        {
+          devices: list.map((d) => ({
+            id: d.id,
+            state: d.state,
+            tags: d.tags,
+            assignedTags: d.assignedTags,
+            declaredTags: d.declaredTags,
+            registered: d.hasToken,
+            lastSeen: d.lastSeen === null ? null : new Date(d.lastSeen).toISOString(),
+          })),
+        },
+        list.length === 0 ? 'no devices' : list.map((d) => `${d.id.padEnd(24)} ${d.state.padEnd(8)} ${(d.hasToken ? 'token' : 'no token').padEnd(9)} ${tagsOf(d)}`).join('\n'),
       );
     }
     case 'device remove':

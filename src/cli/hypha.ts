@@ -9,6 +9,7 @@ import { startAgent, urlProblem, type Agent, type AgentOptions } from '../hypha/
 import { resolveDeviceId, type ChosenIdSource } from '../hypha/identity.js';
 import { createLogger, isLogLevel, LOG_LEVELS, type Logger, type LogLevel } from '../hypha/log.js';
 import { DEFAULT_MAX_CONCURRENT, DEFAULT_MAX_QUEUE, DEFAULT_OUTPUT_CAP } from '../hypha/runner.js';
+import { MAX_DEVICE_TAGS, tagProblem } from '../protocol/tags.js';
 import { DEFAULT_TOPIC_PREFIX, topicPrefixProblem } from '../protocol/topics.js';
 import { loadOrCreateToken, readTokenFile } from '../hypha/token-file.js';
 import { loadPemFiles } from '../pem.js';
@@ -17,7 +18,25 @@ const EXIT_USAGE = 2;
 const EXIT_FORCED = 1;
 const FORCE_EXIT_AFTER_MS = 5000;
 
-type FlagName = 'url' | 'id' | 'token' | 'token-file' | 'enroll-key' | 'topic-prefix' | 'keepalive' | 'max-concurrent' | 'max-queue' | 'output-cap' | 'ca' | 'cert' | 'key' | 'log-level';
+type FlagName =
+  | 'url'
+  | 'id'
+  | 'token'
+  | 'token-file'
+  | 'enroll-key'
+  | 'tag'
+  | 'topic-prefix'
+  | 'keepalive'
+  | 'max-concurrent'
+  | 'max-queue'
+  | 'output-cap'
+  | 'ca'
+  | 'cert'
+  | 'key'
+  | 'log-level';
+
+/** Flags that may be given more than once; their environment variable holds a comma-separated list. */
+const REPEATABLE: ReadonlySet<FlagName> = new Set(['tag']);
 
 interface FlagSpec {
   env: string;
@@ -32,6 +51,7 @@ const FLAGS: Record<FlagName, FlagSpec> = {
   token: { env: 'HYPHA_TOKEN', value: 'TOKEN', help: 'device token (sent as MQTT password, the id as username); prefer the env var, flags show in ps' },
   'token-file': { env: 'HYPHA_TOKEN_FILE', value: 'FILE', help: 'read the token from FILE; with --enroll-key, made and kept there on first start' },
   'enroll-key': { env: 'HYPHA_ENROLL_KEY', value: 'KEY', help: "the hub's enrolment key: ask to join; an admin accepts the device (needs --token-file)" },
+  tag: { env: 'HYPHA_TAGS', value: 'TAG', help: 'a tag the device declares for selectors (repeat the flag; the env var takes a comma-separated list)', default: 'none' },
   'topic-prefix': { env: 'HYPHA_TOPIC_PREFIX', value: 'P', help: 'topic prefix shared with the hub', default: DEFAULT_TOPIC_PREFIX },
   keepalive: { env: 'HYPHA_KEEPALIVE', value: 'SECONDS', help: 'MQTT keepalive, 0 to 65535', default: '30' },
   'max-concurrent': { env: 'HYPHA_MAX_CONCURRENT', value: 'N', help: 'commands running at once', default: String(DEFAULT_MAX_CONCURRENT) },
@@ -79,10 +99,10 @@ interface Setting {
 
 /** Each flag's value, else its environment variable's (an empty variable counts as unset). */
 function readSettings(argv: string[], env: NodeJS.ProcessEnv): { settings: Partial<Record<FlagName, Setting>>; help: boolean } {
-  const options = Object.fromEntries([...FLAG_NAMES.map((name) => [name, { type: 'string' }]), ['help', { type: 'boolean' }]]) as Record<
-    string,
-    { type: 'string' | 'boolean' }
-  >;
+  const options = Object.fromEntries([
+    ...FLAG_NAMES.map((name) => [name, { type: 'string', multiple: REPEATABLE.has(name) }]),
+    ['help', { type: 'boolean' }],
+  ]) as Record<string, { type: 'string' | 'boolean'; multiple?: boolean }>;
   let parsed;
   try {
     parsed = parseArgs({ args: argv, options, strict: true, allowPositionals: false });
@@ -91,7 +111,8 @@ function readSettings(argv: string[], env: NodeJS.ProcessEnv): { settings: Parti
   }
   const settings: Partial<Record<FlagName, Setting>> = {};
   for (const name of FLAG_NAMES) {
-    const flagValue = parsed.values[name];
+    const given = parsed.values[name];
+    const flagValue = Array.isArray(given) ? given.join(',') : given;
     const envValue = env[FLAGS[name].env];
     if (typeof flagValue === 'string') settings[name] = { value: flagValue, origin: `--${name}`, source: 'flag' };
     else if (envValue) settings[name] = { value: envValue, origin: FLAGS[name].env, source: 'env' };
@@ -161,11 +182,24 @@ function agentOptions(settings: Partial<Record<FlagName, Setting>>, log: Logger)
     maxConcurrent: wholeNumber(settings['max-concurrent'], 1),
     maxQueue: wholeNumber(settings['max-queue'], 0),
     outputCap: wholeNumber(settings['output-cap'], 0),
+    tags: tagList(settings.tag),
     ...tlsFiles(settings),
     logger: log,
   };
   log.info('device id', { id: identity.id, from: identity.source === 'env' ? FLAGS.id.env : identity.source });
   return options;
+}
+
+/** The declared tags: none unless given, so a restart without --tag withdraws earlier ones. */
+function tagList(setting: Setting | undefined): string[] {
+  if (setting === undefined) return [];
+  const tags = [...new Set(setting.value.split(',').map((tag) => tag.trim()).filter(Boolean))];
+  for (const tag of tags) {
+    const problem = tagProblem(tag);
+    if (problem) throw new UsageError(`${setting.origin}: ${problem}`);
+  }
+  if (tags.length > MAX_DEVICE_TAGS) throw new UsageError(`${setting.origin}: at most ${MAX_DEVICE_TAGS} tags (${tags.length} given)`);
+  return tags;
 }
 
 /**

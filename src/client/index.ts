@@ -90,6 +90,16 @@ export async function connect(url: string, options: ConnectOptions = {}): Promis
   return hub;
 }
 
+const copyStatus = (status: DeviceStatus): DeviceStatus => ({ ...status, tags: [...status.tags] });
+
+/** The selector as a filter over statuses: every key given must match. */
+function matches(selector: DeviceSelector): (status: DeviceStatus) => boolean {
+  const wanted = selector.devices ? new Set(selector.devices) : null;
+  const tags = selector.tags ?? [];
+  return (s) =>
+    (wanted === null || wanted.has(s.id)) && (selector.online === undefined || s.online === selector.online) && tags.every((t) => s.tags.includes(t));
+}
+
 interface Pending {
   device: string;
   resolve: (result: ExecResult) => void;
@@ -158,16 +168,12 @@ export class HubClient extends Emitter<HubClientEvents> {
    * resolves once the retained burst that followed the subscription has settled (no new status
    * for `settleMs`, 200 ms by default), then answers from the live copy. Sorted by id.
    */
-  async devices(selector: DeviceSelector & { tags?: string[] } = {}): Promise<DeviceStatus[]> {
-    if (selector.tags !== undefined) {
-      throw new ClientError('BAD_REQUEST', 'devices() cannot select by tags: device statuses carry no tags (select by tags with a fleet job)');
-    }
+  async devices(selector: DeviceSelector = {}): Promise<DeviceStatus[]> {
     await this.whenSettled();
-    const wanted = selector.devices ? new Set(selector.devices) : null;
     return [...this.statuses.values()]
-      .filter((s) => (wanted ? wanted.has(s.id) : true) && (selector.online === undefined || s.online === selector.online))
+      .filter(matches(selector))
       .sort((a, b) => (a.id < b.id ? -1 : a.id > b.id ? 1 : 0))
-      .map((s) => ({ ...s }));
+      .map(copyStatus);
   }
 
   /** Sends one command and waits for its Reply (see DeviceHandle.exec). */
@@ -304,7 +310,7 @@ export class HubClient extends Emitter<HubClientEvents> {
       this.emit('status', id, null);
       return;
     }
-    let raw: { online?: unknown; since?: unknown; transport?: unknown };
+    let raw: { online?: unknown; since?: unknown; transport?: unknown; tags?: unknown };
     try {
       raw = JSON.parse(payload) as typeof raw;
     } catch {
@@ -316,13 +322,14 @@ export class HubClient extends Emitter<HubClientEvents> {
       online: raw.online,
       since: typeof raw.since === 'string' ? raw.since : '',
       transport: typeof raw.transport === 'string' ? (raw.transport as DeviceStatus['transport']) : null,
+      tags: Array.isArray(raw.tags) ? raw.tags.filter((t): t is string => typeof t === 'string') : [],
     };
     const before = this.statuses.get(id);
     this.statuses.set(id, status);
-    this.emit('status', id, { ...status });
+    this.emit('status', id, copyStatus(status));
     // Presence events: changes seen after the retained burst at connect has settled.
     if (this.settled && (!before || before.online !== status.online || before.since !== status.since)) {
-      this.emit(status.online ? 'online' : 'offline', id, { ...status });
+      this.emit(status.online ? 'online' : 'offline', id, copyStatus(status));
     }
   }
 }

@@ -54,11 +54,15 @@ export interface DeviceStatus {
   /** Online: when this connection was made. Offline: when the device was last seen. */
   since: string;
   transport: Transport | null;
+  /** The tags selectors match: assigned by an admin or declared by the device. */
+  tags: string[];
 }
 
 export interface DeviceSelector {
   /** Only these ids. */
   devices?: string[];
+  /** Only devices that have every one of these tags (`[]`: no condition). */
+  tags?: string[];
   /** Only online (true) or offline (false) devices. */
   online?: boolean;
 }
@@ -68,7 +72,7 @@ export type { JobCounts, JobState, JobStatus, JobSummary, JobTarget, JobView, Ta
 
 /** Body of `POST /api/jobs`. */
 export interface JobSpec {
-  target: { devices?: string[]; tags?: string[]; online?: boolean };
+  target: DeviceSelector;
   order?: Order;
   cmd_str: string;
   timeout_ms?: number;

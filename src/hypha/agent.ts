@@ -9,6 +9,7 @@ import { Socket } from 'node:net';
 import { connect, type IClientOptions, type MqttClient } from 'mqtt';
 import { idProblem } from '../protocol/ids.js';
 import { CommandSchema, parsePayload, type Command } from '../protocol/schemas.js';
+import { MAX_DEVICE_TAGS, tagProblem } from '../protocol/tags.js';
 import { DEFAULT_TOPIC_PREFIX, Topics } from '../protocol/topics.js';
 import { createLogger, type Logger, type LogLevel } from './log.js';
 import { failureResponse, monotonicNow, Runner, type CommandResponse } from './runner.js';
@@ -40,6 +41,11 @@ export interface AgentOptions {
   maxQueue?: number;
   /** Bytes kept per stream of a command's output. */
   outputCap?: number;
+  /**
+   * Tags the device declares, published on `P/devices/{id}/telemetry/tags` after every connect
+   * (an empty list withdraws earlier ones). Undefined: nothing is declared.
+   */
+  tags?: string[];
   backoffBaseMs?: number;
   backoffCapMs?: number;
   logLevel?: LogLevel;
@@ -119,6 +125,7 @@ export class Agent extends EventEmitter<AgentEvents> {
   /** Resolves on the first successful connection; rejects if stop() comes first. */
   readonly firstConnect: Promise<void>;
   private readonly topics: Topics;
+  private readonly tags: string[] | undefined;
   private readonly commandTopic: string;
   private readonly responseTopic: string;
   private readonly log: Logger;
@@ -138,6 +145,7 @@ export class Agent extends EventEmitter<AgentEvents> {
     this.id = options.id;
     this.url = options.url;
     this.topics = new Topics(options.topicPrefix ?? DEFAULT_TOPIC_PREFIX);
+    this.tags = options.tags;
     this.commandTopic = this.topics.deviceCommand(this.id);
     this.responseTopic = this.topics.deviceResponse(this.id);
     this.log = options.logger ?? createLogger({ level: options.logLevel ?? 'info' });
@@ -206,6 +214,7 @@ export class Agent extends EventEmitter<AgentEvents> {
     if (this.client.stream instanceof Socket) this.client.stream.setNoDelay(true);
     this.log.info('connected', { url: redactUrl(this.url), id: this.id, session: sessionPresent ? 'resumed' : 'new' });
     this.subscribeToCommands();
+    this.declareTags();
     this.settleFirstConnect.resolve();
     this.emit('connect', { sessionPresent });
   }
@@ -220,6 +229,14 @@ export class Agent extends EventEmitter<AgentEvents> {
       } else {
         this.log.debug('subscribed', { topic: this.commandTopic });
       }
+    });
+  }
+
+  private declareTags(): void {
+    if (this.tags === undefined) return;
+    this.client.publish(this.topics.deviceTags(this.id), JSON.stringify({ tags: this.tags }), { qos: 1 }, (err) => {
+      if (err) this.log.warn('could not declare tags', { error: err });
+      else this.log.debug('tags declared', { tags: this.tags });
     });
   }
 
@@ -366,6 +383,7 @@ function checkOptions(options: AgentOptions): void {
     wholeNumberProblem('backoffCapMs', options.backoffCapMs, 1),
     wholeNumberProblem('outputCap', options.outputCap, 0),
     (options.certFile === undefined) !== (options.keyFile === undefined) ? 'certFile and keyFile go together' : null,
+    options.tags === undefined ? null : options.tags.length > MAX_DEVICE_TAGS ? `tags: at most ${MAX_DEVICE_TAGS}` : prefixed('tags:', options.tags.map(tagProblem).find((p) => p !== null) ?? null),
   ].filter((problem) => problem !== null);
   if (problems.length > 0) throw new Error(problems.join('; '));
 }

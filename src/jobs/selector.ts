@@ -7,7 +7,7 @@
 import { z } from 'zod';
 import { idProblem } from '../protocol/ids.js';
 import type { StoredDevice } from '../store/devices.js';
-import { tagProblem } from '../store/devices.js';
+import { tagSchema } from '../protocol/tags.js';
 
 export const SELECTOR_MAX_DEVICES = 100_000;
 export const SELECTOR_MAX_TAGS = 64;
@@ -26,11 +26,6 @@ const deviceId = z.string({ error: 'must be a string' }).superRefine((value, ctx
   if (problem) ctx.addIssue({ code: 'custom', message: problem });
 });
 
-const tag = z.string({ error: 'must be a string' }).superRefine((value, ctx) => {
-  const problem = tagProblem(value);
-  if (problem) ctx.addIssue({ code: 'custom', message: problem });
-});
-
 export const SelectorSchema = z
   .strictObject(
     {
@@ -39,7 +34,7 @@ export const SelectorSchema = z
         .max(SELECTOR_MAX_DEVICES, { error: `must have at most ${SELECTOR_MAX_DEVICES} device ids` })
         .optional(),
       tags: z
-        .array(tag, { error: 'must be a list of tags' })
+        .array(tagSchema, { error: 'must be a list of tags' })
         .max(SELECTOR_MAX_TAGS, { error: `must have at most ${SELECTOR_MAX_TAGS} tags` })
         .optional(),
       online: z.boolean({ error: 'must be true or false' }).optional(),

@@ -116,11 +116,12 @@ export type Reply = OkReply | ErrorReply;
 
 export type Transport = 'mqtt' | 'mqtt-ws' | 'legacy-ws';
 
-/** Retained on `P/devices/{id}/status`. */
+/** Retained on `P/devices/{id}/status`. `tags` is an addition to the v1 fields (docs/protocol.md). */
 export interface Status {
   online: boolean;
   since: string;
   transport: Transport | null;
+  tags: string[];
 }
 
 export type Validation<T> = { ok: true; value: T } | { ok: false; field: string; message: string };

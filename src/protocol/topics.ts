@@ -3,6 +3,7 @@
  * Every module builds and parses topics here, so the prefix is applied in one place.
  */
 import { isValidId } from './ids.js';
+import { DECLARED_TAGS_SUBTOPIC } from './tags.js';
 
 export const DEFAULT_TOPIC_PREFIX = 'rhizosphere';
 
@@ -52,6 +53,10 @@ export class Topics {
   }
   deviceTelemetry(id: string, sub = ''): string {
     return `${this.devicesPrefix}${id}/telemetry${sub ? `/${sub}` : ''}`;
+  }
+  /** Where a device declares its own tags (docs/protocol.md "Device tags"). */
+  deviceTags(id: string): string {
+    return this.deviceTelemetry(id, DECLARED_TAGS_SUBTOPIC);
   }
   clientRequest(id: string): string {
     return `${this.clientsPrefix}${id}/request`;

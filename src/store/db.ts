@@ -102,6 +102,10 @@ const MIGRATIONS: string[] = [
     PRIMARY KEY (handler, key)
   ) WITHOUT ROWID;
   `,
+  // 4: the tags a device declares itself (hypha --tag), kept apart from those an admin assigns
+  `
+  ALTER TABLE devices ADD COLUMN declared_tags TEXT NOT NULL DEFAULT '[]';
+  `,
 ];
 
 export const SCHEMA_VERSION = MIGRATIONS.length;

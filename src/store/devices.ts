@@ -8,6 +8,7 @@ import { join } from 'node:path';
 import { HubError } from '../errors.js';
 import { idProblem, isValidId } from '../protocol/ids.js';
 import type { Transport } from '../protocol/schemas.js';
+import { MAX_DEVICE_TAGS, tagProblem } from '../protocol/tags.js';
 import { hashToken, newToken, tokenMatches } from '../auth/secrets.js';
 import type { Db } from './db.js';
 
@@ -16,7 +17,12 @@ export type DeviceState = 'active' | 'pending';
 export interface StoredDevice {
   id: string;
   state: DeviceState;
+  /** What selectors match: the assigned tags and the declared ones together. */
   tags: string[];
+  /** Tags an admin gave the device (`device add --tag`, `device tag`, REST). */
+  assignedTags: string[];
+  /** Tags the device declared itself (`hypha --tag`, docs/protocol.md "Device tags"). */
+  declaredTags: string[];
   hasToken: boolean;
   createdAt: number;
   transport: Transport | null;
@@ -41,6 +47,7 @@ interface Row {
   token_hash: string | null;
   state: DeviceState;
   tags: string;
+  declared_tags: string;
   created_at: number;
   transport: Transport | null;
   remote_address: string | null;
@@ -48,17 +55,21 @@ interface Row {
   last_seen: number | null;
 }
 
-const TAG_PATTERN = /^[A-Za-z0-9._:-]{1,64}$/;
 
-export function tagProblem(tag: string): string | null {
-  return TAG_PATTERN.test(tag) ? null : `tag ${JSON.stringify(tag)} must be 1 to 64 of A-Z a-z 0-9 . _ : -`;
+/** Assigned and declared tags together, each once, in the order first seen. */
+export function mergeTags(assigned: readonly string[], declared: readonly string[]): string[] {
+  return declared.length === 0 ? [...assigned] : [...new Set([...assigned, ...declared])];
 }
 
 function toDevice(row: Row): StoredDevice {
+  const assignedTags = JSON.parse(row.tags) as string[];
+  const declaredTags = JSON.parse(row.declared_tags) as string[];
   return {
     id: row.id,
     state: row.state,
-    tags: JSON.parse(row.tags) as string[],
+    tags: mergeTags(assignedTags, declaredTags),
+    assignedTags,
+    declaredTags,
     hasToken: row.token_hash !== null,
     createdAt: row.created_at,
     transport: row.transport,
@@ -112,7 +123,7 @@ export class DeviceStore {
         `INSERT INTO devices (id, token_hash, state, tags, created_at) VALUES (?, ?, 'active', ?, ?)
          ON CONFLICT(id) DO UPDATE SET token_hash = excluded.token_hash, state = 'active', tags = excluded.tags`,
       )
-      .run(id, hashToken(token), JSON.stringify(tags), Date.now());
+      .run(id, hashToken(token), JSON.stringify(dedupe(tags)), Date.now());
     return token;
   }
 
@@ -129,10 +140,31 @@ export class DeviceStore {
     if (result.changes === 0) throw new HubError('UNKNOWN_DEVICE', `no device ${id}`);
   }
 
+  /** Replaces the tags an admin assigned. */
   setTags(id: string, tags: string[]): void {
     checkTags(tags);
-    const result = this.db.prepare('UPDATE devices SET tags = ? WHERE id = ?').run(JSON.stringify(tags), id);
+    const result = this.db.prepare('UPDATE devices SET tags = ? WHERE id = ?').run(JSON.stringify(dedupe(tags)), id);
     if (result.changes === 0) throw new HubError('UNKNOWN_DEVICE', `no device ${id}`);
+  }
+
+  /**
+   * Replaces the tags a device declared itself; a device the database does not hold yet
+   * (anonymous access) gets a row. True when they changed.
+   */
+  setDeclaredTags(id: string, tags: string[]): boolean {
+    checkId(id);
+    checkTags(tags);
+    const json = JSON.stringify(dedupe(tags));
+    if (this.byId.get(id)?.declared_tags === json) return false;
+    this.db
+      .prepare(`INSERT INTO devices (id, declared_tags, created_at) VALUES (?, ?, ?) ON CONFLICT(id) DO UPDATE SET declared_tags = excluded.declared_tags`)
+      .run(id, json, Date.now());
+    return true;
+  }
+
+  /** id → the tags selectors match, for every device. */
+  tagMap(): Map<string, string[]> {
+    return new Map(this.all.all().map((row) => [row.id, mergeTags(JSON.parse(row.tags) as string[], JSON.parse(row.declared_tags) as string[])]));
   }
 
   /** An unknown device that presented the enrolment key: it waits, with the token it chose, for an admin. */
@@ -193,7 +225,12 @@ function checkId(id: string): void {
   if (problem) throw new HubError('BAD_REQUEST', `device id ${problem}`);
 }
 
+function dedupe(tags: string[]): string[] {
+  return [...new Set(tags)];
+}
+
 function checkTags(tags: string[]): void {
+  if (tags.length > MAX_DEVICE_TAGS) throw new HubError('BAD_REQUEST', `at most ${MAX_DEVICE_TAGS} tags per device (${tags.length} given)`);
   for (const tag of tags) {
     const problem = tagProblem(tag);
     if (problem) throw new HubError('BAD_REQUEST', problem);

@@ -17,6 +17,11 @@ export interface DeviceSource {
   readonly idsVersion: number;
 }
 
+/** A filter word matches a device whose id contains it, or one of whose tags does. */
+function matchesTerm(device: Device, term: string): boolean {
+  return device.id.toLowerCase().includes(term) || device.tags.some((tag) => tag.toLowerCase().includes(term));
+}
+
 export class DeviceList {
   /** Every device, sorted by id; rebuilt only when the set of ids changes. */
   private sorted: Device[] = [];
@@ -64,7 +69,7 @@ export class DeviceList {
    * filtered by online state; new ids re-sort. Work is batched to the next frame.
    */
   refresh(): void {
-    this.schedule(this.filter.show !== 'all');
+    this.schedule(this.filter.show !== 'all' || this.filter.text.trim() !== '');
   }
 
   private schedule(refilter: boolean): void {
@@ -84,15 +89,12 @@ export class DeviceList {
       this.refilter = true;
     }
     if (this.refilter) {
-      const needle = this.filter.text.trim().toLowerCase();
+      const terms = this.filter.text.trim().toLowerCase().split(/\s+/).filter(Boolean);
       const show = this.filter.show;
       this.rows =
-        !needle && show === 'all'
+        terms.length === 0 && show === 'all'
           ? this.sorted
-          : this.sorted.filter(
-              (device) =>
-                (show === 'all' || (show === 'online') === device.online) && (!needle || device.id.toLowerCase().includes(needle)),
-            );
+          : this.sorted.filter((device) => (show === 'all' || (show === 'online') === device.online) && terms.every((term) => matchesTerm(device, term)));
       this.spacer.style.height = `${this.rows.length * ROW_HEIGHT}px`;
       this.refilter = false;
     }
@@ -119,6 +121,11 @@ export class DeviceList {
     row.setAttribute('role', 'option');
     row.setAttribute('aria-selected', String(device.id === this.selected));
     row.append(el('span', 'dot'), el('span', 'device-id', device.id));
+    if (device.tags.length > 0) {
+      const tags = el('span', 'device-tags');
+      tags.append(...device.tags.map((tag) => el('span', 'tag', tag)));
+      row.append(tags);
+    }
     const meta = el('span', 'device-meta');
     meta.append(
       el('span', 'transport', device.transport ?? '—'),

@@ -159,7 +159,7 @@ export class HubClient extends EventTarget {
   private applyStatus(id: string, status: Status): void {
     let device = this.devices.get(id);
     if (!device) {
-      device = { id, online: false, transport: null, connectedAt: null, lastSeen: null, remoteAddress: null };
+      device = { id, online: false, transport: null, connectedAt: null, lastSeen: null, remoteAddress: null, tags: [] };
       this.devices.set(id, device);
       this.idsVersion++;
     }
@@ -167,6 +167,7 @@ export class HubClient extends EventTarget {
     if (online !== device.online) this.onlineCount += online ? 1 : -1;
     device.online = online;
     device.transport = status.transport ?? device.transport;
+    if (Array.isArray(status.tags)) device.tags = status.tags;
     if (device.online) device.connectedAt = status.since;
     else device.lastSeen = status.since;
     this.changed(id);

@@ -14,12 +14,14 @@ export interface Device {
   connectedAt: string | null;
   lastSeen: string | null;
   remoteAddress: string | null;
+  tags: string[];
 }
 
 export interface Status {
   online: boolean;
   since: string;
   transport: string | null;
+  tags?: string[];
 }
 
 export interface OkReply {
