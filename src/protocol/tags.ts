@@ -8,8 +8,6 @@ import { z } from 'zod';
 const TAG_PATTERN = /^[A-Za-z0-9._:-]{1,64}$/;
 /** At most this many tags per device, assigned or declared (each list on its own). */
 export const MAX_DEVICE_TAGS = 64;
-/** The telemetry sub-topic on which a device declares its tags. */
-export const DECLARED_TAGS_SUBTOPIC = 'tags';
 
 export function tagProblem(tag: string): string | null {
   return TAG_PATTERN.test(tag) ? null : `tag ${JSON.stringify(tag)} must be 1 to 64 of A-Z a-z 0-9 . _ : -`;

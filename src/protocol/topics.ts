@@ -3,7 +3,9 @@
  * Every module builds and parses topics here, so the prefix is applied in one place.
  */
 import { isValidId } from './ids.js';
-import { DECLARED_TAGS_SUBTOPIC } from './tags.js';
+
+/** The telemetry sub-topic on which a device declares its tags. */
+export const DECLARED_TAGS_SUBTOPIC = 'tags';
 
 export const DEFAULT_TOPIC_PREFIX = 'rhizosphere';
 
@@ -54,7 +56,7 @@ export class Topics {
   deviceTelemetry(id: string, sub = ''): string {
     return `${this.devicesPrefix}${id}/telemetry${sub ? `/${sub}` : ''}`;
   }
-  /** Where a device declares its own tags (docs/protocol.md "Device tags"). */
+  /** Where a device declares its own tags (docs/protocol.md "Device tags"; the payload's schema is in tags.ts). */
   deviceTags(id: string): string {
     return this.deviceTelemetry(id, DECLARED_TAGS_SUBTOPIC);
   }
