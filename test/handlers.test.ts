@@ -3,14 +3,16 @@
  * handler's failures, clean-up when one stops, its persistent store, and the shipped
  * examples against real hypha agents and scripted MQTT devices.
  */
-import { existsSync, writeFileSync } from 'node:fs';
+import { spawnSync } from 'node:child_process';
+import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { hostname } from 'node:os';
 import { join } from 'node:path';
 import type { MqttClient } from 'mqtt';
 import { describe, expect, it } from 'vitest';
 import { ConfigError, resolveConfig } from '../src/config.js';
 import { StartError, type Hub, type HubOptions } from '../src/index.js';
 import type { Command } from '../src/protocol/schemas.js';
-import { cleanup, connectMqtt, freePort, ROOT, spawnHub, startAgents, startTestHub, tempDir, waitFor } from './helpers.js';
+import { cleanup, connectMqtt, freePort, HUB_BIN, ROOT, spawnHub, spawnHypha, startAgents, startTestHub, tempDir, waitFor } from './helpers.js';
 
 const EXAMPLES = join(ROOT, 'config', 'handlers');
 
@@ -256,5 +258,86 @@ describe('the example handlers', () => {
     expect(device.commands).toHaveLength(1);
     const audit = hub.stores.db.prepare("SELECT actor, actor_kind, cmd_str FROM audit WHERE action = 'command'").all();
     expect(audit).toEqual([{ actor: 'overheat', actor_kind: 'handler', cmd_str: 'fan --max' }]);
+  });
+});
+
+/** The first ```js block after `marker` in docs/handlers.md: the code a reader copies. */
+function docsExample(marker: string): string {
+  const docs = readFileSync(join(ROOT, 'docs', 'handlers.md'), 'utf8');
+  const at = docs.indexOf(marker);
+  const block = /```js\n([\s\S]*?)```/.exec(docs.slice(at));
+  if (at < 0 || !block?.[1]) throw new Error(`no js example after ${marker} in docs/handlers.md`);
+  return block[1];
+}
+
+describe('the examples of docs/handlers.md, as a user runs them', () => {
+  it('copied into files, named in the config, and the hub restarted: they run commands across the fleet by themselves', async () => {
+    const dir = tempDir();
+    mkdirSync(join(dir, 'handlers'));
+    const hello = docsExample('`handlers/hello.js`');
+    const fleetCheck = docsExample('`handlers/fleet-check.js`');
+    expect(fleetCheck.trim().split('\n').length).toBeLessThanOrEqual(20);
+    writeFileSync(join(dir, 'handlers', 'hello.js'), hello);
+    writeFileSync(join(dir, 'handlers', 'fleet-check.js'), fleetCheck);
+    const dataDir = join(dir, 'data');
+    const admin = (...args: string[]) => {
+      const run = spawnSync(process.execPath, [HUB_BIN, ...args, '--data-dir', dataDir, '--json'], { encoding: 'utf8', timeout: 15_000 });
+      expect(run.status, run.stderr).toBe(0);
+      return JSON.parse(run.stdout) as { token: string };
+    };
+    const ids = ['pi-01', 'pi-02', 'pi-03'];
+    const tokens = ids.map((id, i) => admin('device', 'add', id, ...(i < 2 ? ['--tag', 'kitchen'] : [])).token);
+    const apiToken = admin('token', 'add', 'ops', '--role', 'operator').token;
+    const [mqttPort, httpPort] = [await freePort(), await freePort()];
+    const flags = ['--mqtt-port', String(mqttPort), '--http-port', String(httpPort), '--data-dir', dataDir, '--log-level', 'warn'];
+
+    // The fleet runs against a hub without handlers first.
+    let hub = spawnHub(flags);
+    await waitFor(async () => (await fetch(`http://127.0.0.1:${httpPort}/healthz`).catch(() => null))?.ok, { what: 'hub up' });
+    ids.forEach((id, i) => spawnHypha(`mqtt://127.0.0.1:${mqttPort}`, id, ['--token', tokens[i]!]));
+    // null while the hub restarts.
+    const api = async (path: string): Promise<any> =>
+      fetch(`http://127.0.0.1:${httpPort}${path}`, { headers: { authorization: `Bearer ${apiToken}` } }).then((r) => r.json(), () => null);
+    await waitFor(async () => ((await api('/api/devices')) ?? []).filter((d: { online: boolean }) => d.online).length === 3, { what: 'agents online' });
+
+    // Name the handlers in a config file and restart the hub with it.
+    const config = join(dir, 'hub.json');
+    writeFileSync(
+      config,
+      JSON.stringify({
+        handlers: [
+          { name: 'hello', module: './handlers/hello.js', options: { greeting: 'hi' } },
+          { name: 'fleet-check', module: './handlers/fleet-check.js', options: { tag: 'kitchen', command: 'echo checked $(hostname)', everySeconds: 1 } },
+        ],
+      }),
+    );
+    hub.child.kill('SIGTERM');
+    expect((await hub.exited).code).toBe(0);
+    hub = spawnHub(['--config', config, ...flags]);
+
+    // The agents come back by themselves; hello runs `hostname` on each one coming online.
+    const greeted = await waitFor(async () => {
+      const seen = (await api('/handlers/hello/')) as { id: string; hostname: string }[];
+      return Array.isArray(seen) && seen.length === 3 ? seen : null;
+    }, { timeoutMs: 20_000, what: 'hello greeted the three agents' });
+    expect(greeted.map((d) => d.id).sort()).toEqual(ids);
+    expect(greeted[0]!.hostname).toBe(hostname());
+
+    // fleet-check runs a job over the kitchen devices every second, by itself.
+    const last = await waitFor(async () => {
+      const view = await api('/handlers/fleet-check/');
+      return view?.state === 'done' ? view : null;
+    }, { timeoutMs: 15_000, what: 'a finished fleet-check job' }).catch(async (error) => {
+      console.log(JSON.stringify(await api('/handlers/fleet-check/')), JSON.stringify(await api('/api/jobs')), hub.output());
+      throw error;
+    });
+    expect(last).toMatchObject({ targets: expect.any(Array), counts: { succeeded: 2, failed: 0 } });
+    expect(last.targets.map((t: { device: string; result: string }) => [t.device, t.result])).toEqual([
+      ['pi-01', `checked ${hostname()}`],
+      ['pi-02', `checked ${hostname()}`],
+    ]);
+    const jobs = (await api('/api/jobs')) as { actor: string }[];
+    expect(jobs.length).toBeGreaterThanOrEqual(1);
+    expect(jobs.every((job) => job.actor === 'fleet-check')).toBe(true);
   });
 });
