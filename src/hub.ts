@@ -27,16 +27,18 @@ import { createHttpFront, mqttOverWebSocket } from './http.js';
 import { PACKAGE_VERSION } from './package-root.js';
 import { createLogger, type Logger } from './log.js';
 import { declaredTagsListener } from './device-tags.js';
+import { HubMetrics } from './metrics.js';
 import { watchMqttDevices } from './mqtt-devices.js';
 import { Presence, toDeviceInfo, type DeviceEntry, type DeviceInfo, type OfflineReason } from './presence.js';
 import { idProblem } from './protocol/ids.js';
 import { ORDERS, type CommandResult, type Order, type Reply, type Status } from './protocol/schemas.js';
 import { Topics } from './protocol/topics.js';
+import { Readiness } from './readiness.js';
 import { DeviceRegistry } from './registry.js';
 import { watchCredentials } from './revocation.js';
 import { ensureFirstAdmin, openStores, type Stores } from './store/stores.js';
 import { certificateIdOf, createHubHttpsServer, createMqttsServer, loadTls, warnAboutValidity, type TlsMaterial } from './tls.js';
-import { sessionRouter } from './web-auth.js';
+import { requirePrincipal, sessionRouter } from './web-auth.js';
 
 export interface HubOptions extends Partial<HubConfig> {
   /** A logger to use instead of one made from `logLevel`. */
@@ -179,6 +181,13 @@ export class Hub extends EventEmitter<HubEvents> {
   }
 }
 
+/** Runs each hook in turn; the dispatcher logs a hook that throws as an audit failure. */
+function allOf(...hooks: SettledHook[]): SettledHook {
+  return (request, origin, reply, durationMs) => {
+    for (const hook of hooks) hook(request, origin, reply, durationMs);
+  };
+}
+
 /** Every command, answered or refused, into the audit trail. */
 function auditCommands(stores: Stores): SettledHook {
   return (request, origin, reply, durationMs) =>
@@ -283,7 +292,9 @@ export async function startHub(options: HubOptions = {}): Promise<Hub> {
 
     let noteAuthenticated: (client: Client) => void = () => {};
     const access = createAccess({ topics, log, auth, certificateIdOf, onAuthenticated: (client) => noteAuthenticated(client), maxPublishRate: config.maxPublishRate });
-    const broker = await Aedes.createBroker({ ...access.hooks });
+    const metrics = new HubMetrics();
+    // authorizeForward runs once per delivery to a subscriber: where outgoing messages are counted.
+    const broker = await Aedes.createBroker({ ...access.hooks, authorizeForward: metrics.forwarded });
     broker.on('connectionError', (client, error) => log.debug({ clientId: client?.id, err: error.message }, 'connection error'));
 
     // A null status clears the retained message (a removed device).
@@ -292,7 +303,7 @@ export async function startHub(options: HubOptions = {}): Promise<Hub> {
       broker.publish({ cmd: 'publish', topic: topics.deviceStatus(id), payload, qos: 1, retain: true, dup: false }, () => {});
     };
     const presence = new Presence(registry, publishStatus, log);
-    const dispatcher = new Dispatcher(presence, config, log, auditCommands(stores), (id) => stores.devices.get(id) !== undefined);
+    const dispatcher = new Dispatcher(presence, config, log, allOf(metrics.commandSettled, auditCommands(stores)), (id) => stores.devices.get(id) !== undefined);
     const mqttDevices = watchMqttDevices(
       broker,
       topics,
@@ -328,6 +339,8 @@ export async function startHub(options: HubOptions = {}): Promise<Hub> {
     });
     onClose(() => jobs.close());
     jobs.start();
+    metrics.watch({ presence, broker, inflight: () => dispatcher.inflight, jobsRunning: () => jobs.running });
+    onClose(() => metrics.close());
 
     // Filled in with the real ports once the listeners are up.
     const info: HubInfo = { topicPrefix: config.topicPrefix, version: PACKAGE_VERSION, mqttPort: null, mqttsPort: null };
@@ -339,6 +352,11 @@ export async function startHub(options: HubOptions = {}): Promise<Hub> {
     http.app.get('/healthz', (_req, res) => {
       res.json({ ok: true, devices: presence.table.size, online: presence.onlineCount(), inflight: dispatcher.inflight });
     });
+    const readiness = new Readiness({ maxLagMs: config.readyMaxLagMs, accepting: () => tcp.listening && !broker.closed });
+    onClose(() => readiness.stop());
+    http.app.get('/readyz', readiness.handler);
+    // For operators' Prometheus: any principal the REST API accepts (anonymous only with --allow-anonymous).
+    http.app.get('/metrics', requirePrincipal(auth), metrics.handler(log));
     // Under TLS the session cookie is Secure: a browser never sends it over plain HTTP.
     const endSessionConnections = (sessionHash: string) => {
       for (const client of Object.values((broker as unknown as { clients: Record<string, Client> }).clients)) {
@@ -417,6 +435,9 @@ export async function startHub(options: HubOptions = {}): Promise<Hub> {
     // Only now that the hub is up: a start that fails (a port in use) must not use up the
     // first start, whose admin password would then be shown to no one.
     hub.initialAdminPassword = ensureFirstAdmin(stores, log);
+    // Ready only now; and not ready from the first step of close on.
+    readiness.serving();
+    onClose(() => readiness.stop());
     const urls = hub.urls;
     log.info(
       { mqtt: urls.mqtt, mqtts: urls.mqtts, ws: urls.ws, http: urls.http, clientCertificates: clientCertificateMode(tls), topicPrefix: config.topicPrefix, dataDir: config.dataDir, devices: presence.table.size },
