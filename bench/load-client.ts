@@ -1,0 +1,233 @@
+/**
+ * The bench's load client, a child process driven by IPC: command round trips with K in
+ * flight, and the fan-out of one command to every device. Against the hub it speaks the client
+ * side of the contract (Request → Reply, fleet jobs over REST); against a bare broker it does
+ * the plain equivalent (command topic → response topic) with the same payload shapes.
+ */
+import { connectAndSubscribe, topics, type MqttConn } from './wire.js';
+
+export type Mode = 'hub' | 'bare';
+
+export interface Credentials {
+  username: string;
+  password: string;
+}
+
+export interface RoundTripSpec {
+  mode: Mode;
+  url: string;
+  credentials?: Credentials | undefined;
+  /** Commands go to these devices round-robin. */
+  devices: string[];
+  inflight: number;
+  connections: number;
+  warmup: number;
+  /** Measure this many round trips, or for durationMs when count is 0. */
+  count: number;
+  durationMs: number;
+}
+
+export interface RoundTripResult {
+  count: number;
+  seconds: number;
+  rate: number;
+  p50: number;
+  p99: number;
+  max: number;
+  /** Replies that were not "ok", by code. */
+  errors: Record<string, number>;
+}
+
+export interface FanOutSpec {
+  mode: Mode;
+  url: string;
+  httpUrl?: string | undefined;
+  credentials?: Credentials | undefined;
+  devices: string[];
+  /** Answers to wait for: the devices that are connected (a bare broker drops the rest). */
+  expected: number;
+  /** The job's concurrency (hub only). */
+  concurrency: number;
+  /** Tag every benchmark device carries (hub only). */
+  tag: string;
+}
+
+export interface FanOutResult {
+  seconds: number;
+  succeeded: number;
+  failed: number;
+}
+
+export type ToLoad = { type: 'roundtrips'; spec: RoundTripSpec } | { type: 'fanout'; spec: FanOutSpec };
+export type FromLoad = { type: 'mark' } | { type: 'roundtrips'; result: RoundTripResult } | { type: 'fanout'; result: FanOutResult } | { type: 'error'; message: string };
+
+const COMMAND = { order: 'exec_bash', cmd_str: 'true', timeout_ms: 30_000 };
+const STALL_MS = 15_000;
+
+function send(message: FromLoad): void {
+  process.send?.(message);
+}
+
+function quantile(sorted: Float64Array, q: number): number {
+  return sorted.length === 0 ? NaN : sorted[Math.min(sorted.length - 1, Math.floor(q * sorted.length))]!;
+}
+
+function parseReply(payload: Buffer): { id?: unknown; status?: unknown; code?: unknown; device?: unknown } {
+  try {
+    return JSON.parse(payload.toString('utf8')) as { id?: unknown };
+  } catch {
+    return {};
+  }
+}
+
+async function roundTrips(spec: RoundTripSpec): Promise<RoundTripResult> {
+  const sentAt = new Map<string, number>();
+  const latencies: number[] = [];
+  const errors: Record<string, number> = {};
+  const total = spec.count > 0 ? spec.warmup + spec.count : Infinity;
+  let seq = 0;
+  let received = 0;
+  let measuring = false;
+  let measured = 0;
+  let t0 = 0;
+  let lastReply = performance.now();
+
+  return new Promise<RoundTripResult>((resolve, reject) => {
+    const conns: MqttConn[] = [];
+    let finished = false;
+    const finish = (error?: Error) => {
+      if (finished) return;
+      finished = true;
+      clearInterval(watchdog);
+      for (const c of conns) c.close();
+      if (error) return reject(error);
+      const seconds = (performance.now() - t0) / 1000;
+      const sorted = Float64Array.from(latencies).sort();
+      resolve({ count: measured, seconds, rate: measured / seconds, p50: quantile(sorted, 0.5), p99: quantile(sorted, 0.99), max: sorted.length ? sorted[sorted.length - 1]! : NaN, errors });
+    };
+    const watchdog = setInterval(() => {
+      if (performance.now() - lastReply > STALL_MS) finish(new Error(`no reply for ${STALL_MS / 1000} s with ${sentAt.size} in flight (${received} replies so far)`));
+      if (measuring && spec.count === 0 && performance.now() - t0 >= spec.durationMs) finish();
+    }, 100);
+
+    const sendOne = (conn: MqttConn, clientId: string) => {
+      if (finished || seq >= total) return;
+      const id = `r${seq}`;
+      const device = spec.devices[seq % spec.devices.length]!;
+      seq++;
+      sentAt.set(id, performance.now());
+      if (spec.mode === 'hub') conn.publish(topics.clientRequest(clientId), JSON.stringify({ type: 'command', id, device, ...COMMAND }), 1);
+      else conn.publish(topics.command(device), JSON.stringify({ type: 'command', id, ...COMMAND }), 1);
+    };
+
+    const onReply = (conn: MqttConn, clientId: string, payload: Buffer) => {
+      const reply = parseReply(payload);
+      const started = typeof reply.id === 'string' ? sentAt.get(reply.id) : undefined;
+      if (started === undefined || finished) return;
+      sentAt.delete(reply.id as string);
+      const now = performance.now();
+      lastReply = now;
+      received++;
+      if (measuring) {
+        measured++;
+        const ok = spec.mode === 'bare' || reply.status === 'ok';
+        if (ok) latencies.push(now - started);
+        else errors[String(reply.code)] = (errors[String(reply.code)] ?? 0) + 1;
+        if (spec.count > 0 && measured >= spec.count) return finish();
+      } else if (received >= spec.warmup) {
+        measuring = true;
+        t0 = now;
+        send({ type: 'mark' });
+      }
+      sendOne(conn, clientId);
+    };
+
+    const open = async (index: number, share: number) => {
+      const clientId = `bench-load-${process.pid}-${index}`;
+      let conn: MqttConn | undefined;
+      const filter = spec.mode === 'hub' ? topics.clientResponse(clientId) : topics.allResponses;
+      conn = await connectAndSubscribe(
+        { url: spec.url, clientId, clean: true, keepalive: 60, username: spec.credentials?.username, password: spec.credentials?.password },
+        [filter],
+        (_topic, payload) => onReply(conn!, clientId, payload),
+        () => finish(new Error(`load connection ${clientId} dropped`)),
+      );
+      conns.push(conn);
+      return { conn, clientId, share };
+    };
+
+    const shares = Array.from({ length: spec.connections }, (_, i) => Math.floor(spec.inflight / spec.connections) + (i < spec.inflight % spec.connections ? 1 : 0));
+    Promise.all(shares.map((share, i) => open(i, share))).then(
+      (opened) => {
+        if (spec.warmup === 0) {
+          measuring = true;
+          t0 = performance.now();
+          send({ type: 'mark' });
+        }
+        for (const { conn, clientId, share } of opened) for (let i = 0; i < share; i++) sendOne(conn, clientId);
+      },
+      (error: Error) => finish(error),
+    );
+  });
+}
+
+async function fanOutHub(spec: FanOutSpec): Promise<FanOutResult> {
+  const statuses = new Map<string, { state: string; counts: { succeeded: number; failed: number; timed_out: number } }>();
+  let waiting: { id: string; resolve: (r: FanOutResult) => void } | null = null;
+  let t0 = 0;
+  const check = () => {
+    const status = waiting && statuses.get(waiting.id);
+    if (!waiting || !status || status.state === 'running') return;
+    waiting.resolve({ seconds: (performance.now() - t0) / 1000, succeeded: status.counts.succeeded, failed: spec.expected - status.counts.succeeded });
+  };
+  const conn = await connectAndSubscribe(
+    { url: spec.url, clientId: `bench-fanout-${process.pid}`, clean: true, keepalive: 60, username: spec.credentials?.username, password: spec.credentials?.password },
+    [topics.allJobStatuses],
+    (_topic, payload) => {
+      const status = JSON.parse(payload.toString('utf8')) as { id: string; state: string; counts: { succeeded: number; failed: number; timed_out: number } };
+      statuses.set(status.id, status);
+      check();
+    },
+  );
+  try {
+    t0 = performance.now();
+    const response = await fetch(`${spec.httpUrl}/api/jobs`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json', authorization: `Bearer ${spec.credentials?.password}` },
+      body: JSON.stringify({ target: { tags: [spec.tag], online: true }, ...COMMAND, concurrency: spec.concurrency }),
+    });
+    const body = (await response.json()) as { id?: string; message?: string };
+    if (response.status !== 201 || !body.id) throw new Error(`POST /api/jobs answered ${response.status}: ${JSON.stringify(body)}`);
+    return await new Promise<FanOutResult>((resolve) => {
+      waiting = { id: body.id!, resolve };
+      check();
+    });
+  } finally {
+    conn.close();
+  }
+}
+
+async function fanOutBare(spec: FanOutSpec): Promise<FanOutResult> {
+  const pending = new Set(spec.devices.map((_, i) => `f${i}`));
+  let answered = 0;
+  let t0 = 0;
+  let done: (r: FanOutResult) => void = () => {};
+  const finished = new Promise<FanOutResult>((resolve) => (done = resolve));
+  const conn = await connectAndSubscribe({ url: spec.url, clientId: `bench-fanout-${process.pid}`, clean: true, keepalive: 60 }, [topics.allResponses], (_topic, payload) => {
+    const id = parseReply(payload).id;
+    if (typeof id === 'string' && pending.delete(id) && ++answered === spec.expected) done({ seconds: (performance.now() - t0) / 1000, succeeded: answered, failed: 0 });
+  });
+  try {
+    t0 = performance.now();
+    spec.devices.forEach((device, i) => conn.publish(topics.command(device), JSON.stringify({ type: 'command', id: `f${i}`, ...COMMAND }), 1));
+    return await finished;
+  } finally {
+    conn.close();
+  }
+}
+
+process.on('message', (m: ToLoad) => {
+  const run = m.type === 'roundtrips' ? roundTrips(m.spec).then((result) => send({ type: 'roundtrips', result })) : (m.spec.mode === 'hub' ? fanOutHub(m.spec) : fanOutBare(m.spec)).then((result) => send({ type: 'fanout', result }));
+  run.catch((error: Error) => send({ type: 'error', message: error.message }));
+});
+process.on('disconnect', () => process.exit(0));

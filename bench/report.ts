@@ -1,0 +1,82 @@
+/** The bench's figures as a markdown table and as JSON. */
+import type { Machine } from './procfs.js';
+import type { TargetName } from './targets.js';
+
+export type Figures = Record<string, number | null>;
+
+export interface TargetResult {
+  figures: Figures;
+  /** Set when a phase failed: the figures after it are missing. */
+  error?: string;
+}
+
+interface Row {
+  key: string;
+  label: string;
+  digits: number;
+  /** Counts of failures: their ratio means nothing. */
+  noRatio?: boolean;
+}
+
+export function rows(devices: number, inflight: number): Row[] {
+  return [
+    { key: 'connect_s', label: `connect ${devices} devices (s)`, digits: 2 },
+    { key: 'connect_rate', label: 'connect rate (connects/s)', digits: 0 },
+    { key: 'connack_failures', label: 'CONNACK failures', digits: 0, noRatio: true },
+    { key: 'refused', label: 'connections refused', digits: 0, noRatio: true },
+    { key: 'connect_errors', label: 'other connect errors / timeouts', digits: 0, noRatio: true },
+    { key: 'rss_before_mib', label: 'RSS before devices (MiB)', digits: 1 },
+    { key: 'rss_after_mib', label: `RSS with ${devices} devices (MiB)`, digits: 1 },
+    { key: 'rss_per_device_kib', label: 'RSS per device (KiB)', digits: 1 },
+    { key: 'rt_rate', label: `round trips/s (${inflight} in flight)`, digits: 0 },
+    { key: 'rt_p50_ms', label: 'round trip p50 (ms)', digits: 2 },
+    { key: 'rt_p99_ms', label: 'round trip p99 (ms)', digits: 2 },
+    { key: 'rt_max_ms', label: 'round trip max (ms)', digits: 2 },
+    { key: 'rt_cpu_s_per_10k', label: 'broker CPU s per 10k round trips', digits: 2 },
+    { key: 'rt_load_cpu_s_per_10k', label: 'load client CPU s per 10k round trips', digits: 2 },
+    { key: 'rt_sim_cpu_s_per_10k', label: 'device simulators CPU s per 10k round trips', digits: 2 },
+    { key: 'rt_errors', label: 'round trips answered with an error', digits: 0, noRatio: true },
+    { key: 'fanout_s', label: `fan-out to ${devices} devices (s)`, digits: 2 },
+    { key: 'fanout_succeeded', label: 'fan-out: devices that answered', digits: 0, noRatio: true },
+    { key: 'fanout_cpu_s', label: 'broker CPU s during the fan-out', digits: 2 },
+    { key: 'dropped', label: 'device connections dropped', digits: 0, noRatio: true },
+  ];
+}
+
+function format(value: number | null | undefined, digits: number): string {
+  return value === null || value === undefined || Number.isNaN(value) ? '—' : value.toFixed(digits);
+}
+
+export function ratio(a: number | null | undefined, b: number | null | undefined): number | null {
+  return a === null || a === undefined || b === null || b === undefined || b === 0 || Number.isNaN(a) || Number.isNaN(b) ? null : a / b;
+}
+
+export function table(results: Partial<Record<TargetName, TargetResult>>, devices: number, inflight: number): string {
+  const names = Object.keys(results) as TargetName[];
+  const ratios = (['aedes', 'mosquitto'] as const).filter((b) => results.hub && results[b]);
+  const header = ['measure', ...names, ...ratios.map((b) => `hub ÷ ${b}`)];
+  const lines = [`| ${header.join(' | ')} |`, `|${header.map((_, i) => (i === 0 ? '---' : '---:')).join('|')}|`];
+  for (const row of rows(devices, inflight)) {
+    const cells = names.map((n) => format(results[n]?.figures[row.key], row.digits));
+    const r = ratios.map((b) => (row.noRatio ? '' : format(ratio(results.hub?.figures[row.key], results[b]?.figures[row.key]), 2)));
+    lines.push(`| ${[row.label, ...cells, ...r].join(' | ')} |`);
+  }
+  return lines.join('\n');
+}
+
+export interface Report {
+  machine: Machine;
+  parameters: Record<string, unknown>;
+  results: Partial<Record<TargetName, TargetResult>>;
+  ratios: Record<string, Record<string, number | null>>;
+  table: string;
+}
+
+export function ratiosOf(results: Partial<Record<TargetName, TargetResult>>, devices: number, inflight: number): Report['ratios'] {
+  const out: Report['ratios'] = {};
+  for (const b of ['aedes', 'mosquitto'] as const) {
+    if (!results.hub || !results[b]) continue;
+    out[`hub/${b}`] = Object.fromEntries(rows(devices, inflight).filter((r) => !r.noRatio).map((r) => [r.key, ratio(results.hub?.figures[r.key], results[b]?.figures[r.key])]));
+  }
+  return out;
+}

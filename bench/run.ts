@@ -1,0 +1,321 @@
+/**
+ * `npm run bench`: the hub against bare Aedes and bare Mosquitto, with the same simulated
+ * devices and the same load, each system under test in its own process. Prints a markdown
+ * table and writes the same figures as JSON. See bench/README.md.
+ */
+import { mkdirSync, writeFileSync } from 'node:fs';
+import { dirname, join, resolve } from 'node:path';
+import { parseArgs } from 'node:util';
+import type { FanOutSpec, FromLoad, RoundTripSpec, ToLoad } from './load-client.js';
+import { phase, sleep, Supervisor, type ManagedChild } from './processes.js';
+import { machine, machineLine, sampleProcess } from './procfs.js';
+import { deviceIds, registerDevices } from './register.js';
+import { ratiosOf, table, type Figures, type Report, type TargetResult } from './report.js';
+import type { ConnectPlan, ConnectStats, FromWorker, SimDeviceSpec, ToWorker, WorkerStats } from './sim-devices.js';
+import { ROOT, startAedes, startHub, startMosquitto, TARGET_NAMES, type RunningTarget, type TargetName, type TransportName } from './targets.js';
+
+const USAGE = `Usage: npm run bench -- [flags]
+
+  --devices N           simulated devices (default 1000)
+  --inflight K          command round trips in flight (default 100)
+  --roundtrips R        round trips to measure after the warm-up (default 20000)
+  --duration S          measure round trips for S seconds instead of a count
+  --warmup W            round trips before measuring (default 1000)
+  --transport T         tcp or ws (MQTT over WebSocket) for devices and load (default tcp)
+  --targets LIST        any of hub,aedes,mosquitto (default all three)
+  --out FILE            JSON results (default bench/results/latest.json)
+  --connect-rate R      connects started per second over all devices (default 0: no limit)
+  --connect-window W    handshakes in progress at once per simulator process (default 100)
+  --per-process N       devices per simulator process at most (default 9000)
+  --load-connections C  MQTT connections of the load client (default 1)
+  --help                this text`;
+
+const DEVICE_PREFIX = 'bench-';
+const DEVICE_TAG = 'bench';
+/** The hub caps a job's concurrency (jobs/runner.ts CONCURRENCY_MAX). */
+const JOB_CONCURRENCY_MAX = 10_000;
+/** Round trips go to at most this many devices, round-robin. */
+const ROUND_TRIP_DEVICES = 1000;
+/** Let the process settle (allocations, GC) before reading its RSS. */
+const SETTLE_MS = 1000;
+
+interface Options {
+  devices: number;
+  inflight: number;
+  roundtrips: number;
+  durationS: number;
+  warmup: number;
+  transport: TransportName;
+  targets: TargetName[];
+  out: string;
+  connectRate: number;
+  connectWindow: number;
+  perProcess: number;
+  loadConnections: number;
+}
+
+function fail(message: string): never {
+  console.error(`bench: ${message}`);
+  process.exit(2);
+}
+
+function wholeNumber(flag: string, value: string | undefined, fallback: number, min = 0): number {
+  if (value === undefined) return fallback;
+  const n = Number(value);
+  if (!/^\d+$/.test(value) || n < min) fail(`--${flag} ${value}: must be a whole number of at least ${min}`);
+  return n;
+}
+
+function parseOptions(): Options {
+  const flags = ['devices', 'inflight', 'roundtrips', 'duration', 'warmup', 'transport', 'targets', 'out', 'connect-rate', 'connect-window', 'per-process', 'load-connections'];
+  let values: Record<string, string | boolean | undefined> = {};
+  try {
+    ({ values } = parseArgs({ options: { ...Object.fromEntries(flags.map((f) => [f, { type: 'string' as const }])), help: { type: 'boolean' } } }));
+  } catch (error) {
+    fail(`${(error as Error).message} (see --help)`);
+  }
+  const v = values as Record<string, string | undefined> & { help?: boolean };
+  if (v.help) {
+    console.log(USAGE);
+    process.exit(0);
+  }
+  const transport = (v.transport ?? 'tcp') as TransportName;
+  if (transport !== 'tcp' && transport !== 'ws') fail(`--transport ${transport}: must be tcp or ws`);
+  const targets = (v.targets ?? TARGET_NAMES.join(',')).split(',').map((t) => t.trim()).filter(Boolean) as TargetName[];
+  for (const t of targets) if (!TARGET_NAMES.includes(t)) fail(`--targets: unknown target "${t}" (hub, aedes, mosquitto)`);
+  if (targets.length === 0) fail('--targets: name at least one');
+  const devices = wholeNumber('devices', v.devices, 1000, 1);
+  const inflight = wholeNumber('inflight', v.inflight, 100, 1);
+  return {
+    devices,
+    inflight,
+    roundtrips: v.duration !== undefined ? 0 : wholeNumber('roundtrips', v.roundtrips, 20_000, 1),
+    durationS: wholeNumber('duration', v.duration, 0, 1),
+    warmup: wholeNumber('warmup', v.warmup, 1000),
+    transport,
+    targets: [...new Set(targets)],
+    out: resolve(v.out ?? join(ROOT, 'bench', 'results', 'latest.json')),
+    connectRate: wholeNumber('connect-rate', v['connect-rate'], 0),
+    connectWindow: wholeNumber('connect-window', v['connect-window'], 100, 1),
+    perProcess: wholeNumber('per-process', v['per-process'], 9000, 1),
+    loadConnections: Math.min(wholeNumber('load-connections', v['load-connections'], 1, 1), inflight),
+  };
+}
+
+const log = (target: string, message: string) => console.error(`[${target}] ${message}`);
+
+/** The next IPC message of the given type from a child; its 'error' message or its exit rejects. */
+function nextMessage<T extends { type: string }>(child: ManagedChild, type: T['type']): Promise<T> {
+  return new Promise((resolvePromise, reject) => {
+    const onMessage = (m: { type: string; message?: string }) => {
+      if (m.type === type) done(() => resolvePromise(m as T));
+      else if (m.type === 'error') done(() => reject(new Error(`${child.name}: ${m.message}`)));
+    };
+    const onExit = () => done(() => reject(new Error(`${child.name} exited (status ${child.exitCode}):\n${child.tail()}`)));
+    const done = (settle: () => void) => {
+      child.proc.off('message', onMessage);
+      child.proc.off('exit', onExit);
+      settle();
+    };
+    child.proc.on('message', onMessage);
+    child.proc.on('exit', onExit);
+  });
+}
+
+function sendTo<M>(child: ManagedChild, message: M): void {
+  child.proc.send(message as object);
+}
+
+interface Session {
+  sup: Supervisor;
+  options: Options;
+  ids: string[];
+}
+
+/** Splits the devices over simulator processes, each on its own source address. */
+function startSimulators(sup: Supervisor, devices: SimDeviceSpec[], perProcess: number): { child: ManagedChild; devices: SimDeviceSpec[]; localAddress: string }[] {
+  const processes = Math.ceil(devices.length / perProcess);
+  const share = Math.ceil(devices.length / processes);
+  return Array.from({ length: processes }, (_, i) => ({
+    child: sup.fork(`sim-devices-${i}`, join(ROOT, 'dist', 'bench', 'sim-devices.js'), ['--worker']),
+    devices: devices.slice(i * share, (i + 1) * share),
+    localAddress: `127.0.0.${2 + i}`,
+  }));
+}
+
+function sum(record: Record<string, number>): number {
+  return Object.values(record).reduce((a, b) => a + b, 0);
+}
+
+async function waitOnline(target: RunningTarget, secret: string, expected: number): Promise<void> {
+  for (;;) {
+    const response = await fetch(`${target.httpUrl}/api/devices`, { headers: { authorization: `Bearer ${secret}` } });
+    const list = (await response.json()) as { online: boolean }[];
+    if (list.filter((d) => d.online).length >= expected) return;
+    if (!target.child.running) throw new Error(`hub exited:\n${target.child.tail()}`);
+    await sleep(250);
+  }
+}
+
+async function runTarget(session: Session, name: TargetName): Promise<TargetResult> {
+  const { sup, options, ids } = session;
+  const n = ids.length;
+  const figures: Figures = {};
+  const dir = sup.tempDir(`rhizo-bench-${name}-`);
+  const children: ManagedChild[] = [];
+  try {
+    let tokens = new Map<string, string>();
+    let operator: { name: string; secret: string } | undefined;
+    if (name === 'hub') {
+      log(name, `registering ${n} devices`);
+      const reg = await phase(name, 'register devices', 60_000 + n, async () => registerDevices(dir, ids, DEVICE_TAG));
+      tokens = reg.tokens;
+      operator = reg.operator;
+    }
+    const target = await phase(name, 'start', 30_000, () =>
+      name === 'hub' ? startHub(sup, dir, options.transport) : name === 'aedes' ? startAedes(sup, options.transport) : startMosquitto(sup, dir, options.transport),
+    );
+    children.push(target.child);
+    const pid = target.child.pid;
+    const before = await phase(name, 'RSS before devices', 10_000, async () => (await sleep(SETTLE_MS), sampleProcess(pid)));
+    figures.rss_before_mib = before.rssKiB / 1024;
+
+    // Connect the devices.
+    const sims = startSimulators(sup, ids.map((id) => ({ id, token: tokens.get(id) })), options.perProcess);
+    children.push(...sims.map((s) => s.child));
+    log(name, `connecting ${n} devices over ${options.transport} from ${sims.length} process(es) to ${target.url}`);
+    await phase(name, 'start device simulators', 30_000, () => Promise.all(sims.map((s) => nextMessage(s.child, 'ready'))));
+    const connected = await phase(name, 'connect devices', 60_000 + n * 10, async () => {
+      const started = performance.now();
+      const replies = sims.map((s) => nextMessage<Extract<FromWorker, { type: 'connected' }>>(s.child, 'connected'));
+      for (const s of sims) {
+        const plan: ConnectPlan = { url: target.url, devices: s.devices, localAddress: s.localAddress, rate: options.connectRate / sims.length, window: options.connectWindow, handshakeTimeoutMs: 30_000, reconnect: false };
+        sendTo<ToWorker>(s.child, { type: 'connect', plan });
+      }
+      const stats: ConnectStats[] = (await Promise.all(replies)).map((r) => r.stats);
+      return { stats, seconds: (performance.now() - started) / 1000 };
+    });
+    const ok = connected.stats.reduce((a, s) => a + s.ok, 0);
+    figures.connect_s = connected.seconds;
+    figures.connect_rate = ok / connected.seconds;
+    figures.connack_failures = connected.stats.reduce((a, s) => a + sum(s.connackFailures), 0);
+    figures.refused = connected.stats.reduce((a, s) => a + s.refused, 0);
+    figures.connect_errors = connected.stats.reduce((a, s) => a + sum(s.errors), 0);
+    log(name, `${ok}/${n} up in ${connected.seconds.toFixed(2)} s` + (ok < n ? `; failures ${JSON.stringify(connected.stats.map((s) => ({ connack: s.connackFailures, refused: s.refused, errors: s.errors })))}` : ''));
+    if (ok === 0) throw new Error(`${name}: no device could connect`);
+    if (name === 'hub') await phase(name, 'devices online', 60_000 + n * 5, () => waitOnline(target, operator!.secret, ok));
+    const after = await phase(name, 'RSS with devices', 10_000, async () => (await sleep(SETTLE_MS), sampleProcess(pid)));
+    figures.rss_after_mib = after.rssKiB / 1024;
+    figures.rss_per_device_kib = (after.rssKiB - before.rssKiB) / ok;
+
+    // Round trips with K in flight.
+    const load = sup.fork(`load-client`, join(ROOT, 'dist', 'bench', 'load-client.js'));
+    children.push(load);
+    const credentials = operator ? { username: operator.name, password: operator.secret } : undefined;
+    const mode = name === 'hub' ? 'hub' : 'bare';
+    const rtSpec: RoundTripSpec = {
+      mode,
+      url: target.url,
+      credentials,
+      devices: ids.slice(0, Math.min(ok, ROUND_TRIP_DEVICES)),
+      inflight: options.inflight,
+      connections: options.loadConnections,
+      warmup: options.warmup,
+      count: options.roundtrips,
+      durationMs: options.durationS * 1000,
+    };
+    log(name, options.roundtrips ? `${options.roundtrips} round trips, ${options.inflight} in flight` : `round trips for ${options.durationS} s, ${options.inflight} in flight`);
+    const rtLimit = 120_000 + (options.roundtrips ? options.roundtrips * 10 : options.durationS * 1000) + options.warmup * 10;
+    const rt = await phase(name, 'round trips', rtLimit, async () => {
+      // CPU seconds of the broker, the load client and the device simulators, in that order.
+      const pids = [pid, load.pid, ...sims.map((s) => s.child.pid)];
+      const cpuNow = () => pids.map((p) => sampleProcess(p).cpuSeconds);
+      let atMark: number[] = [];
+      const mark = nextMessage(load, 'mark').then(() => (atMark = cpuNow()));
+      const result = nextMessage<Extract<FromLoad, { type: 'roundtrips' }>>(load, 'roundtrips');
+      sendTo<ToLoad>(load, { type: 'roundtrips', spec: rtSpec });
+      const { result: r } = await result;
+      const atEnd = cpuNow();
+      await mark;
+      const used = atEnd.map((c, i) => c - atMark[i]!);
+      return { ...r, cpu: used[0]!, loadCpu: used[1]!, simCpu: used.slice(2).reduce((a, b) => a + b, 0) };
+    });
+    figures.rt_rate = rt.rate;
+    figures.rt_p50_ms = rt.p50;
+    figures.rt_p99_ms = rt.p99;
+    figures.rt_max_ms = rt.max;
+    figures.rt_cpu_s_per_10k = (rt.cpu / rt.count) * 10_000;
+    figures.rt_load_cpu_s_per_10k = (rt.loadCpu / rt.count) * 10_000;
+    figures.rt_sim_cpu_s_per_10k = (rt.simCpu / rt.count) * 10_000;
+    figures.rt_errors = sum(rt.errors);
+    log(name, `${rt.rate.toFixed(0)} round trips/s, p50 ${rt.p50.toFixed(2)} ms, p99 ${rt.p99.toFixed(2)} ms` + (figures.rt_errors ? `, errors ${JSON.stringify(rt.errors)}` : ''));
+
+    // Fan-out: one command to every device.
+    const fanSpec: FanOutSpec = { mode, url: target.url, httpUrl: target.httpUrl, credentials, devices: ids, expected: ok, concurrency: Math.min(ok, JOB_CONCURRENCY_MAX), tag: DEVICE_TAG };
+    log(name, `fan-out to ${ok} devices`);
+    const fan = await phase(name, 'fan-out', 60_000 + n * 20, async () => {
+      const cpuBefore = sampleProcess(pid).cpuSeconds;
+      const result = nextMessage<Extract<FromLoad, { type: 'fanout' }>>(load, 'fanout');
+      sendTo<ToLoad>(load, { type: 'fanout', spec: fanSpec });
+      const { result: r } = await result;
+      return { ...r, cpu: sampleProcess(pid).cpuSeconds - cpuBefore };
+    });
+    figures.fanout_s = fan.seconds;
+    figures.fanout_succeeded = fan.succeeded;
+    figures.fanout_cpu_s = fan.cpu;
+    log(name, `fan-out: ${fan.succeeded}/${ok} answered in ${fan.seconds.toFixed(2)} s`);
+
+    const stats = await phase(name, 'device stats', 10_000, () =>
+      Promise.all(sims.map((s) => {
+        const reply = nextMessage<Extract<FromWorker, { type: 'stats' }>>(s.child, 'stats');
+        sendTo<ToWorker>(s.child, { type: 'stats' });
+        return reply.then((r): WorkerStats => r.stats);
+      })),
+    );
+    figures.dropped = stats.reduce((a, s) => a + s.lost, 0);
+    return { figures };
+  } catch (error) {
+    const message = (error as Error).message;
+    log(name, `FAILED: ${message}`);
+    return { figures, error: message };
+  } finally {
+    // Devices first, so that the broker does not spend the stop on thousands of disconnects.
+    for (const child of children.reverse()) await sup.stop(child);
+    sup.removeTempDir(dir);
+  }
+}
+
+async function main(): Promise<void> {
+  const options = parseOptions();
+  const sup = new Supervisor();
+  const cleanExit = (code: number) => {
+    sup.killAllSync();
+    process.exit(code);
+  };
+  process.on('SIGINT', () => (console.error('bench: interrupted; stopping everything'), cleanExit(130)));
+  process.on('SIGTERM', () => cleanExit(143));
+  process.on('exit', () => sup.killAllSync());
+
+  const m = machine();
+  console.log(machineLine(m));
+  const session: Session = { sup, options, ids: deviceIds(options.devices, DEVICE_PREFIX) };
+  const results: Report['results'] = {};
+  for (const name of options.targets) results[name] = await runTarget(session, name);
+  await sup.stopAll();
+
+  const text = table(results, options.devices, options.inflight);
+  const { out, ...parameters } = options;
+  const report: Report = { machine: m, parameters, results, ratios: ratiosOf(results, options.devices, options.inflight), table: text };
+  mkdirSync(dirname(out), { recursive: true });
+  writeFileSync(out, `${JSON.stringify(report, null, 2)}\n`);
+  console.log(`\n${text}\n`);
+  const failed = Object.entries(results).filter(([, r]) => r.error);
+  for (const [name, r] of failed) console.log(`${name} failed: ${r.error}`);
+  console.log(`results: ${out}`);
+  if (failed.length > 0) process.exitCode = 1;
+}
+
+main().catch((error: Error) => {
+  console.error(`bench: ${error.stack ?? error.message}`);
+  process.exit(1);
+});

@@ -1,0 +1,300 @@
+/**
+ * Simulated devices: real MQTT connections that speak the device side of the wire contract
+ * and answer every command at once with result "ok", exit code 0.
+ *
+ * Two uses:
+ *  - a worker of the bench (spawned with `--worker`, driven by IPC messages);
+ *  - a command line for people: keeps COUNT devices connected and answering until Ctrl-C.
+ */
+import { readFileSync } from 'node:fs';
+import { parseArgs } from 'node:util';
+import { MqttConn, topics } from './wire.js';
+
+export interface SimDeviceSpec {
+  id: string;
+  token?: string | undefined;
+}
+
+export interface ConnectPlan {
+  url: string;
+  devices: SimDeviceSpec[];
+  localAddress?: string | undefined;
+  /** Connects started per second; 0 = as fast as the window allows. */
+  rate: number;
+  /** Handshakes (TCP + CONNECT + SUBSCRIBE) in progress at most at once. */
+  window: number;
+  /** A handshake not finished by then counts as failed. */
+  handshakeTimeoutMs: number;
+  /** Reconnect a device whose connection drops (the CLI does; the bench counts drops instead). */
+  reconnect: boolean;
+}
+
+export interface ConnectStats {
+  ok: number;
+  /** CONNACK with a non-zero return code, by code. */
+  connackFailures: Record<string, number>;
+  /** TCP connection refused (nobody listening, or the backlog overflowed). */
+  refused: number;
+  /** Other transport errors and handshake timeouts, by error code. */
+  errors: Record<string, number>;
+  ms: number;
+}
+
+export interface WorkerStats {
+  answered: number;
+  /** Connections that dropped after they were up. */
+  lost: number;
+  up: number;
+}
+
+export type ToWorker = { type: 'connect'; plan: ConnectPlan } | { type: 'stats' } | { type: 'stop' };
+export type FromWorker = { type: 'ready' } | { type: 'connected'; stats: ConnectStats } | { type: 'stats'; stats: WorkerStats } | { type: 'error'; message: string };
+
+const PING_CHECK_MS = 15_000;
+/** Keepalive is 60 s; a ping after 40 s of silence keeps well inside the broker's 90 s. */
+const PING_AFTER_MS = 40_000;
+
+function responseFor(commandPayload: Buffer): string | null {
+  let id: unknown;
+  try {
+    id = (JSON.parse(commandPayload.toString('utf8')) as { id?: unknown }).id;
+  } catch {
+    return null;
+  }
+  return JSON.stringify({ type: 'response', id, result: 'ok', error: '', exit_code: 0, duration_ms: 0, truncated: false });
+}
+
+export class DeviceFleet {
+  private readonly conns = new Map<string, MqttConn>();
+  private readonly up = new Set<string>();
+  answered = 0;
+  lost = 0;
+  private pinger: NodeJS.Timeout | null = null;
+  private stopped = false;
+
+  /** Connects every device of the plan; resolves when each one is up or has failed. */
+  connect(plan: ConnectPlan): Promise<ConnectStats> {
+    const stats: ConnectStats = { ok: 0, connackFailures: {}, refused: 0, errors: {}, ms: 0 };
+    const started = performance.now();
+    let next = 0;
+    let pending = 0;
+    let finished = 0;
+    this.startPinger();
+    return new Promise((resolve) => {
+      const settle = () => {
+        finished++;
+        pending--;
+        if (finished === plan.devices.length) {
+          stats.ms = performance.now() - started;
+          resolve(stats);
+        } else pump();
+      };
+      let pumpScheduled = false;
+      const pump = () => {
+        while (pending < plan.window && next < plan.devices.length) {
+          if (plan.rate > 0 && next >= ((performance.now() - started) / 1000) * plan.rate + 1) {
+            if (!pumpScheduled) {
+              pumpScheduled = true;
+              setTimeout(() => ((pumpScheduled = false), pump()), 5);
+            }
+            return;
+          }
+          pending++;
+          this.connectOne(plan, plan.devices[next++]!, (outcome) => {
+            if (outcome.kind === 'up') stats.ok++;
+            else if (outcome.kind === 'connack') stats.connackFailures[outcome.code] = (stats.connackFailures[outcome.code] ?? 0) + 1;
+            else if (outcome.kind === 'refused') stats.refused++;
+            else stats.errors[outcome.code] = (stats.errors[outcome.code] ?? 0) + 1;
+            settle();
+          });
+        }
+      };
+      if (plan.devices.length === 0) resolve(stats);
+      else pump();
+    });
+  }
+
+  stats(): WorkerStats {
+    return { answered: this.answered, lost: this.lost, up: this.up.size };
+  }
+
+  stop(): void {
+    this.stopped = true;
+    if (this.pinger) clearInterval(this.pinger);
+    for (const conn of this.conns.values()) conn.close();
+  }
+
+  private connectOne(plan: ConnectPlan, device: SimDeviceSpec, done: (o: { kind: 'up' } | { kind: 'connack' | 'refused' | 'error'; code: string }) => void): void {
+    let handshaking = true;
+    const finish = (o: Parameters<typeof done>[0]) => {
+      if (!handshaking) return;
+      handshaking = false;
+      clearTimeout(timer);
+      done(o);
+    };
+    const conn = new MqttConn(
+      { url: plan.url, clientId: device.id, username: device.token === undefined ? undefined : device.id, password: device.token, clean: false, keepalive: 60, localAddress: plan.localAddress },
+      {
+        onConnack: (code) => {
+          if (code === 0) conn.subscribe(topics.command(device.id), 1);
+          else {
+            finish({ kind: 'connack', code: String(code) });
+            conn.close();
+          }
+        },
+        onSuback: (granted) => {
+          if (granted[0] === 1 || granted[0] === 0) {
+            this.up.add(device.id);
+            finish({ kind: 'up' });
+          } else {
+            finish({ kind: 'error', code: 'SUBACK_REFUSED' });
+            conn.close();
+          }
+        },
+        onPublish: (_topic, payload) => {
+          const response = responseFor(payload);
+          if (response === null) return;
+          this.answered++;
+          conn.publish(topics.response(device.id), response, 1);
+        },
+        onClose: (error) => {
+          const wasUp = this.up.delete(device.id);
+          if (this.conns.get(device.id) === conn) this.conns.delete(device.id);
+          if (handshaking) {
+            const code = error?.code ?? 'CLOSED';
+            finish(code === 'ECONNREFUSED' ? { kind: 'refused', code } : { kind: 'error', code });
+            return;
+          }
+          if (wasUp && !this.stopped) {
+            this.lost++;
+            if (plan.reconnect) setTimeout(() => this.stopped || this.connectOne(plan, device, () => {}), 1000 + Math.random() * 4000).unref();
+          }
+        },
+      },
+    );
+    const timer = setTimeout(() => {
+      finish({ kind: 'error', code: 'HANDSHAKE_TIMEOUT' });
+      conn.close();
+    }, plan.handshakeTimeoutMs);
+    this.conns.set(device.id, conn);
+    conn.start();
+  }
+
+  private startPinger(): void {
+    if (this.pinger) return;
+    this.pinger = setInterval(() => {
+      const quietSince = Date.now() - PING_AFTER_MS;
+      for (const conn of this.conns.values()) if (conn.open && conn.lastWrite < quietSince) conn.ping();
+    }, PING_CHECK_MS);
+    this.pinger.unref();
+  }
+}
+
+/** Worker mode: one `connect`, then `stats` on demand, until `stop` or the parent goes away. */
+function runWorker(): void {
+  const fleet = new DeviceFleet();
+  const send = (m: FromWorker) => process.send?.(m);
+  process.on('message', (m: ToWorker) => {
+    if (m.type === 'connect') {
+      fleet.connect(m.plan).then(
+        (stats) => send({ type: 'connected', stats }),
+        (error: Error) => send({ type: 'error', message: error.message }),
+      );
+    } else if (m.type === 'stats') send({ type: 'stats', stats: fleet.stats() });
+    else {
+      fleet.stop();
+      process.exit(0);
+    }
+  });
+  process.on('disconnect', () => process.exit(0));
+  send({ type: 'ready' });
+}
+
+const USAGE = `Usage: node dist/bench/sim-devices.js --url URL [--count N] [--id-prefix P] [--tokens FILE.json] [flags]
+
+Keeps simulated devices connected to a hub or a broker; each answers every command at once
+with result "ok" and exit code 0. Stops on Ctrl-C.
+
+  --url URL            mqtt://HOST:PORT, or ws://HOST:PORT/mqtt (MQTT over WebSocket)
+  --count N            how many devices (default: every id in --tokens, else 100)
+  --id-prefix P        device ids are P0, P1, ... (default "sim-")
+  --tokens FILE.json   {"id": "token", ...} as written by bench/register.js; without it the
+                       devices connect without credentials (a broker or --allow-anonymous)
+  --local-address A    source address of the connections (e.g. 127.0.0.2)
+  --rate R             connects started per second (default 0: as fast as --window allows)
+  --window W           handshakes in progress at most at once (default 200)
+  --help               this text
+
+One process holds at most about as many devices as it may open files (ulimit -n).`;
+
+async function runCli(): Promise<void> {
+  const { values } = parseArgs({
+    options: {
+      url: { type: 'string' },
+      count: { type: 'string' },
+      'id-prefix': { type: 'string', default: 'sim-' },
+      tokens: { type: 'string' },
+      'local-address': { type: 'string' },
+      rate: { type: 'string', default: '0' },
+      window: { type: 'string', default: '200' },
+      help: { type: 'boolean', default: false },
+    },
+  });
+  if (values.help) {
+    console.log(USAGE);
+    return;
+  }
+  if (!values.url) {
+    console.error('sim-devices: --url is required (see --help)');
+    process.exit(2);
+  }
+  const tokens: Record<string, string> = values.tokens ? (JSON.parse(readFileSync(values.tokens, 'utf8')) as Record<string, string>) : {};
+  const prefix = values['id-prefix'];
+  const count = values.count !== undefined ? Number(values.count) : values.tokens ? Object.keys(tokens).length : 100;
+  if (!Number.isInteger(count) || count < 1) {
+    console.error(`sim-devices: --count ${values.count} is not a positive whole number`);
+    process.exit(2);
+  }
+  const ids = values.tokens && values.count === undefined ? Object.keys(tokens) : Array.from({ length: count }, (_, i) => `${prefix}${i}`);
+  const missing = values.tokens ? ids.filter((id) => !(id in tokens)) : [];
+  if (missing.length > 0) {
+    console.error(`sim-devices: ${missing.length} device ids have no token in ${values.tokens} (first: ${missing[0]})`);
+    process.exit(2);
+  }
+  const fleet = new DeviceFleet();
+  const stop = () => {
+    const s = fleet.stats();
+    console.log(`stopping: ${s.up} up, ${s.answered} commands answered, ${s.lost} connections dropped`);
+    fleet.stop();
+    process.exit(0);
+  };
+  process.on('SIGINT', stop);
+  process.on('SIGTERM', stop);
+  const stats = await fleet.connect({
+    url: values.url,
+    devices: ids.map((id) => ({ id, token: tokens[id] })),
+    localAddress: values['local-address'],
+    rate: Number(values.rate),
+    window: Number(values.window),
+    handshakeTimeoutMs: 30_000,
+    reconnect: true,
+  });
+  const failed = Object.values(stats.connackFailures).reduce((a, b) => a + b, 0);
+  console.log(
+    `${stats.ok}/${ids.length} devices up in ${(stats.ms / 1000).toFixed(2)} s` +
+      (failed ? `, CONNACK failures ${JSON.stringify(stats.connackFailures)}` : '') +
+      (stats.refused ? `, ${stats.refused} refused` : '') +
+      (Object.keys(stats.errors).length ? `, errors ${JSON.stringify(stats.errors)}` : ''),
+  );
+  setInterval(() => {
+    const s = fleet.stats();
+    console.log(`${s.up} up, ${s.answered} commands answered, ${s.lost} connections dropped`);
+  }, 10_000);
+}
+
+if (process.argv.includes('--worker')) runWorker();
+else
+  runCli().catch((error: Error) => {
+    console.error(`sim-devices: ${error.message}`);
+    process.exit(1);
+  });

@@ -1,0 +1,92 @@
+/**
+ * The three systems under test, each started as its own process so that its RSS and CPU time
+ * can be read from /proc: the rhizosphere hub, bare Aedes, bare Mosquitto.
+ */
+import { writeFileSync } from 'node:fs';
+import { join, resolve } from 'node:path';
+import { freePort, sleep, waitForPort, type ManagedChild, type Supervisor } from './processes.js';
+
+export type TargetName = 'hub' | 'aedes' | 'mosquitto';
+export const TARGET_NAMES: readonly TargetName[] = ['hub', 'aedes', 'mosquitto'];
+export type TransportName = 'tcp' | 'ws';
+
+export interface RunningTarget {
+  name: TargetName;
+  child: ManagedChild;
+  /** Where devices and the load client connect, for the chosen transport. */
+  url: string;
+  /** REST base (hub only). */
+  httpUrl?: string;
+}
+
+/** The project root: dist/bench/targets.js → ../.. */
+export const ROOT = resolve(import.meta.dirname, '..', '..');
+const MOSQUITTO = '/usr/sbin/mosquitto';
+
+/** The hub with access control on; its data dir must already hold the devices and the token. */
+export async function startHub(sup: Supervisor, dataDir: string, transport: TransportName): Promise<RunningTarget> {
+  const [mqttPort, httpPort] = [await freePort(), await freePort()];
+  const child = sup.spawn('hub', process.execPath, [
+    join(ROOT, 'bin', 'rhizosphere.js'),
+    '--host', '127.0.0.1',
+    '--mqtt-port', String(mqttPort),
+    '--http-port', String(httpPort),
+    '--data-dir', dataDir,
+    '--log-level', 'warn',
+    // The load client is one connection standing for many clients: the per-connection limit
+    // (1000/s by default, then the connection is closed) would cap the round trips.
+    '--max-publish-rate', '0',
+  ]);
+  const httpUrl = `http://127.0.0.1:${httpPort}`;
+  await waitForPort(child, mqttPort);
+  await waitForPort(child, httpPort);
+  while ((await fetch(`${httpUrl}/healthz`).then((r) => r.status, () => 0)) !== 200) {
+    if (!child.running) throw new Error(`hub exited:\n${child.tail()}`);
+    await sleep(50);
+  }
+  const url = transport === 'ws' ? `ws://127.0.0.1:${httpPort}/mqtt` : `mqtt://127.0.0.1:${mqttPort}`;
+  return { name: 'hub', child, url, httpUrl };
+}
+
+export async function startAedes(sup: Supervisor, transport: TransportName): Promise<RunningTarget> {
+  const port = await freePort();
+  const wsPort = transport === 'ws' ? await freePort() : 0;
+  const args = ['--port', String(port), ...(wsPort ? ['--ws-port', String(wsPort)] : [])];
+  const child = sup.fork('aedes', join(ROOT, 'dist', 'bench', 'bare-aedes.js'), args);
+  await waitForPort(child, wsPort || port);
+  return { name: 'aedes', child, url: wsPort ? `ws://127.0.0.1:${wsPort}/mqtt` : `mqtt://127.0.0.1:${port}` };
+}
+
+/**
+ * Mosquitto with the limits that would otherwise make it drop or throttle what Aedes passes:
+ * no cap on queued or in-flight QoS 1 messages per client (the defaults, 1000 and 20, drop
+ * responses in a fan-out to thousands of devices), and no cap on connections.
+ */
+export function mosquittoConfig(port: number, wsPort: number): string {
+  const common = ['max_connections -1'];
+  return [
+    'per_listener_settings false',
+    'allow_anonymous true',
+    'persistence false',
+    'set_tcp_nodelay true',
+    'max_queued_messages 0',
+    'max_inflight_messages 0',
+    'log_dest stderr',
+    'log_type error',
+    'log_type warning',
+    `listener ${port} 127.0.0.1`,
+    ...common,
+    ...(wsPort ? [`listener ${wsPort} 127.0.0.1`, 'protocol websockets', ...common] : []),
+    '',
+  ].join('\n');
+}
+
+export async function startMosquitto(sup: Supervisor, dir: string, transport: TransportName): Promise<RunningTarget> {
+  const port = await freePort();
+  const wsPort = transport === 'ws' ? await freePort() : 0;
+  const conf = join(dir, 'mosquitto.conf');
+  writeFileSync(conf, mosquittoConfig(port, wsPort));
+  const child = sup.spawn('mosquitto', MOSQUITTO, ['-c', conf]);
+  await waitForPort(child, wsPort || port);
+  return { name: 'mosquitto', child, url: wsPort ? `ws://127.0.0.1:${wsPort}/mqtt` : `mqtt://127.0.0.1:${port}` };
+}
