@@ -46,3 +46,19 @@ export function machine(): Machine {
 export function machineLine(m: Machine): string {
   return `machine: ${m.cpu}, ${m.cores} cores, ${m.ramGiB} GiB RAM, node ${m.node}, ${m.date}`;
 }
+
+/**
+ * TCP connections the kernel dropped because a listen queue was full (TcpExt ListenOverflows,
+ * whole network namespace). Each costs its client a SYN retransmit, 1 s or more.
+ */
+export function listenOverflows(): number {
+  const lines = readFileSync('/proc/net/netstat', 'utf8').split('\n');
+  for (let i = 0; i + 1 < lines.length; i += 2) {
+    if (!lines[i]!.startsWith('TcpExt:')) continue;
+    const names = lines[i]!.split(/\s+/);
+    const values = lines[i + 1]!.split(/\s+/);
+    const at = names.indexOf('ListenOverflows');
+    return at < 0 ? NaN : Number(values[at]);
+  }
+  return NaN;
+}

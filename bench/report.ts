@@ -25,6 +25,7 @@ export function rows(devices: number, inflight: number): Row[] {
     { key: 'connack_failures', label: 'CONNACK failures', digits: 0, noRatio: true },
     { key: 'refused', label: 'connections refused', digits: 0, noRatio: true },
     { key: 'connect_errors', label: 'other connect errors / timeouts', digits: 0, noRatio: true },
+    { key: 'listen_overflows', label: 'listen queue overflows while connecting (machine-wide)', digits: 0, noRatio: true },
     { key: 'rss_before_mib', label: 'RSS before devices (MiB)', digits: 1 },
     { key: 'rss_after_mib', label: `RSS with ${devices} devices (MiB)`, digits: 1 },
     { key: 'rss_per_device_kib', label: 'RSS per device (KiB)', digits: 1 },

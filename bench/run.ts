@@ -8,7 +8,7 @@ import { dirname, join, resolve } from 'node:path';
 import { parseArgs } from 'node:util';
 import type { FanOutSpec, FromLoad, RoundTripSpec, ToLoad } from './load-client.js';
 import { phase, sleep, Supervisor, type ManagedChild } from './processes.js';
-import { machine, machineLine, sampleProcess } from './procfs.js';
+import { listenOverflows, machine, machineLine, sampleProcess } from './procfs.js';
 import { deviceIds, registerDevices } from './register.js';
 import { ratiosOf, table, type Figures, type Report, type TargetResult } from './report.js';
 import type { ConnectPlan, ConnectStats, FromWorker, SimDeviceSpec, ToWorker, WorkerStats } from './sim-devices.js';
@@ -143,6 +143,11 @@ function startSimulators(sup: Supervisor, devices: SimDeviceSpec[], perProcess: 
   }));
 }
 
+/** Three decimals are more than the measurement holds. */
+function rounded(figures: Figures): Figures {
+  return Object.fromEntries(Object.entries(figures).map(([k, v]) => [k, v === null ? null : Math.round(v * 1000) / 1000]));
+}
+
 function sum(record: Record<string, number>): number {
   return Object.values(record).reduce((a, b) => a + b, 0);
 }
@@ -185,6 +190,7 @@ async function runTarget(session: Session, name: TargetName): Promise<TargetResu
     children.push(...sims.map((s) => s.child));
     log(name, `connecting ${n} devices over ${options.transport} from ${sims.length} process(es) to ${target.url}`);
     await phase(name, 'start device simulators', 30_000, () => Promise.all(sims.map((s) => nextMessage(s.child, 'ready'))));
+    const overflowsBefore = listenOverflows();
     const connected = await phase(name, 'connect devices', 60_000 + n * 10, async () => {
       const started = performance.now();
       const replies = sims.map((s) => nextMessage<Extract<FromWorker, { type: 'connected' }>>(s.child, 'connected'));
@@ -201,6 +207,7 @@ async function runTarget(session: Session, name: TargetName): Promise<TargetResu
     figures.connack_failures = connected.stats.reduce((a, s) => a + sum(s.connackFailures), 0);
     figures.refused = connected.stats.reduce((a, s) => a + s.refused, 0);
     figures.connect_errors = connected.stats.reduce((a, s) => a + sum(s.errors), 0);
+    figures.listen_overflows = listenOverflows() - overflowsBefore;
     log(name, `${ok}/${n} up in ${connected.seconds.toFixed(2)} s` + (ok < n ? `; failures ${JSON.stringify(connected.stats.map((s) => ({ connack: s.connackFailures, refused: s.refused, errors: s.errors })))}` : ''));
     if (ok === 0) throw new Error(`${name}: no device could connect`);
     if (name === 'hub') await phase(name, 'devices online', 60_000 + n * 5, () => waitOnline(target, operator!.secret, ok));
@@ -273,11 +280,11 @@ async function runTarget(session: Session, name: TargetName): Promise<TargetResu
       })),
     );
     figures.dropped = stats.reduce((a, s) => a + s.lost, 0);
-    return { figures };
+    return { figures: rounded(figures) };
   } catch (error) {
     const message = (error as Error).message;
     log(name, `FAILED: ${message}`);
-    return { figures, error: message };
+    return { figures: rounded(figures), error: message };
   } finally {
     // Devices first, so that the broker does not spend the stop on thousands of disconnects.
     for (const child of children.reverse()) await sup.stop(child);
