@@ -22,6 +22,8 @@ export function rows(devices: number, inflight: number): Row[] {
   return [
     { key: 'connect_s', label: `connect ${devices} devices (s)`, digits: 2 },
     { key: 'connect_rate', label: 'connect rate (connects/s)', digits: 0 },
+    { key: 'handshake_p50_ms', label: 'connect handshake p50 (ms, slowest simulator)', digits: 1 },
+    { key: 'handshake_max_ms', label: 'connect handshake max (ms)', digits: 1 },
     { key: 'connack_failures', label: 'CONNACK failures', digits: 0, noRatio: true },
     { key: 'refused', label: 'connections refused', digits: 0, noRatio: true },
     { key: 'connect_errors', label: 'other connect errors / timeouts', digits: 0, noRatio: true },

@@ -207,6 +207,8 @@ async function runTarget(session: Session, name: TargetName): Promise<TargetResu
     figures.connack_failures = connected.stats.reduce((a, s) => a + sum(s.connackFailures), 0);
     figures.refused = connected.stats.reduce((a, s) => a + s.refused, 0);
     figures.connect_errors = connected.stats.reduce((a, s) => a + sum(s.errors), 0);
+    figures.handshake_p50_ms = Math.max(...connected.stats.map((s) => s.handshakeMs[0]));
+    figures.handshake_max_ms = Math.max(...connected.stats.map((s) => s.handshakeMs[2]));
     figures.listen_overflows = listenOverflows() - overflowsBefore;
     log(name, `${ok}/${n} up in ${connected.seconds.toFixed(2)} s` + (ok < n ? `; failures ${JSON.stringify(connected.stats.map((s) => ({ connack: s.connackFailures, refused: s.refused, errors: s.errors })))}` : ''));
     if (ok === 0) throw new Error(`${name}: no device could connect`);

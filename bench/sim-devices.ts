@@ -38,6 +38,8 @@ export interface ConnectStats {
   /** Other transport errors and handshake timeouts, by error code. */
   errors: Record<string, number>;
   ms: number;
+  /** Handshake times of the devices that came up, from TCP connect to SUBACK: p50, p99, max (ms). */
+  handshakeMs: [number, number, number];
 }
 
 export interface WorkerStats {
@@ -74,7 +76,8 @@ export class DeviceFleet {
 
   /** Connects every device of the plan; resolves when each one is up or has failed. */
   connect(plan: ConnectPlan): Promise<ConnectStats> {
-    const stats: ConnectStats = { ok: 0, connackFailures: {}, refused: 0, errors: {}, ms: 0 };
+    const stats: ConnectStats = { ok: 0, connackFailures: {}, refused: 0, errors: {}, ms: 0, handshakeMs: [NaN, NaN, NaN] };
+    const handshakes: number[] = [];
     const started = performance.now();
     let next = 0;
     let pending = 0;
@@ -86,6 +89,9 @@ export class DeviceFleet {
         pending--;
         if (finished === plan.devices.length) {
           stats.ms = performance.now() - started;
+          const sorted = Float64Array.from(handshakes).sort();
+          const at = (q: number) => (sorted.length ? sorted[Math.min(sorted.length - 1, Math.floor(q * sorted.length))]! : NaN);
+          stats.handshakeMs = [at(0.5), at(0.99), at(1)];
           resolve(stats);
         } else pump();
       };
@@ -100,9 +106,12 @@ export class DeviceFleet {
             return;
           }
           pending++;
+          const began = performance.now();
           this.connectOne(plan, plan.devices[next++]!, (outcome) => {
-            if (outcome.kind === 'up') stats.ok++;
-            else if (outcome.kind === 'connack') stats.connackFailures[outcome.code] = (stats.connackFailures[outcome.code] ?? 0) + 1;
+            if (outcome.kind === 'up') {
+              stats.ok++;
+              handshakes.push(performance.now() - began);
+            } else if (outcome.kind === 'connack') stats.connackFailures[outcome.code] = (stats.connackFailures[outcome.code] ?? 0) + 1;
             else if (outcome.kind === 'refused') stats.refused++;
             else stats.errors[outcome.code] = (stats.errors[outcome.code] ?? 0) + 1;
             settle();
