@@ -1,9 +1,9 @@
 /** The client SDK (src/client) against a real hub with API tokens, real hypha agents and scripted devices. */
 import { describe, expect, it } from 'vitest';
-import { connect, type DeviceStatus, type HubClient, type JobStatus } from '../src/client/index.js';
-import type { Hub } from '../src/index.js';
+import { connect, type Credentials, type DeviceStatus, type HubClient, type JobStatus } from '../src/client/index.js';
+import { startHub, type Hub } from '../src/index.js';
 import type { Command } from '../src/protocol/schemas.js';
-import { cleanup, connectMqtt, startAgents, startTestHub, waitFor } from './helpers.js';
+import { cleanup, connectMqtt, freePort, startAgents, startTestHub, tempDir, waitFor } from './helpers.js';
 
 async function sdk(url: string, options: Parameters<typeof connect>[1] = {}): Promise<HubClient> {
   const hub = await connect(url, { reconnectPeriodMs: 0, ...options });
@@ -82,6 +82,8 @@ describe('client SDK', () => {
     expect((await viewer.devices({ devices: ['d-1', 'zzz'] })).map((d) => d.id)).toEqual(['d-1']);
 
     const events: [string, string, DeviceStatus][] = [];
+    const snapshots: Readonly<DeviceStatus>[] = [];
+    viewer.on('status', (_id, status) => status && snapshots.push(status));
     viewer.on('online', (id, status) => events.push(['online', id, status]));
     viewer.on('offline', (id, status) => events.push(['offline', id, status]));
     const d3 = await scriptedDevice(hub, 'd-3', tokens['d-3']!);
@@ -91,6 +93,67 @@ describe('client SDK', () => {
     expect(events.map(([e, id]) => `${e} ${id}`)).toEqual(['online d-3', 'offline d-3']);
     expect(events[0]![2]).toMatchObject({ id: 'd-3', online: true, transport: 'mqtt' });
     expect((await viewer.device('d-3').status())?.online).toBe(false);
+    // 'status' hands out the SDK's own snapshots, frozen, not copies.
+    expect(snapshots.map((s) => `${s.id} ${s.online}`)).toEqual(['d-3 true', 'd-3 false']);
+    expect(Object.isFrozen(snapshots[0]) && Object.isFrozen(snapshots[0]!.tags)).toBe(true);
+  });
+
+  it('connects in the background, renews credentials the hub refuses, follows every job', async () => {
+    const [mqttPort, httpPort] = [await freePort(), await freePort()];
+    const hubOptions = { host: '127.0.0.1', mqttPort, httpPort, logLevel: 'silent' as const, allowAnonymous: false };
+    let current: Credentials | null = null;
+    let renewals = 0;
+    // No hub yet: connect() resolves anyway and keeps trying, with a token no hub knows.
+    const ops = await connect(`mqtt://127.0.0.1:${mqttPort}`, {
+      tokenName: 'ops',
+      token: 'not-a-token',
+      httpUrl: `http://127.0.0.1:${httpPort}`,
+      waitForConnection: false,
+      reconnectPeriodMs: 100,
+      statusQos: 0,
+      mqttOptions: { keepalive: 5 },
+      renewCredentials: async () => {
+        renewals++;
+        return current;
+      },
+    });
+    cleanup(() => ops.close());
+    const events: string[] = [];
+    for (const event of ['connect', 'reconnect', 'disconnect'] as const) ops.on(event, () => events.push(event));
+    expect(ops.connected).toBe(false);
+
+    let hub = await startHub({ ...hubOptions, dataDir: tempDir() });
+    cleanup(() => hub.close());
+    current = { tokenName: 'ops', token: hub.stores.tokens.add('ops', 'operator') };
+    await waitFor(() => events.includes('connect'), { what: 'first connect' });
+    expect(renewals).toBeGreaterThanOrEqual(1);
+    await scriptedDevice(hub, 'k-1', hub.stores.devices.add('k-1', ['kitchen']), 300);
+    await waitFor(async () => (await ops.devices({ online: true })).some((d) => d.id === 'k-1'), { what: 'k-1 in devices()' });
+
+    // Every job, then one: REST (with the renewed token) creates, MQTT follows.
+    const everyJob: JobStatus[] = [];
+    const stopEvery = await ops.jobs.follow(null, (status) => everyJob.push(status));
+    const job = await ops.jobs.create({ target: { tags: ['kitchen'] }, cmd_str: 'true' });
+    const oneJob: JobStatus[] = [];
+    const stopOne = await ops.jobs.follow(job.id, (status) => oneJob.push(status));
+    await waitFor(() => everyJob.some((s) => s.state === 'done') && oneJob.some((s) => s.state === 'done'), { what: 'job done' });
+    expect(everyJob.every((s) => s.id === job.id)).toBe(true);
+    expect(oneJob.at(-1)).toEqual({ id: job.id, state: 'done', counts: { queued: 0, sent: 0, succeeded: 1, failed: 0, timed_out: 0, canceled: 0 } });
+    stopEvery();
+    stopOne();
+
+    // A new hub with another database no longer knows the token: refused, renewed, reconnected.
+    await hub.close();
+    await waitFor(() => events.includes('disconnect'), { what: 'disconnect' });
+    const before = renewals;
+    hub = await startHub({ ...hubOptions, dataDir: tempDir() });
+    current = { tokenName: 'ops', token: hub.stores.tokens.add('ops', 'operator') };
+    await waitFor(() => events.includes('reconnect'), { what: 'reconnect with a renewed token' });
+    expect(renewals).toBeGreaterThan(before);
+    expect(ops.connected).toBe(true);
+    expect(events.filter((e) => e === 'connect')).toHaveLength(1);
+
+    await expect(connect(`mqtt://127.0.0.1:${mqttPort}`, { waitForConnection: false, reconnectPeriodMs: 0 })).rejects.toMatchObject({ code: 'BAD_REQUEST' });
   });
 
   it('creates, watches and cancels fleet jobs', async () => {

@@ -7,7 +7,8 @@
  *   const { result, exitCode } = await hub.device('pi-01').exec('uptime');
  *   await hub.close();
  */
-import { connect as mqttConnect, type IClientOptions, type ISubscriptionGrant, type MqttClient } from 'mqtt';
+// The default export: MQTT.js's browser bundle (mqtt/dist/mqtt.esm.js) has no named exports.
+import mqtt, { type IClientOptions, type ISubscriptionGrant, type MqttClient } from 'mqtt';
 import { idProblem } from '../protocol/ids.js';
 import { DEFAULT_TOPIC_PREFIX, Topics } from '../protocol/topics.js';
 import { Emitter } from './emitter.js';
@@ -17,6 +18,7 @@ import {
   isJobFinished,
   type ConnectOptions,
   type CreatedJob,
+  type Credentials,
   type DeviceSelector,
   type DeviceStatus,
   type ExecOptions,
@@ -37,7 +39,10 @@ export * from './types.js';
 const REPLY_GRACE_MS = 15_000;
 const HUB_DEFAULT_TIMEOUT_MS = 60_000;
 
-/** Connects to a hub. Resolves once the MQTT connection is up and the SDK's subscriptions are in place. */
+/**
+ * Connects to a hub. Resolves once the MQTT connection is up and the SDK's subscriptions are in
+ * place, or at once with `waitForConnection: false`.
+ */
 export async function connect(url: string, options: ConnectOptions = {}): Promise<HubClient> {
   if (options.token !== undefined && options.tokenName === undefined) {
     throw new ClientError('BAD_REQUEST', 'tokenName is required with token (the MQTT user name is the API token\'s name)');
@@ -46,18 +51,47 @@ export async function connect(url: string, options: ConnectOptions = {}): Promis
   const problem = idProblem(clientId);
   if (problem) throw new ClientError('BAD_REQUEST', `clientId ${problem}`);
   const topics = new Topics(options.topicPrefix ?? DEFAULT_TOPIC_PREFIX);
+  const reconnectPeriodMs = options.reconnectPeriodMs ?? 1000;
+  const wait = options.waitForConnection ?? true;
+  if (!wait && reconnectPeriodMs <= 0) throw new ClientError('BAD_REQUEST', 'waitForConnection: false needs reconnection (reconnectPeriodMs > 0)');
 
   const mqttOptions: IClientOptions = {
+    connectTimeout: options.connectTimeoutMs ?? 10_000,
+    reconnectPeriod: reconnectPeriodMs,
+    ...(options.ca !== undefined ? { ca: options.ca as IClientOptions['ca'] } : {}),
+    ...options.mqttOptions,
     protocolVersion: 4,
     clientId,
     clean: true,
-    connectTimeout: options.connectTimeoutMs ?? 10_000,
-    reconnectPeriod: options.reconnectPeriodMs ?? 1000,
     ...(options.tokenName !== undefined ? { username: options.tokenName, password: options.token ?? '' } : {}),
-    ...(options.ca !== undefined ? { ca: options.ca as IClientOptions['ca'] } : {}),
   };
-  const client = mqttConnect(url, mqttOptions);
-  await new Promise<void>((resolve, reject) => {
+  const client = mqtt.connect(url, mqttOptions);
+  const httpUrl = options.httpUrl ?? httpUrlFromMqttUrl(url);
+  const settings: Settings = {
+    settleMs: options.settleMs ?? 200,
+    statusQos: options.statusQos ?? 1,
+    reconnectPeriodMs,
+    renewCredentials: options.renewCredentials ?? null,
+  };
+  if (!wait) {
+    const hub = new HubClient(client, clientId, topics, new Rest(httpUrl, options.token), settings);
+    hub.startInBackground();
+    return hub;
+  }
+  await firstConnection(client, url);
+  const hub = new HubClient(client, clientId, topics, new Rest(httpUrl, options.token), settings);
+  try {
+    await hub.start();
+  } catch (error) {
+    await hub.close();
+    throw error;
+  }
+  return hub;
+}
+
+/** Waits for the first CONNACK; a refusal or a lost attempt ends the client and rejects. */
+function firstConnection(client: MqttClient, url: string): Promise<void> {
+  return new Promise<void>((resolve, reject) => {
     let lastError: Error | undefined;
     const done = (error?: ClientError) => {
       client.off('connect', onConnect);
@@ -78,19 +112,30 @@ export async function connect(url: string, options: ConnectOptions = {}): Promis
     client.on('error', onError);
     client.on('close', onClose);
   });
-
-  const httpUrl = options.httpUrl ?? httpUrlFromMqttUrl(url);
-  const hub = new HubClient(client, clientId, topics, new Rest(httpUrl, options.token), options.settleMs ?? 200);
-  try {
-    await hub.start();
-  } catch (error) {
-    await hub.close();
-    throw error;
-  }
-  return hub;
 }
 
-const copyStatus = (status: DeviceStatus): DeviceStatus => ({ ...status, tags: [...status.tags] });
+interface Settings {
+  settleMs: number;
+  statusQos: 0 | 1;
+  reconnectPeriodMs: number;
+  renewCredentials: (() => Promise<Credentials | null>) | null;
+}
+
+type TopicHandler = (payload: string, topic: string) => void;
+
+const copyStatus = (status: Readonly<DeviceStatus>): DeviceStatus => ({ ...status, tags: [...status.tags] });
+const isString = (value: unknown): value is string => typeof value === 'string';
+
+/** Whether an MQTT topic filter with `+` (one level) and a final `#` (the rest) matches a topic. */
+function topicMatches(filter: string, topic: string): boolean {
+  const wanted = filter.split('/');
+  const levels = topic.split('/');
+  for (let i = 0; i < wanted.length; i++) {
+    if (wanted[i] === '#') return true;
+    if (i >= levels.length || (wanted[i] !== '+' && wanted[i] !== levels[i])) return false;
+  }
+  return wanted.length === levels.length;
+}
 
 /** The selector as a filter over statuses: every key given must match. */
 function matches(selector: DeviceSelector): (status: DeviceStatus) => boolean {
@@ -112,13 +157,20 @@ export class HubClient extends Emitter<HubClientEvents> {
   /** Fleet jobs (REST for create/get/cancel/list, MQTT for progress). */
   readonly jobs: Jobs;
   private readonly pending = new Map<string, Pending>();
-  private readonly statuses = new Map<string, DeviceStatus>();
-  private readonly topicHandlers = new Map<string, Set<(payload: string) => void>>();
+  private readonly statuses = new Map<string, Readonly<DeviceStatus>>();
+  /** Handlers by topic filter; `wildcards` lists the filters that contain + or #. */
+  private readonly topicHandlers = new Map<string, Set<TopicHandler>>();
+  private wildcards: string[] = [];
   private readonly responseTopic: string;
+  private readonly decoder = new TextDecoder();
   private sequence = 0;
   private settled = false;
   private settleTimer: ReturnType<typeof setTimeout> | null = null;
+  /** When the last status of the retained burst came (the settle timer is re-armed from it, not per message). */
+  private lastStatusAt = 0;
   private readonly settledWaiters: (() => void)[] = [];
+  private everConnected: boolean;
+  private retryTimer: ReturnType<typeof setTimeout> | null = null;
   private closed = false;
 
   /** @internal use connect() */
@@ -127,30 +179,69 @@ export class HubClient extends Emitter<HubClientEvents> {
     /** This connection's MQTT client id. */
     readonly clientId: string,
     readonly topics: Topics,
-    rest: Rest,
-    private readonly settleMs: number,
+    private readonly rest: Rest,
+    private readonly settings: Settings,
   ) {
     super();
     this.responseTopic = topics.clientResponse(clientId);
     this.jobs = new Jobs(this, rest);
-    client.on('message', (topic, payload) => this.onMessage(topic, payload.toString()));
+    this.everConnected = client.connected;
+    client.on('message', (topic, payload) => this.onMessage(topic, this.decoder.decode(payload)));
     client.on('offline', () => this.emit('disconnect'));
-    client.on('reconnect', () => undefined);
     client.on('connect', () => {
-      if (this.started) this.emit('reconnect');
+      if (this.everConnected) return this.emit('reconnect');
+      this.everConnected = true;
+      this.emit('connect');
     });
-    // Errors after the first connect are reported as disconnects; MQTT.js reconnects.
-    client.on('error', () => undefined);
+    // Other errors end in a lost connection, which MQTT.js retries.
+    client.on('error', (error: Error & { code?: unknown }) => {
+      if (error.code === 4 || error.code === 5) this.onRefused(error);
+    });
   }
-
-  private started = false;
 
   /** @internal */
   async start(): Promise<void> {
     await this.subscribe(this.responseTopic);
-    await this.subscribe(this.topics.allDeviceStatuses);
-    this.started = true;
+    await this.subscribe(this.topics.allDeviceStatuses, this.settings.statusQos);
+    this.lastStatusAt = Date.now();
     this.armSettle();
+  }
+
+  /** @internal start() for waitForConnection: false: the subscriptions wait for the connection. */
+  startInBackground(): void {
+    this.start().catch((error: unknown) => {
+      if (!this.closed) this.emit('error', error instanceof ClientError ? error : new ClientError('INTERNAL', String(error), { cause: error }));
+    });
+  }
+
+  /**
+   * Replaces the credentials used from the next connection attempt on (MQTT user name and
+   * password) and for REST calls (`Authorization: Bearer`). The live connection is kept.
+   */
+  setCredentials(tokenName: string, token: string): void {
+    this.client.options.username = tokenName;
+    this.client.options.password = token;
+    this.rest.setToken(token);
+  }
+
+  /** CONNACK 4 or 5: MQTT.js stops reconnecting. Fresh credentials from renewCredentials, if any, start it again. */
+  private onRefused(error: Error): void {
+    const refused = () => new ClientError('FORBIDDEN', `the hub refused the connection: ${error.message}`, { cause: error });
+    const renew = this.settings.renewCredentials;
+    if (!renew || this.closed) return this.emit('error', refused());
+    renew().then(
+      (fresh) => {
+        if (this.closed) return;
+        if (!fresh) return this.emit('error', refused());
+        this.setCredentials(fresh.tokenName, fresh.token);
+        if (this.retryTimer) clearTimeout(this.retryTimer);
+        this.retryTimer = setTimeout(() => {
+          this.retryTimer = null;
+          if (!this.closed) this.client.reconnect();
+        }, this.settings.reconnectPeriodMs);
+      },
+      () => this.emit('error', refused()),
+    );
   }
 
   /** Whether the MQTT connection is up now. */
@@ -209,6 +300,7 @@ export class HubClient extends Emitter<HubClientEvents> {
     if (this.closed) return;
     this.closed = true;
     if (this.settleTimer) clearTimeout(this.settleTimer);
+    if (this.retryTimer) clearTimeout(this.retryTimer);
     for (const [id, entry] of this.pending) {
       clearTimeout(entry.timer);
       entry.reject(new ClientError('NOT_CONNECTED', 'the client was closed before the reply came', { device: entry.device }));
@@ -217,50 +309,89 @@ export class HubClient extends Emitter<HubClientEvents> {
     await new Promise<void>((resolve) => this.client.end(false, {}, () => resolve()));
   }
 
-  /** @internal Subscribes to a topic and routes its messages to `handler`; returns the unsubscribe. */
-  async watchTopic(topic: string, handler: (payload: string) => void): Promise<() => void> {
-    let set = this.topicHandlers.get(topic);
+  /**
+   * @internal Subscribes to a topic filter (`+` and `#` allowed) and routes its messages to
+   * `handler`; returns the unsubscribe. The subscription survives reconnects.
+   */
+  async watchTopic(filter: string, handler: TopicHandler): Promise<() => void> {
+    let set = this.topicHandlers.get(filter);
     const first = !set;
-    if (!set) this.topicHandlers.set(topic, (set = new Set()));
+    if (!set) this.setHandlers(filter, (set = new Set()));
     set.add(handler);
     if (first) {
       try {
-        await this.subscribe(topic);
+        await this.subscribe(filter);
       } catch (error) {
         set.delete(handler);
-        if (set.size === 0) this.topicHandlers.delete(topic);
+        if (set.size === 0) this.setHandlers(filter, null);
         throw error;
       }
     }
     return () => {
-      const current = this.topicHandlers.get(topic);
+      const current = this.topicHandlers.get(filter);
       if (!current) return;
       current.delete(handler);
       if (current.size === 0) {
-        this.topicHandlers.delete(topic);
-        if (!this.closed && this.client.connected) this.client.unsubscribe(topic);
+        this.setHandlers(filter, null);
+        // Also while disconnected: MQTT.js then drops it from the topics it subscribes again.
+        if (!this.closed) this.client.unsubscribe(filter);
       }
     };
   }
 
-  private async subscribe(topic: string): Promise<void> {
-    let granted: ISubscriptionGrant[];
-    try {
-      granted = await this.client.subscribeAsync(topic, { qos: 1 });
-    } catch (error) {
-      throw new ClientError('FORBIDDEN', `the hub refused the subscription to ${topic}`, { cause: error });
-    }
-    if (granted.some((g) => g.qos === 128)) throw new ClientError('FORBIDDEN', `the hub refused the subscription to ${topic}`);
+  private setHandlers(filter: string, set: Set<TopicHandler> | null): void {
+    if (set) this.topicHandlers.set(filter, set);
+    else this.topicHandlers.delete(filter);
+    this.wildcards = [...this.topicHandlers.keys()].filter((f) => f.includes('+') || f.includes('#'));
   }
 
+  /**
+   * Subscribes once connected. MQTT.js drops a subscription whose connection is lost before the
+   * SUBACK (and subscribes again only after a connection that worked), so it is sent again then.
+   */
+  private async subscribe(topic: string, qos: 0 | 1 = 1): Promise<void> {
+    for (;;) {
+      await this.whenConnected();
+      let granted: ISubscriptionGrant[];
+      try {
+        granted = await this.client.subscribeAsync(topic, { qos });
+      } catch (error) {
+        if (!this.closed && !this.client.connected && this.settings.reconnectPeriodMs > 0) continue;
+        throw new ClientError('FORBIDDEN', `the hub refused the subscription to ${topic}`, { cause: error });
+      }
+      if (granted.some((g) => g.qos === 128)) throw new ClientError('FORBIDDEN', `the hub refused the subscription to ${topic}`);
+      return;
+    }
+  }
+
+  /** Resolves when connected; rejects with NOT_CONNECTED when closed, or when it will not reconnect. */
+  private whenConnected(): Promise<void> {
+    if (this.client.connected) return Promise.resolve();
+    if (this.closed || this.settings.reconnectPeriodMs <= 0) return Promise.reject(new ClientError('NOT_CONNECTED', 'not connected to the hub'));
+    return new Promise((resolve, reject) => {
+      const onConnect = () => {
+        this.client.off('end', onEnd);
+        resolve();
+      };
+      const onEnd = () => {
+        this.client.off('connect', onConnect);
+        reject(new ClientError('NOT_CONNECTED', 'the client was closed'));
+      };
+      this.client.once('connect', onConnect);
+      this.client.once('end', onEnd);
+    });
+  }
+
+  /** Arms the timer that ends the burst `settleMs` after its last status (one timer, not one per status). */
   private armSettle(): void {
-    if (this.settled || this.closed) return;
-    if (this.settleTimer) clearTimeout(this.settleTimer);
+    if (this.settled || this.closed || this.settleTimer) return;
+    const wait = this.lastStatusAt + this.settings.settleMs - Date.now();
     this.settleTimer = setTimeout(() => {
       this.settleTimer = null;
+      if (Date.now() - this.lastStatusAt < this.settings.settleMs) return this.armSettle();
       this.settled = true;
       for (const waiter of this.settledWaiters.splice(0)) waiter();
-    }, this.settleMs);
+    }, Math.max(0, wait));
   }
 
   private whenSettled(): Promise<void> {
@@ -273,7 +404,11 @@ export class HubClient extends Emitter<HubClientEvents> {
     const parsed = this.topics.parseDeviceTopic(topic);
     if (parsed?.kind === 'status') return this.onStatus(parsed.id, payload);
     const handlers = this.topicHandlers.get(topic);
-    if (handlers) for (const handler of [...handlers]) handler(payload);
+    if (handlers) for (const handler of [...handlers]) handler(payload, topic);
+    for (const filter of this.wildcards) {
+      if (filter === topic || !topicMatches(filter, topic)) continue;
+      for (const handler of [...(this.topicHandlers.get(filter) ?? [])]) handler(payload, topic);
+    }
   }
 
   private onReply(payload: string): void {
@@ -303,7 +438,10 @@ export class HubClient extends Emitter<HubClientEvents> {
   }
 
   private onStatus(id: string, payload: string): void {
-    if (!this.settled) this.armSettle();
+    if (!this.settled) {
+      this.lastStatusAt = Date.now();
+      this.armSettle();
+    }
     if (payload.length === 0) {
       // A removed device: the hub cleared its retained status.
       this.statuses.delete(id);
@@ -317,16 +455,18 @@ export class HubClient extends Emitter<HubClientEvents> {
       return;
     }
     if (typeof raw.online !== 'boolean') return;
-    const status: DeviceStatus = {
+    // Frozen, so the one snapshot can be handed to every 'status' listener: a burst of 20000
+    // statuses makes no copies.
+    const status: Readonly<DeviceStatus> = Object.freeze({
       id,
       online: raw.online,
       since: typeof raw.since === 'string' ? raw.since : '',
       transport: typeof raw.transport === 'string' ? (raw.transport as DeviceStatus['transport']) : null,
-      tags: Array.isArray(raw.tags) ? raw.tags.filter((t): t is string => typeof t === 'string') : [],
-    };
+      tags: Object.freeze(Array.isArray(raw.tags) ? (raw.tags.every(isString) ? raw.tags : raw.tags.filter(isString)) : []) as string[],
+    });
     const before = this.statuses.get(id);
     this.statuses.set(id, status);
-    this.emit('status', id, copyStatus(status));
+    this.emit('status', id, status);
     // Presence events: changes seen after the retained burst at connect has settled.
     if (this.settled && (!before || before.online !== status.online || before.since !== status.since)) {
       this.emit(status.online ? 'online' : 'offline', id, copyStatus(status));
@@ -384,22 +524,35 @@ export class Jobs {
   }
 
   /**
-   * Follows a job's retained status topic, calling `onProgress` with every status, and
-   * resolves with the final one (not running, nothing queued or sent). Pass an AbortSignal
-   * to stop watching early (the promise then rejects with the signal's reason).
+   * Follows the retained `P/jobs/{id}/status` of one job, or of every job (`id` null): `onStatus`
+   * gets the current status at once (it is retained), then each change, across reconnects,
+   * until the returned function is called. Resolves once subscribed.
    */
-  async watch(id: string, onProgress?: (status: JobStatus) => void, options: { signal?: AbortSignal } = {}): Promise<JobStatus> {
-    const topic = this.hub.topics.jobStatus(id);
-    let settle!: { resolve: (s: JobStatus) => void; reject: (e: unknown) => void };
-    const finished = new Promise<JobStatus>((resolve, reject) => (settle = { resolve, reject }));
-    const stop = await this.hub.watchTopic(topic, (payload) => {
+  follow(id: string | null, onStatus: (status: JobStatus) => void): Promise<() => void> {
+    const topics = this.hub.topics;
+    return this.hub.watchTopic(topics.jobStatus(id ?? '+'), (payload, topic) => {
       let status: JobStatus;
       try {
         status = JSON.parse(payload) as JobStatus;
       } catch {
         return;
       }
-      if (!status || typeof status !== 'object' || !status.counts) return;
+      if (!status || typeof status !== 'object' || typeof status.counts !== 'object' || status.counts === null) return;
+      // A status names its own job: ignore one that does not match its topic.
+      if (typeof status.id !== 'string' || topic !== topics.jobStatus(status.id)) return;
+      onStatus(status);
+    });
+  }
+
+  /**
+   * Follows a job's retained status topic, calling `onProgress` with every status, and
+   * resolves with the final one (not running, nothing queued or sent). Pass an AbortSignal
+   * to stop watching early (the promise then rejects with the signal's reason).
+   */
+  async watch(id: string, onProgress?: (status: JobStatus) => void, options: { signal?: AbortSignal } = {}): Promise<JobStatus> {
+    let settle!: { resolve: (s: JobStatus) => void; reject: (e: unknown) => void };
+    const finished = new Promise<JobStatus>((resolve, reject) => (settle = { resolve, reject }));
+    const stop = await this.follow(id, (status) => {
       onProgress?.(status);
       if (isJobFinished(status)) settle.resolve(status);
     });

@@ -16,8 +16,12 @@ export function httpUrlFromMqttUrl(url: string): string | null {
 export class Rest {
   constructor(
     private readonly baseUrl: string | null,
-    private readonly token: string | undefined,
+    private token: string | undefined,
   ) {}
+
+  setToken(token: string): void {
+    this.token = token;
+  }
 
   async call<T>(method: 'GET' | 'POST', path: string, body?: unknown): Promise<T> {
     if (!this.baseUrl) {

@@ -2,6 +2,8 @@
  * What the SDK hands out: the wire contract's payloads (docs/protocol.md) in the SDK's shape.
  * Type-only imports, so nothing of the hub is bundled.
  */
+import type { IClientOptions } from 'mqtt';
+import type { ClientError } from './errors.js';
 import type { JobStatus } from '../protocol/jobs.js';
 import type { Order, Transport } from '../protocol/schemas.js';
 
@@ -26,6 +28,36 @@ export interface ConnectOptions {
   reconnectPeriodMs?: number;
   /** The quiet time that ends the burst of retained statuses (see `devices()`); default 200 ms. */
   settleMs?: number;
+  /**
+   * QoS of the subscription to `P/devices/+/status`; default 1. The statuses are retained and
+   * resent in full on every connect, so 0 spares a PUBACK for each of thousands of them.
+   */
+  statusQos?: 0 | 1;
+  /**
+   * false: connect() resolves at once, and the connection comes up (and is retried every
+   * `reconnectPeriodMs`, which must not be 0) in the background; the 'connect' event tells when.
+   * Default true: connect() waits for the first connection and rejects if it fails.
+   */
+  waitForConnection?: boolean;
+  /**
+   * Called when the hub refuses a connection attempt (CONNACK 4 or 5) after the first connect
+   * (with `waitForConnection: false`, the first attempt too), e.g. because a short-lived token
+   * expired: resolve with fresh credentials to reconnect with them after `reconnectPeriodMs`,
+   * or null to stay disconnected (an 'error' event follows). Without it, a refusal ends reconnection.
+   */
+  renewCredentials?: () => Promise<Credentials | null>;
+  /**
+   * Further MQTT.js client options, e.g. `{ keepalive: 30, timerVariant: 'worker' }` (a browser tab
+   * in the background throttles ordinary timers, not Web Worker ones). They override the SDK's
+   * defaults, but not the client id, protocol version, clean session or credentials.
+   */
+  mqttOptions?: Partial<IClientOptions>;
+}
+
+/** An API token (or another credential the hub accepts): MQTT user name and password. */
+export interface Credentials {
+  tokenName: string;
+  token: string;
 }
 
 export interface ExecOptions {
@@ -93,11 +125,18 @@ export interface HubClientEvents {
   online: (id: string, status: DeviceStatus) => void;
   /** A device went offline. */
   offline: (id: string, status: DeviceStatus) => void;
-  /** Every status message, the retained burst included; `status` is null when the device was removed. */
-  status: (id: string, status: DeviceStatus | null) => void;
+  /**
+   * Every status message, the retained burst included; `status` is null when the device was
+   * removed. The status is the SDK's own frozen snapshot (no copy is made per message).
+   */
+  status: (id: string, status: Readonly<DeviceStatus> | null) => void;
+  /** The first connection came up (only with `waitForConnection: false`: otherwise connect() resolves then). */
+  connect: () => void;
   /** The MQTT connection was lost or came back. */
   disconnect: () => void;
   reconnect: () => void;
+  /** A problem no call could report: the hub refused the connection for good, or (with `waitForConnection: false`) a subscription. */
+  error: (error: ClientError) => void;
 }
 
 /** True when a job has ended for good: not running, nothing queued or in flight. */
