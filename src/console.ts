@@ -1,6 +1,7 @@
 /**
- * Serves the web console (web/, compiled to dist/web/ by the build) and the MQTT.js browser
- * bundle it connects with, from the hub's own HTTP port: no CDN, works without internet.
+ * Serves the web console (web/, compiled to dist/web/ by the build), the client SDK it talks to
+ * the hub with and the MQTT.js browser bundle under that, from the hub's own HTTP port: no CDN,
+ * works without internet.
  */
 import { createHash } from 'node:crypto';
 import { existsSync, readFileSync } from 'node:fs';
@@ -10,6 +11,23 @@ import express, { type Express } from 'express';
 import { PACKAGE_ROOT } from './package-root.js';
 
 const require = createRequire(import.meta.url);
+
+/**
+ * The compiled modules of the client SDK (dist/src/) the console loads: the import map sends
+ * `rhizosphere/client` to /sdk/client/index.js, and its relative imports follow. Only these are
+ * served, nothing else of dist/ (the hub's own code stays private). Each imports no bare
+ * specifier but `mqtt`, and nothing Node-only.
+ */
+export const SDK_MODULES = [
+  'client/index.js',
+  'client/emitter.js',
+  'client/errors.js',
+  'client/rest.js',
+  'client/types.js',
+  'protocol/ids.js',
+  'protocol/topics.js',
+  'errors.js',
+] as const;
 
 /**
  * The Content-Security-Policy of the console: its own scripts only, plus the one inline
@@ -35,8 +53,10 @@ export function consoleContentSecurityPolicy(): string {
 export function mountConsole(app: Express): void {
   const webDir = join(PACKAGE_ROOT, 'web');
   const assetsDir = join(PACKAGE_ROOT, 'dist', 'web');
-  if (!existsSync(join(assetsDir, 'main.js'))) {
-    throw new Error(`the console is not built (${assetsDir} is missing): run npm run build`);
+  const sdkDir = join(PACKAGE_ROOT, 'dist', 'src');
+  const missing = [join(assetsDir, 'main.js'), ...SDK_MODULES.map((file) => join(sdkDir, file))].find((file) => !existsSync(file));
+  if (missing) {
+    throw new Error(`the console is not built (${missing} is missing): run npm run build`);
   }
   const mqttBundle = require.resolve('mqtt/dist/mqtt.esm');
   const noCache = { setHeaders: (res: express.Response) => res.setHeader('cache-control', 'no-cache') };
@@ -54,6 +74,12 @@ export function mountConsole(app: Express): void {
     res.sendFile(join(webDir, 'console.css'));
   });
   app.use('/assets', express.static(assetsDir, { ...noCache, index: false }));
+  for (const file of SDK_MODULES) {
+    app.get(`/sdk/${file}`, (_req, res) => {
+      res.setHeader('cache-control', 'no-cache');
+      res.type('text/javascript').sendFile(join(sdkDir, file));
+    });
+  }
   app.get('/vendor/mqtt.esm.js', (_req, res) => {
     res.setHeader('cache-control', 'public, max-age=3600');
     res.type('text/javascript').sendFile(mqttBundle);

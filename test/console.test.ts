@@ -34,6 +34,16 @@ describe('web console', () => {
 
     await expect.poll(() => page.locator('.device-row.online').count()).toBe(2);
     expect(await page.textContent('#counts')).toContain('2 online / 2 devices');
+
+    // The page talks to the hub through the client SDK: its compiled modules are served from an
+    // allow-list, and nothing else of dist/ is.
+    for (const path of ['/sdk/client/index.js', '/sdk/protocol/topics.js', '/sdk/errors.js']) {
+      const res = await fetch(`${hub.urls.http}${path}`);
+      expect([path, res.status, res.headers.get('content-type')]).toEqual([path, 200, expect.stringContaining('javascript')]);
+    }
+    for (const path of ['/sdk/hub.js', '/sdk/protocol/schemas.js', '/sdk/client/%2e%2e/hub.js', '/sdk/client/index.js.map', '/sdk/']) {
+      expect([path, (await fetch(`${hub.urls.http}${path}`)).status]).toEqual([path, 404]);
+    }
     await page.screenshot({ path: artifact('console-device-list.png') });
 
     await page.click('.device-row[data-id="pi-kitchen-01"]');

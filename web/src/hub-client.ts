@@ -1,26 +1,27 @@
 /**
- * The console's link to the hub: the device list from REST, then live statuses and the
- * command round trip over MQTT over WebSocket (docs/protocol.md), like any other client.
+ * The console's link to the hub: the device list from REST, then live statuses, the command
+ * round trip and job statuses through the client SDK (docs/sdk.md), like any other client.
+ * What is the console's own stays here: the connection badge, the session's short-lived MQTT
+ * token, and 'devices' events batched per animation frame.
  */
-import mqtt, { type MqttClient } from 'mqtt';
+import { ClientError, connect, type Credentials, type DeviceStatus, type ExecResult, type HubClient as SdkClient } from 'rhizosphere/client';
 import { getJson, goToLogin, LOGIN_NEEDED } from './api.js';
-import type { Device, HubInfo, JobStatus, Order, Reply, Session, Status } from './types.js';
+import type { Device, HubInfo, JobStatus, Order, Reply, Session } from './types.js';
 
 /** Called with each status of a watched job, the retained one first. */
 export type JobListener = (status: JobStatus) => void;
 
 export type ConnectionState = 'connecting' | 'connected' | 'reconnecting' | 'offline';
 
-interface Pending {
-  resolve: (reply: Reply) => void;
-  timer: number;
-  device: string;
-}
+/** Pause between connection attempts, also after the hub refused a token and a fresh one was fetched. */
+const RECONNECT_MS = 2000;
+/** The MQTT token is short-lived: renew it well before it expires, so reconnects keep working. */
+const TOKEN_RENEWAL_MS = 20 * 60 * 1000;
 
-/** Extra time the console waits beyond the hub's own timeout before it gives up on a reply. */
-const REPLY_GRACE_MS = 5000;
-/** Pause before connecting again with a renewed token, so a hub that keeps refusing is not hammered. */
-const REFUSED_RETRY_MS = 2000;
+interface InFlight {
+  device: string;
+  settle: (reply: Reply) => void;
+}
 
 export class HubClient extends EventTarget {
   readonly devices = new Map<string, Device>();
@@ -30,78 +31,54 @@ export class HubClient extends EventTarget {
   idsVersion = 0;
   state: ConnectionState = 'connecting';
   info: HubInfo = { topicPrefix: 'rhizosphere', version: '' };
-  private client: MqttClient | null = null;
-  private readonly clientId = `console-${crypto.randomUUID().slice(0, 8)}`;
-  private readonly pending = new Map<string, Pending>();
-  private sequence = 0;
-  private readonly decoder = new TextDecoder();
+  /** Who is logged in; start() rejects with LOGIN_NEEDED (api.ts) when nobody is. */
+  session: Session | null = null;
+  private sdk: SdkClient | null = null;
+  /** Commands waiting for their Reply: answered CONNECTION_LOST when the connection drops. */
+  private readonly inFlight = new Set<InFlight>();
   /** Devices changed since the last 'devices' event: events go out once per frame, not per message. */
   private readonly dirty = new Set<string>();
   private flush = 0;
-  /** Job status watchers by what they watch: a job id, or '+' for every job. */
-  private readonly jobWatches = new Map<string, Set<JobListener>>();
-
-  /** Who is logged in; start() rejects with LOGIN_NEEDED (api.ts) when nobody is. */
-  session: Session | null = null;
 
   async start(): Promise<void> {
     this.info = await getJson<HubInfo>('/api/hub');
     this.session = await getJson<Session>('/api/session');
     await this.loadDevices();
-    const url = `${location.protocol === 'https:' ? 'wss' : 'ws'}://${location.host}/mqtt`;
-    this.client = mqtt.connect(url, {
-      clientId: this.clientId,
-      protocolVersion: 4, // the hub's broker speaks MQTT 3.1.1
-      clean: true,
-      keepalive: 30,
-      reconnectPeriod: 2000,
-      connectTimeout: 10_000,
+    const credentials = credentialsOf(this.session);
+    const sdk = await connect(`${location.protocol === 'https:' ? 'wss' : 'ws'}://${location.host}/mqtt`, {
+      clientId: `console-${crypto.randomUUID().slice(0, 8)}`,
+      topicPrefix: this.info.topicPrefix,
+      // The badge says "connecting…" meanwhile, and attempts go on until one succeeds.
+      waitForConnection: false,
+      reconnectPeriodMs: RECONNECT_MS,
+      statusQos: 0,
       // Browsers throttle timers in background tabs to once a minute or less; Web Worker
       // timers are not throttled, so a console left in a background tab keeps its keepalive.
-      timerVariant: 'worker',
-      ...(this.session.mqtt ? { username: this.session.mqtt.username, password: this.session.mqtt.password } : {}),
+      mqttOptions: { keepalive: 30, timerVariant: 'worker' },
+      // The token may have expired, or a restarted hub no longer knows it.
+      ...(credentials ? { ...credentials, renewCredentials: () => this.freshCredentials() } : {}),
     });
-    // The MQTT token is short-lived: renew it well before it expires, so reconnects keep working.
-    if (this.session.mqtt) window.setInterval(() => void this.renewToken(), 20 * 60 * 1000);
-    this.client.on('connect', () => this.onConnect());
-    this.client.on('reconnect', () => this.setState('reconnecting'));
-    this.client.on('close', () => this.onClose());
-    this.client.on('message', (topic, payload) => this.onMessage(topic, payload));
-    this.client.on('error', (error) => this.onError(error as Error & { code?: number }));
+    this.sdk = sdk;
+    sdk.on('status', (id, status) => (status ? this.applyStatus(id, status) : this.forget(id)));
+    sdk.on('connect', () => this.onConnect(false));
+    sdk.on('reconnect', () => this.onConnect(true));
+    sdk.on('disconnect', () => this.onDisconnect());
+    sdk.on('error', (error) => console.warn(error.message));
+    if (credentials) {
+      window.setInterval(() => void this.freshCredentials().then((fresh) => fresh && sdk.setCredentials(fresh.tokenName, fresh.token)), TOKEN_RENEWAL_MS);
+    }
     window.addEventListener('offline', () => this.setState('offline'));
-    window.addEventListener('online', () => this.client?.reconnect());
+    window.addEventListener('online', () => this.setState(sdk.connected ? 'connected' : 'reconnecting'));
   }
 
-  /** Fetches a fresh MQTT token; true when the client now holds one. */
-  private async renewToken(): Promise<boolean> {
+  /** A fresh MQTT token from the session, or null; a session that has ended sends the page to /login. */
+  private async freshCredentials(): Promise<Credentials | null> {
     try {
-      const session = await getJson<Session>('/api/session');
-      if (session.mqtt && this.client) {
-        this.client.options.username = session.mqtt.username;
-        this.client.options.password = session.mqtt.password;
-        return true;
-      }
+      return credentialsOf(await getJson<Session>('/api/session'));
     } catch (error) {
       if ((error as Error).message === LOGIN_NEEDED) goToLogin();
+      return null;
     }
-    return false;
-  }
-
-  /**
-   * The hub refused the connection (CONNACK 4 or 5): MQTT.js then stops reconnecting. The
-   * token may have expired, or a restarted hub no longer knows it: renew it and try again;
-   * a session that has ended sends the page to /login instead.
-   */
-  private onError(error: Error & { code?: number }): void {
-    if (error.code !== 4 && error.code !== 5) return;
-    if (!this.session?.mqtt) return;
-    void this.renewToken().then((renewed) => {
-      if (renewed) window.setTimeout(() => this.client?.reconnect(), REFUSED_RETRY_MS);
-    });
-  }
-
-  private get responseTopic(): string {
-    return `${this.info.topicPrefix}/clients/${this.clientId}/response`;
   }
 
   private async loadDevices(): Promise<void> {
@@ -116,58 +93,32 @@ export class HubClient extends EventTarget {
     this.changed();
   }
 
-  private onConnect(): void {
-    const wasReconnect = this.state !== 'connecting';
+  /** The SDK subscribes again by itself (statuses come as a retained burst), job watches included. */
+  private onConnect(again: boolean): void {
     this.setState('connected');
-    // Statuses are retained and resent in full on every connect: QoS 0 spares a PUBACK for
-    // each of thousands of them. Replies are not retained, so they get QoS 1.
-    this.client!.subscribe(`${this.info.topicPrefix}/devices/+/status`, { qos: 0 });
-    this.client!.subscribe(this.responseTopic, { qos: 1 });
-    for (const key of this.jobWatches.keys()) this.client!.subscribe(this.jobTopic(key), { qos: 1 });
     // Devices that first connected while the console was away are in the registry.
-    if (wasReconnect) void this.loadDevices().catch(() => {});
+    if (again) void this.loadDevices().catch(() => {});
   }
 
-  private onClose(): void {
+  private onDisconnect(): void {
     if (this.state !== 'offline') this.setState('reconnecting');
     // Replies addressed to this connection are lost with it.
-    for (const [id, pending] of this.pending) {
-      this.settle(id, { type: 'response', id, device: pending.device, status: 'error', code: 'CONNECTION_LOST', message: 'the connection to the hub was lost before the reply came' });
+    for (const entry of [...this.inFlight]) {
+      entry.settle(errorReply(entry.device, 'CONNECTION_LOST', 'the connection to the hub was lost before the reply came'));
     }
   }
 
-  private onMessage(topic: string, payload: Uint8Array): void {
-    const removed = payload.length === 0 && /\/devices\/([^/]+)\/status$/.exec(topic);
-    if (removed && removed[1]) return this.forget(removed[1]);
-    let body: unknown;
-    try {
-      body = JSON.parse(this.decoder.decode(payload));
-    } catch {
-      return;
-    }
-    const job = /\/jobs\/([^/]+)\/status$/.exec(topic);
-    if (job?.[1] && topic === this.jobTopic(job[1])) return this.jobStatus(job[1], body as JobStatus);
-    if (topic === this.responseTopic) {
-      const reply = body as Reply;
-      if (reply.id) this.settle(reply.id, reply);
-      return;
-    }
-    const match = /\/devices\/([^/]+)\/status$/.exec(topic);
-    if (match?.[1]) this.applyStatus(match[1], body as Status);
-  }
-
-  private applyStatus(id: string, status: Status): void {
+  private applyStatus(id: string, status: Readonly<DeviceStatus>): void {
     let device = this.devices.get(id);
     if (!device) {
       device = { id, online: false, transport: null, connectedAt: null, lastSeen: null, remoteAddress: null, tags: [] };
       this.devices.set(id, device);
       this.idsVersion++;
     }
-    const online = status.online === true;
-    if (online !== device.online) this.onlineCount += online ? 1 : -1;
-    device.online = online;
+    if (status.online !== device.online) this.onlineCount += status.online ? 1 : -1;
+    device.online = status.online;
     device.transport = status.transport ?? device.transport;
-    if (Array.isArray(status.tags)) device.tags = status.tags;
+    device.tags = status.tags;
     if (device.online) device.connectedAt = status.since;
     else device.lastSeen = status.since;
     this.changed(id);
@@ -189,57 +140,35 @@ export class HubClient extends EventTarget {
    * Returns the function that stops watching. Watches survive reconnects.
    */
   watchJobs(id: string | null, listener: JobListener): () => void {
-    const key = id ?? '+';
-    let listeners = this.jobWatches.get(key);
-    if (!listeners) {
-      listeners = new Set();
-      this.jobWatches.set(key, listeners);
-      if (this.client?.connected) this.client.subscribe(this.jobTopic(key), { qos: 1 });
-    }
-    listeners.add(listener);
+    let stop: (() => void) | null = null;
+    let stopped = false;
+    this.sdk?.jobs.follow(id, listener).then(
+      (unwatch) => (stopped ? unwatch() : (stop = unwatch)),
+      (error: Error) => console.warn(error.message),
+    );
     return () => {
-      const current = this.jobWatches.get(key);
-      if (!current?.delete(listener) || current.size > 0) return;
-      this.jobWatches.delete(key);
-      if (this.client?.connected) this.client.unsubscribe(this.jobTopic(key));
+      stopped = true;
+      stop?.();
     };
-  }
-
-  private jobTopic(key: string): string {
-    return `${this.info.topicPrefix}/jobs/${key}/status`;
-  }
-
-  private jobStatus(id: string, status: JobStatus): void {
-    if (!status || typeof status !== 'object' || status.id !== id || typeof status.counts !== 'object' || status.counts === null) return;
-    for (const key of [id, '+']) {
-      for (const listener of this.jobWatches.get(key) ?? []) listener(status);
-    }
   }
 
   /** Sends a command and resolves with the Reply (never rejects). */
   run(device: string, order: Order, cmd_str: string, timeout_ms: number): Promise<Reply> {
-    const id = `c${++this.sequence}-${Date.now().toString(36)}`;
+    const sdk = this.sdk;
+    if (!sdk?.connected) return Promise.resolve(errorReply(device, 'NOT_CONNECTED', 'the console is not connected to the hub'));
     return new Promise<Reply>((resolve) => {
-      const timer = window.setTimeout(
-        () => this.settle(id, { type: 'response', id, device, status: 'error', code: 'TIMEOUT', message: `no reply from the hub within ${Math.round((timeout_ms + REPLY_GRACE_MS) / 1000)} s` }),
-        timeout_ms + REPLY_GRACE_MS,
+      const entry: InFlight = {
+        device,
+        settle: (reply) => {
+          if (this.inFlight.delete(entry)) resolve(reply);
+        },
+      };
+      this.inFlight.add(entry);
+      sdk.exec(device, cmd_str, { order, timeoutMs: timeout_ms }).then(
+        (result) => entry.settle(okReply(result)),
+        (error: unknown) => entry.settle(error instanceof ClientError ? errorReply(device, error.code, error.message) : errorReply(device, 'INTERNAL', String(error))),
       );
-      this.pending.set(id, { resolve, timer, device });
-      if (!this.client?.connected) {
-        this.settle(id, { type: 'response', id, device, status: 'error', code: 'NOT_CONNECTED', message: 'the console is not connected to the hub' });
-        return;
-      }
-      const request = { type: 'command', id, device, order, cmd_str, timeout_ms };
-      this.client.publish(`${this.info.topicPrefix}/clients/${this.clientId}/request`, JSON.stringify(request), { qos: 1 });
     });
-  }
-
-  private settle(id: string, reply: Reply): void {
-    const pending = this.pending.get(id);
-    if (!pending) return;
-    this.pending.delete(id);
-    window.clearTimeout(pending.timer);
-    pending.resolve(reply);
   }
 
   private setState(state: ConnectionState): void {
@@ -264,4 +193,27 @@ export class HubClient extends EventTarget {
       this.dispatchEvent(new CustomEvent<ReadonlySet<string> | null>('devices', { detail: ids }));
     });
   }
+}
+
+/** The session's MQTT credentials; null with anonymous access. */
+function credentialsOf(session: Session): Credentials | null {
+  return session.mqtt ? { tokenName: session.mqtt.username, token: session.mqtt.password } : null;
+}
+
+function okReply(result: ExecResult): Reply {
+  return {
+    type: 'response',
+    id: null,
+    device: result.device,
+    status: 'ok',
+    result: result.result,
+    error: result.error,
+    exit_code: result.exitCode,
+    duration_ms: result.durationMs,
+    truncated: result.truncated,
+  };
+}
+
+function errorReply(device: string, code: string, message: string): Reply {
+  return { type: 'response', id: null, device, status: 'error', code, message };
 }

@@ -17,13 +17,6 @@ export interface Device {
   tags: string[];
 }
 
-export interface Status {
-  online: boolean;
-  since: string;
-  transport: string | null;
-  tags?: string[];
-}
-
 export interface OkReply {
   type: 'response';
   id: string | null;
