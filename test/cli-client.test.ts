@@ -80,18 +80,20 @@ describe('rhizosphere client commands', () => {
     for (const word of ['rhizosphere exec', 'rhizosphere devices', 'rhizosphere run', 'RHIZOSPHERE_TOKEN']) expect(help.stdout).toContain(word);
   });
 
-  it('devices: a table, or one JSON object', async () => {
+  it('devices: a table, or one JSON object, filtered by tags and online state', async () => {
     const hub = await startTestHub({ allowAnonymous: false });
-    await startAgents(hub, ['dev-a'], hub.urls.mqtt, ['--token', hub.stores.devices.add('dev-a')]);
+    await startAgents(hub, ['dev-a'], hub.urls.mqtt, ['--token', hub.stores.devices.add('dev-a', ['kitchen']), '--tag', 'pi4']);
     const b = await startAgents(hub, ['dev-b'], hub.urls.ws, ['--token', hub.stores.devices.add('dev-b')]);
     b[0]!.child.kill('SIGKILL');
     await waitFor(() => hub.device('dev-b')?.online === false, { what: 'dev-b offline' });
     const env = { RHIZOSPHERE_TOKEN_NAME: 'dash', RHIZOSPHERE_TOKEN: hub.stores.tokens.add('dash', 'viewer') };
 
-    const [json, text, online] = await Promise.all([
+    await waitFor(() => hub.device('dev-a')?.tags.includes('pi4'), { what: 'dev-a declared its tag' });
+    const [json, text, online, tagged] = await Promise.all([
       cli(['devices', '--url', hub.urls.mqtt, '--json'], env),
       cli(['devices', '--url', hub.urls.ws], env),
       cli(['devices', '--url', hub.urls.mqtt, '--online', '--json'], env),
+      cli(['devices', '--url', hub.urls.mqtt, '--tag', 'kitchen', '--tag', 'pi4', '--json'], env),
     ]);
     expect(json.status).toBe(0);
     expect(json.stdout.trim().split('\n')).toHaveLength(1);
@@ -102,10 +104,11 @@ describe('rhizosphere client commands', () => {
     ]);
     expect(text.status).toBe(0);
     const lines = text.stdout.trim().split('\n');
-    expect(lines[0]).toMatch(/^ID\s+ONLINE\s+TRANSPORT\s+SINCE$/);
-    expect(lines[1]).toMatch(/^dev-a\s+yes\s+mqtt\s+\d{4}-\d\d-\d\dT/);
-    expect(lines[2]).toMatch(/^dev-b\s+no\s+mqtt-ws\s+\d{4}-/);
+    expect(lines[0]).toMatch(/^ID\s+ONLINE\s+TRANSPORT\s+SINCE\s+TAGS$/);
+    expect(lines[1]).toMatch(/^dev-a\s+yes\s+mqtt\s+\d{4}-\d\d-\d\dT\S+\s+kitchen,pi4$/);
+    expect(lines[2]).toMatch(/^dev-b\s+no\s+mqtt-ws\s+\d{4}-\S+\s+-$/);
     expect((JSON.parse(online.stdout) as typeof parsed).devices.map((d) => d.id)).toEqual(['dev-a']);
+    expect((JSON.parse(tagged.stdout) as typeof parsed).devices.map((d) => d.id)).toEqual(['dev-a']);
   });
 
   it('run --tag: progress on stderr, a summary table on stdout, exit 0 only when every target succeeded', async () => {

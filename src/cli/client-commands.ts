@@ -5,7 +5,7 @@
  * `rhizosphere: CODE: message` and exits 1; bad usage exits 2 (one line on stderr).
  */
 import { parseArgs } from 'node:util';
-import { ClientError, connect, httpUrlFromMqttUrl, type ConnectOptions, type HubClient, type JobCounts, type JobStatus, type JobView, type Order } from '../client/index.js';
+import { ClientError, connect, httpUrlFromMqttUrl, type ConnectOptions, type DeviceSelector, type HubClient, type JobCounts, type JobStatus, type JobView, type Order } from '../client/index.js';
 import { TIMEOUT_MS_MAX, TIMEOUT_MS_MIN } from '../protocol/schemas.js';
 import { parseArgsProblem } from './args.js';
 
@@ -17,8 +17,8 @@ export const CLIENT_USAGE = `Client commands (talk to a running hub; credentials
 token, or env RHIZOSPHERE_TOKEN_NAME and RHIZOSPHERE_TOKEN; --url also from env RHIZOSPHERE_URL):
   rhizosphere exec --url URL DEVICE -- CMD...  run CMD on DEVICE: its stdout and stderr, its exit status
         [--order exec|okng|no-return] [--timeout SECONDS]
-  rhizosphere devices --url URL [--online] [--json]
-                                             devices and their status (a table, or one JSON object)
+  rhizosphere devices --url URL [--tag T...] [--online] [--json]
+                                             devices, their status and tags (a table, or one JSON object)
   rhizosphere run --url URL [--http-url URL] (--tag T... | --device D... | --online | --all) -- CMD...
         [--concurrency N] [--timeout SECONDS] [--deadline SECONDS] [--order …]
                                              a fleet job: progress on stderr, a summary table on stdout;
@@ -102,7 +102,8 @@ export async function runClientCommand(argv: string[], env: NodeJS.ProcessEnv, i
   }
   if (command === 'devices') {
     if (positionals.length > 0 || after.length > 0) throw new ClientUsageError(`devices: unexpected argument "${positionals[0] ?? after[0]}"`);
-    return withHub(url, connectOptions, (hub) => devicesCommand(hub, { online: v.online, json: v.json === true }, io));
+    const selector = { ...(v.online ? { online: true } : {}), ...(v.tag ? { tags: v.tag } : {}) };
+    return withHub(url, connectOptions, (hub) => devicesCommand(hub, selector, v.json === true, io));
   }
   if (command === 'run') {
     if (positionals.length > 0 && dashdash >= 0) throw new ClientUsageError(`run: unexpected argument "${positionals[0]}" before --`);
@@ -157,14 +158,14 @@ async function execCommand(hub: HubClient, device: string, cmd: string, options:
   return reply.exitCode ?? 0;
 }
 
-async function devicesCommand(hub: HubClient, options: { online?: boolean; json: boolean }, io: ClientIo): Promise<number> {
-  const devices = await hub.devices(options.online ? { online: true } : {});
-  if (options.json) {
+async function devicesCommand(hub: HubClient, selector: DeviceSelector, json: boolean, io: ClientIo): Promise<number> {
+  const devices = await hub.devices(selector);
+  if (json) {
     io.out(`${JSON.stringify({ devices })}\n`);
     return 0;
   }
-  const rows = devices.map((d) => [d.id, d.online ? 'yes' : 'no', d.transport ?? '-', d.since || '-']);
-  io.out(table(['ID', 'ONLINE', 'TRANSPORT', 'SINCE'], rows));
+  const rows = devices.map((d) => [d.id, d.online ? 'yes' : 'no', d.transport ?? '-', d.since || '-', d.tags.join(',') || '-']);
+  io.out(table(['ID', 'ONLINE', 'TRANSPORT', 'SINCE', 'TAGS'], rows));
   return 0;
 }
 
