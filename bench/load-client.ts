@@ -63,6 +63,7 @@ export type FromLoad = { type: 'mark' } | { type: 'roundtrips'; result: RoundTri
 
 const COMMAND = { order: 'exec_bash', cmd_str: 'true', timeout_ms: 30_000 };
 const STALL_MS = 15_000;
+const FANOUT_STALL_MS = 60_000;
 
 function send(message: FromLoad): void {
   process.send?.(message);
@@ -173,8 +174,9 @@ async function roundTrips(spec: RoundTripSpec): Promise<RoundTripResult> {
 
 async function fanOutHub(spec: FanOutSpec): Promise<FanOutResult> {
   const statuses = new Map<string, { state: string; counts: { succeeded: number; failed: number; timed_out: number } }>();
-  let waiting: { id: string; resolve: (r: FanOutResult) => void } | null = null;
+  let waiting: { id: string; resolve: (r: FanOutResult) => void; reject: (e: Error) => void } | null = null;
   let t0 = 0;
+  let lastChange = performance.now();
   const check = () => {
     const status = waiting && statuses.get(waiting.id);
     if (!waiting || !status || status.state === 'running') return;
@@ -186,9 +188,15 @@ async function fanOutHub(spec: FanOutSpec): Promise<FanOutResult> {
     (_topic, payload) => {
       const status = JSON.parse(payload.toString('utf8')) as { id: string; state: string; counts: { succeeded: number; failed: number; timed_out: number } };
       statuses.set(status.id, status);
+      lastChange = performance.now();
       check();
     },
+    () => waiting?.reject(new Error('the status connection dropped')),
   );
+  // A job that stops making progress fails with its last counts rather than at the phase limit.
+  const watchdog = setInterval(() => {
+    if (waiting && performance.now() - lastChange > FANOUT_STALL_MS) waiting.reject(new Error(`job ${waiting.id}: no progress for ${FANOUT_STALL_MS / 1000} s; last status ${JSON.stringify(statuses.get(waiting.id) ?? null)}`));
+  }, 1000);
   try {
     t0 = performance.now();
     const response = await fetch(`${spec.httpUrl}/api/jobs`, {
@@ -198,11 +206,13 @@ async function fanOutHub(spec: FanOutSpec): Promise<FanOutResult> {
     });
     const body = (await response.json()) as { id?: string; message?: string };
     if (response.status !== 201 || !body.id) throw new Error(`POST /api/jobs answered ${response.status}: ${JSON.stringify(body)}`);
-    return await new Promise<FanOutResult>((resolve) => {
-      waiting = { id: body.id!, resolve };
+    return await new Promise<FanOutResult>((resolve, reject) => {
+      waiting = { id: body.id!, resolve, reject };
+      lastChange = performance.now();
       check();
     });
   } finally {
+    clearInterval(watchdog);
     conn.close();
   }
 }
@@ -213,14 +223,21 @@ async function fanOutBare(spec: FanOutSpec): Promise<FanOutResult> {
   let t0 = 0;
   let done: (r: FanOutResult) => void = () => {};
   const finished = new Promise<FanOutResult>((resolve) => (done = resolve));
-  const conn = await connectAndSubscribe({ url: spec.url, clientId: `bench-fanout-${process.pid}`, clean: true, keepalive: 60 }, [topics.allResponses], (_topic, payload) => {
-    const id = parseReply(payload).id;
-    if (typeof id === 'string' && pending.delete(id) && ++answered === spec.expected) done({ seconds: (performance.now() - t0) / 1000, succeeded: answered, failed: 0 });
-  });
+  let lost: (e: Error) => void = () => {};
+  const dropped = new Promise<never>((_, reject) => (lost = reject));
+  const conn = await connectAndSubscribe(
+    { url: spec.url, clientId: `bench-fanout-${process.pid}`, clean: true, keepalive: 60 },
+    [topics.allResponses],
+    (_topic, payload) => {
+      const id = parseReply(payload).id;
+      if (typeof id === 'string' && pending.delete(id) && ++answered === spec.expected) done({ seconds: (performance.now() - t0) / 1000, succeeded: answered, failed: 0 });
+    },
+    () => lost(new Error(`the fan-out connection dropped after ${answered} answers`)),
+  );
   try {
     t0 = performance.now();
     spec.devices.forEach((device, i) => conn.publish(topics.command(device), JSON.stringify({ type: 'command', id: `f${i}`, ...COMMAND }), 1));
-    return await finished;
+    return await Promise.race([finished, dropped]);
   } finally {
     conn.close();
   }

@@ -153,12 +153,20 @@ export class MqttConn {
   }
 }
 
-/** Resolves on CONNACK 0 and SUBACK of every filter; rejects on refusal or close. */
+/**
+ * Resolves on CONNACK 0 and SUBACK of every filter; rejects on refusal or close. The
+ * connection pings by itself when it has sent nothing for half its keepalive: a client that
+ * only listens (a long fan-out) would otherwise be dropped by the broker.
+ */
 export function connectAndSubscribe(options: ConnectOptions, filters: string[], onPublish: (topic: string, payload: Buffer) => void, onLost?: () => void): Promise<MqttConn> {
+  const halfKeepaliveMs = ((options.keepalive ?? 60) * 1000) / 2;
+  const pinger = setInterval(() => conn.open && Date.now() - conn.lastWrite > halfKeepaliveMs && conn.ping(), 1000);
+  pinger.unref();
+  let conn: MqttConn;
   return new Promise((resolve, reject) => {
     let settled = false;
     let awaiting = filters.length;
-    const conn = new MqttConn(options, {
+    conn = new MqttConn(options, {
       onConnack: (code) => {
         if (code !== 0) {
           settled = true;
@@ -184,6 +192,7 @@ export function connectAndSubscribe(options: ConnectOptions, filters: string[], 
       },
       onPublish,
       onClose: (error) => {
+        clearInterval(pinger);
         if (!settled) reject(new Error(`${options.clientId}: connection closed${error ? `: ${error.message}` : ''}`));
         else onLost?.();
         settled = true;
