@@ -286,6 +286,8 @@ async function runTarget(session: Session, name: TargetName): Promise<TargetResu
   } catch (error) {
     const message = (error as Error).message;
     log(name, `FAILED: ${message}`);
+    const tail = children[0]?.tail();
+    if (tail) log(name, `its last output:\n${tail}`);
     return { figures: rounded(figures), error: message };
   } finally {
     // Devices first, so that the broker does not spend the stop on thousands of disconnects.
