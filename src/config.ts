@@ -40,6 +40,12 @@ export const SETTINGS = {
   mqttsPort: { flag: 'mqtts-port', type: 'number', help: 'MQTT over TLS port, used with --tls-cert (0 = any free port)', default: 8883 },
   requireClientCert: { flag: 'require-client-cert', type: 'boolean', help: 'on --mqtts-port, accept only devices with a certificate signed by --tls-ca', default: false },
   enrollKey: { flag: 'enroll-key', type: 'string', help: 'a shared key with which unknown devices may ask to join; they wait as pending until an admin accepts them', default: '' },
+  maxClientBufferBytes: {
+    flag: 'max-client-buffer-bytes',
+    type: 'number',
+    help: 'unsent bytes the hub keeps for one MQTT connection; a connection that reads slower is closed, so it never holds up the others',
+    default: 16 * 1024 * 1024,
+  },
   maxPublishRate: { flag: 'max-publish-rate', type: 'number', help: 'publishes a second one connection may keep up (bursts of twice that); 0 = no limit', default: 1000 },
   readyMaxLagMs: { flag: 'ready-max-lag-ms', type: 'number', help: 'event-loop delay (p99 over the last seconds, in ms) above which GET /readyz answers 503', default: 1000 },
   allowedOrigins: { flag: 'allowed-origins', type: 'string', help: 'other web origins whose pages may open WebSockets to the hub, comma-separated (the hub\'s own always may)', default: '' },
@@ -96,6 +102,7 @@ export const ConfigSchema = z.strictObject({
   enrollKey: z.string({ error: () => 'must be a string' }).refine((key) => key === '' || (key.length >= 16 && !key.includes('.')), {
     error: 'must be at least 16 characters, without "."',
   }),
+  maxClientBufferBytes: positiveInt(64 * 1024),
   maxPublishRate: z.number({ error: () => 'must be a number' }).int({ error: 'must be a whole number' }).min(0, { error: 'must be 0 (no limit) or more' }),
   readyMaxLagMs: positiveInt(10),
   allowedOrigins: z.string({ error: () => 'must be a comma-separated list of origins' }).superRefine((value, ctx) => {

@@ -11,7 +11,7 @@ import type { IncomingMessage } from 'node:http';
 import type { Duplex } from 'node:stream';
 import { Aedes, type Client } from 'aedes';
 import { limitPacketSize } from './packet-limit.js';
-import { coalesceWrites } from './write-coalescing.js';
+import { governWrites } from './outbound.js';
 import { attachLegacyBridge } from '../bridge/legacy.js';
 import { bridgeMqttRequests } from '../bridge/mqtt-requests.js';
 import { restRouter, type HubInfo } from '../bridge/rest.js';
@@ -387,8 +387,16 @@ export async function startHub(options: HubOptions = {}): Promise<Hub> {
     // Every MQTT connection, whatever carries it, goes through the packet size guard.
     const maxPacketBytes = Math.max(config.maxPayloadBytes, config.maxResponseBytes) + 64 * 1024;
     const handle = (stream: Duplex, req?: IncomingMessage) => {
-      coalesceWrites(stream);
-      const client = broker.handle(stream, req);
+      let client: Client | undefined;
+      governWrites(stream, {
+        maxBufferedBytes: config.maxClientBufferBytes,
+        onTooSlow: (buffered) =>
+          log.warn(
+            { code: 'BUSY', clientId: client?.id, buffered, limit: config.maxClientBufferBytes },
+            'connection closed: the client reads too slowly (its unsent data passed --max-client-buffer-bytes)',
+          ),
+      });
+      client = broker.handle(stream, req);
       limitPacketSize(client, maxPacketBytes, (declared) =>
         log.warn({ code: 'PAYLOAD_TOO_LARGE', clientId: client.id, declared, limit: maxPacketBytes }, 'connection closed: MQTT packet over the size limit'),
       );
