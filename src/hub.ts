@@ -295,7 +295,16 @@ export async function startHub(options: HubOptions = {}): Promise<Hub> {
     const access = createAccess({ topics, log, auth, certificateIdOf, onAuthenticated: (client) => noteAuthenticated(client), maxPublishRate: config.maxPublishRate });
     const metrics = new HubMetrics();
     // authorizeForward runs once per delivery to a subscriber: where outgoing messages are counted.
-    const broker = await Aedes.createBroker({ ...access.hooks, authorizeForward: metrics.forwarded });
+    const broker = await Aedes.createBroker({
+      ...access.hooks,
+      authorizeForward: metrics.forwarded,
+      // No cap on messages being delivered at once (0). With Aedes' default cap of 100, the
+      // messages past it wait in a queue, and the queue is drained by recursion: thousands of
+      // messages nobody subscribes to (device responses, during a fan-out to 10000 devices)
+      // overflowed the stack. The inflow stays bounded anyway: the broker reads one packet at
+      // a time from each connection, and outbound.ts bounds what waits for each reader.
+      concurrency: 0,
+    });
     broker.on('connectionError', (client, error) => log.debug({ clientId: client?.id, err: error.message }, 'connection error'));
 
     // A null status clears the retained message (a removed device).

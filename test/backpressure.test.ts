@@ -72,4 +72,19 @@ describe('backpressure', () => {
     expect(rssMiB() - before).toBeLessThan(200);
     expect(hub.device('pi-01')?.online).toBe(true);
   });
+
+  it('delivers a burst of thousands of messages, most of them to nobody, without overflowing the stack', async () => {
+    // A fan-out to 10000+ devices looks like this to the broker: many commands in delivery at
+    // once, and behind them thousands of responses that no MQTT client subscribes to.
+    const hub = await startTestHub();
+    const subscriber = await connectMqtt(hub.urls.mqtt, { clientId: 'watcher' });
+    await subscriber.subscribeAsync('rhizosphere/handlers/burst/#', { qos: 0 });
+    let done = 0;
+    const publish = (topic: string) =>
+      hub.broker.publish({ cmd: 'publish', topic, payload: Buffer.from('x'), qos: 0, retain: false, dup: false }, () => void done++);
+    for (let i = 0; i < 200; i++) publish('rhizosphere/handlers/burst/seen');
+    for (let i = 0; i < 30_000; i++) publish('rhizosphere/handlers/nobody/listens');
+    await waitFor(() => done === 30_200, { what: 'every publish completed' });
+    expect(hub.broker.closed).toBe(false);
+  });
 });
