@@ -169,8 +169,10 @@ class CapturedRun {
     // bash is done: the deadline no longer applies, only late output may still come.
     if (this.deadlineTimer) this.cancel(this.deadlineTimer);
     // A background child (`sleep 100 & echo hi`) can hold the pipes open long after
-    // bash is gone; answer with what came so far instead of waiting for it.
-    this.after(LATE_OUTPUT_WAIT_MS, () => this.finish());
+    // bash is gone; answer with what came so far instead of waiting for it. The answer waits
+    // for one more turn of the event loop's I/O (setImmediate): on a busy machine the timer
+    // can be due before the pipes' last bytes and end, already waiting, have been read.
+    this.after(LATE_OUTPUT_WAIT_MS, () => setImmediate(() => this.finish()));
   }
 
   private failToStart(err: unknown): void {
