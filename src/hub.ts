@@ -12,6 +12,7 @@ import type { Duplex } from 'node:stream';
 import { Aedes, type Client } from 'aedes';
 import { limitPacketSize } from './packet-limit.js';
 import { governWrites } from './outbound.js';
+import { indexedMemoryPersistence } from './retained-index.js';
 import { attachLegacyBridge } from '../bridge/legacy.js';
 import { bridgeMqttRequests } from '../bridge/mqtt-requests.js';
 import { restRouter, type HubInfo } from '../bridge/rest.js';
@@ -296,6 +297,7 @@ export async function startHub(options: HubOptions = {}): Promise<Hub> {
     const metrics = new HubMetrics();
     // authorizeForward runs once per delivery to a subscriber: where outgoing messages are counted.
     const broker = await Aedes.createBroker({
+      persistence: indexedMemoryPersistence(),
       ...access.hooks,
       authorizeForward: metrics.forwarded,
       // No cap on messages being delivered at once (0). With Aedes' default cap of 100, the

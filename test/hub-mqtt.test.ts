@@ -57,6 +57,34 @@ describe('presence', () => {
     expect(status.status).toMatchObject({ online: true, transport: 'mqtt', since: info.connectedAt });
   });
 
+  it('gives retained statuses to exact, wildcard and mixed subscriptions, and none for a removed device', async () => {
+    const hub = await startTestHub({ allowAnonymous: false });
+    for (const id of ['pi-01', 'pi-02', 'pi-03']) hub.stores.devices.add(id);
+    await hub.close();
+    // A restart publishes the retained offline status of every registered device.
+    const restarted = await startTestHub({ allowAnonymous: false, dataDir: hub.config.dataDir });
+    const token = restarted.stores.tokens.add('watch', 'viewer');
+    const retainedFor = async (filters: string[]) => {
+      const client = await connectMqtt(restarted.urls.mqtt, { username: 'watch', password: token });
+      const topics: string[] = [];
+      client.on('message', (topic, _payload, packet) => packet.retain && topics.push(topic));
+      await client.subscribeAsync(filters.map((topic) => ({ topic, qos: 1 as const })).reduce((all, f) => ({ ...all, [f.topic]: { qos: f.qos } }), {}));
+      await new Promise((resolve) => setTimeout(resolve, 300));
+      await client.endAsync();
+      return topics.sort();
+    };
+    const P = 'rhizosphere/devices';
+    expect(await retainedFor([`${P}/pi-02/status`])).toEqual([`${P}/pi-02/status`]);
+    expect(await retainedFor([`${P}/+/status`])).toEqual([`${P}/pi-01/status`, `${P}/pi-02/status`, `${P}/pi-03/status`]);
+    expect(await retainedFor([`${P}/pi-01/status`, 'rhizosphere/jobs/+/status', `${P}/nobody/status`])).toEqual([`${P}/pi-01/status`]);
+    restarted.jobs.create({ target: { devices: ['pi-03'] }, order: 'exec_bash', cmd_str: 'true', deadline_ms: 1000 }, { actor: 'test', actorKind: 'api', remote: null });
+    expect(await retainedFor([`${P}/pi-03/status`, 'rhizosphere/jobs/+/status'])).toEqual([`${P}/pi-03/status`, expect.stringMatching(/^rhizosphere\/jobs\/.+\/status$/)]);
+    const admin = restarted.stores.tokens.add('root', 'admin');
+    await fetch(`${restarted.urls.http}/api/devices/pi-02`, { method: 'DELETE', headers: { authorization: `Bearer ${admin}` } });
+    await waitFor(() => restarted.device('pi-02') === undefined, { what: 'pi-02 forgotten' });
+    expect(await retainedFor([`${P}/pi-02/status`])).toEqual([]);
+  });
+
   it('marks a device offline when its connection dies without a DISCONNECT, and only once', async () => {
     const hub = await startTestHub();
     const { client } = await scriptedDevice(hub, 'pi-02');
