@@ -58,12 +58,51 @@ export interface FanOutResult {
   failed: number;
 }
 
-export type ToLoad = { type: 'roundtrips'; spec: RoundTripSpec } | { type: 'fanout'; spec: FanOutSpec };
-export type FromLoad = { type: 'mark' } | { type: 'roundtrips'; result: RoundTripResult } | { type: 'fanout'; result: FanOutResult } | { type: 'error'; message: string };
+/** Commands at a fixed rate through a hub restart (hub only). */
+export interface StormLoadSpec {
+  url: string;
+  credentials?: Credentials | undefined;
+  /** Commands go to these devices round-robin, whether they are back or not. */
+  devices: string[];
+  /** Requests per second. */
+  rate: number;
+}
+
+export interface StormLoadResult {
+  sent: number;
+  /** Requests due while the load connection itself was down, so not sent. */
+  unsent: number;
+  ok: number;
+  /** DEVICE_OFFLINE Replies: the device was not back yet. */
+  offline: number;
+  /** Other error Replies, by code. */
+  errors: Record<string, number>;
+  /** Sent, never answered: lost with the hub that stopped, or still open after the drain. */
+  unanswered: number;
+  /** Latency of the "ok" Replies (ms). */
+  p50: number;
+  p99: number;
+  reconnects: number;
+}
+
+export type ToLoad = { type: 'roundtrips'; spec: RoundTripSpec } | { type: 'fanout'; spec: FanOutSpec } | { type: 'storm-start'; spec: StormLoadSpec } | { type: 'storm-stop' };
+export type FromLoad =
+  | { type: 'mark' }
+  | { type: 'roundtrips'; result: RoundTripResult }
+  | { type: 'fanout'; result: FanOutResult }
+  /** Connected; the requests have started. */
+  | { type: 'storm-started' }
+  | { type: 'storm'; result: StormLoadResult }
+  | { type: 'error'; message: string };
 
 const COMMAND = { order: 'exec_bash', cmd_str: 'true', timeout_ms: 30_000 };
 const STALL_MS = 15_000;
 const FANOUT_STALL_MS = 60_000;
+/** The load client stands for an operator's program: it retries its own connection at once and often, not with a device's backoff. */
+const STORM_RETRY_MS = 250;
+/** After the storm, how long answers to the last requests may take. */
+const STORM_DRAIN_MS = 5000;
+const STORM_TICK_MS = 10;
 
 function send(message: FromLoad): void {
   process.send?.(message);
@@ -243,8 +282,107 @@ async function fanOutBare(spec: FanOutSpec): Promise<FanOutResult> {
   }
 }
 
+/** Sends `rate` requests a second until stopped, reconnecting whenever the hub drops the connection. */
+function stormLoad(spec: StormLoadSpec): { started: Promise<void>; stop: () => Promise<StormLoadResult> } {
+  const clientId = `bench-storm-${process.pid}`;
+  const sentAt = new Map<string, number>();
+  const latencies: number[] = [];
+  const result: StormLoadResult = { sent: 0, unsent: 0, ok: 0, offline: 0, errors: {}, unanswered: 0, p50: NaN, p99: NaN, reconnects: 0 };
+  let conn: MqttConn | null = null;
+  let stopped = false;
+  let due = 0;
+
+  const onReply = (payload: Buffer) => {
+    const reply = parseReply(payload);
+    const started = typeof reply.id === 'string' ? sentAt.get(reply.id) : undefined;
+    if (started === undefined) return;
+    sentAt.delete(reply.id as string);
+    if (reply.status === 'ok') {
+      result.ok++;
+      latencies.push(performance.now() - started);
+    } else if (reply.code === 'DEVICE_OFFLINE') result.offline++;
+    else result.errors[String(reply.code)] = (result.errors[String(reply.code)] ?? 0) + 1;
+  };
+  const connect = async (): Promise<void> => {
+    while (!stopped) {
+      try {
+        const c: MqttConn = await connectAndSubscribe(
+          { url: spec.url, clientId, clean: true, keepalive: 60, username: spec.credentials?.username, password: spec.credentials?.password },
+          [topics.clientResponse(clientId)],
+          (_topic, payload) => onReply(payload),
+          () => {
+            if (conn === c) conn = null;
+            // A clean session: the answers to what was in flight will not come.
+            result.unanswered += sentAt.size;
+            sentAt.clear();
+            if (stopped) return;
+            result.reconnects++;
+            void connect();
+          },
+        );
+        if (stopped) c.close();
+        else conn = c;
+        return;
+      } catch {
+        await new Promise((r) => setTimeout(r, STORM_RETRY_MS));
+      }
+    }
+  };
+
+  const started = connect();
+  let t0 = 0;
+  let ticker: NodeJS.Timeout | undefined;
+  void started.then(() => {
+    t0 = performance.now();
+    // Catch up on the schedule every tick: a slow tick does not lower the rate.
+    ticker = setInterval(() => {
+      const target = Math.floor(((performance.now() - t0) / 1000) * spec.rate);
+      for (; due < target; due++) {
+        if (!conn?.open) {
+          result.unsent++;
+          continue;
+        }
+        const id = `s${due}`;
+        sentAt.set(id, performance.now());
+        conn.publish(topics.clientRequest(clientId), JSON.stringify({ type: 'command', id, device: spec.devices[due % spec.devices.length], ...COMMAND }), 1);
+        result.sent++;
+      }
+    }, STORM_TICK_MS);
+  });
+  const stop = async (): Promise<StormLoadResult> => {
+    clearInterval(ticker);
+    const until = performance.now() + STORM_DRAIN_MS;
+    while (sentAt.size > 0 && performance.now() < until) await new Promise((r) => setTimeout(r, 50));
+    const sorted = Float64Array.from(latencies).sort();
+    const out = { ...result, unanswered: result.unanswered + sentAt.size, p50: quantile(sorted, 0.5), p99: quantile(sorted, 0.99) };
+    stopped = true;
+    conn?.close();
+    return out;
+  };
+  return { started, stop };
+}
+
+let storm: ReturnType<typeof stormLoad> | null = null;
+
+function handle(m: ToLoad): Promise<void> {
+  switch (m.type) {
+    case 'roundtrips':
+      return roundTrips(m.spec).then((result) => send({ type: 'roundtrips', result }));
+    case 'fanout':
+      return (m.spec.mode === 'hub' ? fanOutHub(m.spec) : fanOutBare(m.spec)).then((result) => send({ type: 'fanout', result }));
+    case 'storm-start':
+      storm = stormLoad(m.spec);
+      return storm.started.then(() => send({ type: 'storm-started' }));
+    case 'storm-stop': {
+      const running = storm;
+      storm = null;
+      if (!running) return Promise.reject(new Error('no storm load running'));
+      return running.stop().then((result) => send({ type: 'storm', result }));
+    }
+  }
+}
+
 process.on('message', (m: ToLoad) => {
-  const run = m.type === 'roundtrips' ? roundTrips(m.spec).then((result) => send({ type: 'roundtrips', result })) : (m.spec.mode === 'hub' ? fanOutHub(m.spec) : fanOutBare(m.spec)).then((result) => send({ type: 'fanout', result }));
-  run.catch((error: Error) => send({ type: 'error', message: error.message }));
+  handle(m).catch((error: Error) => send({ type: 'error', message: error.message }));
 });
 process.on('disconnect', () => process.exit(0));

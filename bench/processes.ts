@@ -119,6 +119,9 @@ function canConnect(port: number): Promise<boolean> {
   });
 }
 
+/** Wall-clock ms with sub-ms precision, comparable across the bench's processes. */
+export const wallMs = () => performance.timeOrigin + performance.now();
+
 export const sleep = (ms: number) => new Promise<void>((resolve) => setTimeout(resolve, ms));
 
 /** Waits until something accepts connections on the port, or the child exits. */

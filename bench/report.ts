@@ -16,6 +16,34 @@ interface Row {
   digits: number;
   /** Counts of failures: their ratio means nothing. */
   noRatio?: boolean;
+  /** Left out of the table when no target has it (the storm's rows without --storm). */
+  optional?: boolean;
+}
+
+/** The reconnect storm (--storm, hub only): no ratios, shown only when it ran. */
+function stormRows(devices: number): Row[] {
+  const rows: [string, string, number][] = [
+    ['storm_hub_exit_s', 'storm: hub stopped after SIGTERM (s)', 2],
+    ['storm_hub_back_s', 'storm: hub accepts connections again (s)', 2],
+    ['storm_back_50_s', 'storm: 50% of devices back (s)', 2],
+    ['storm_back_90_s', 'storm: 90% of devices back (s)', 2],
+    ['storm_back_99_s', 'storm: 99% of devices back (s)', 2],
+    ['storm_back_100_s', `storm: all ${devices} devices back (s)`, 2],
+    ['storm_hub_online_s', 'storm: hub lists them all online (s)', 2],
+    ['storm_connack_refusals', 'storm: CONNACK refusals', 0],
+    ['storm_refused', 'storm: connections refused (hub not listening)', 0],
+    ['storm_errors', 'storm: other connect errors / timeouts', 0],
+    ['storm_attempts_per_device', 'storm: connect attempts per device', 2],
+    ['storm_cmd_sent', 'storm: commands sent', 0],
+    ['storm_cmd_ok', 'storm: commands answered ok', 0],
+    ['storm_cmd_offline', 'storm: commands answered DEVICE_OFFLINE', 0],
+    ['storm_cmd_other', 'storm: commands answered with another error', 0],
+    ['storm_cmd_unanswered', 'storm: commands never answered (lost with the hub)', 0],
+    ['storm_cmd_unsent', 'storm: commands not sent (load client reconnecting)', 0],
+    ['storm_cmd_p50_ms', 'storm: command p50 during the storm (ms)', 1],
+    ['storm_cmd_p99_ms', 'storm: command p99 during the storm (ms)', 1],
+  ];
+  return rows.map(([key, label, digits]) => ({ key, label, digits, noRatio: true, optional: true }));
 }
 
 export function rows(devices: number, inflight: number): Row[] {
@@ -43,6 +71,7 @@ export function rows(devices: number, inflight: number): Row[] {
     { key: 'fanout_succeeded', label: 'fan-out: devices that answered', digits: 0, noRatio: true },
     { key: 'fanout_cpu_s', label: 'broker CPU s during the fan-out', digits: 2 },
     { key: 'dropped', label: 'device connections dropped', digits: 0, noRatio: true },
+    ...stormRows(devices),
   ];
 }
 
@@ -60,6 +89,7 @@ export function table(results: Partial<Record<TargetName, TargetResult>>, device
   const header = ['measure', ...names, ...ratios.map((b) => `hub ÷ ${b}`)];
   const lines = [`| ${header.join(' | ')} |`, `|${header.map((_, i) => (i === 0 ? '---' : '---:')).join('|')}|`];
   for (const row of rows(devices, inflight)) {
+    if (row.optional && names.every((n) => results[n]?.figures[row.key] === undefined)) continue;
     const cells = names.map((n) => format(results[n]?.figures[row.key], row.digits));
     const r = ratios.map((b) => (row.noRatio ? '' : format(ratio(results.hub?.figures[row.key], results[b]?.figures[row.key]), 2)));
     lines.push(`| ${[row.label, ...cells, ...r].join(' | ')} |`);

@@ -6,12 +6,12 @@
 import { mkdirSync, writeFileSync } from 'node:fs';
 import { dirname, join, resolve } from 'node:path';
 import { parseArgs } from 'node:util';
-import type { FanOutSpec, FromLoad, RoundTripSpec, ToLoad } from './load-client.js';
-import { phase, sleep, Supervisor, type ManagedChild } from './processes.js';
+import type { FanOutSpec, FromLoad, RoundTripSpec, StormLoadSpec, ToLoad } from './load-client.js';
+import { phase, sleep, Supervisor, wallMs, type ManagedChild } from './processes.js';
 import { listenOverflows, machine, machineLine, sampleProcess } from './procfs.js';
 import { deviceIds, registerDevices } from './register.js';
 import { ratiosOf, table, type Figures, type Report, type TargetResult } from './report.js';
-import type { ConnectPlan, ConnectStats, FromWorker, SimDeviceSpec, ToWorker, WorkerStats } from './sim-devices.js';
+import type { ConnectPlan, ConnectStats, FromWorker, SimDeviceSpec, StormStats, ToWorker, WorkerStats } from './sim-devices.js';
 import { ROOT, startAedes, startHub, startMosquitto, TARGET_NAMES, type RunningTarget, type TargetName, type TransportName } from './targets.js';
 
 const USAGE = `Usage: npm run bench -- [flags]
@@ -28,6 +28,9 @@ const USAGE = `Usage: npm run bench -- [flags]
   --connect-window W    handshakes in progress at once per simulator process (default 100)
   --per-process N       devices per simulator process at most (default 9000)
   --load-connections C  MQTT connections of the load client (default 1)
+  --storm               hub only, after the other phases: restart the hub under all devices
+                        and measure how they come back (off by default)
+  --storm-rate R        commands per second sent during the storm (default 200)
   --help                this text`;
 
 const DEVICE_PREFIX = 'bench-';
@@ -52,6 +55,8 @@ interface Options {
   connectWindow: number;
   perProcess: number;
   loadConnections: number;
+  storm: boolean;
+  stormRate: number;
 }
 
 function fail(message: string): never {
@@ -67,14 +72,14 @@ function wholeNumber(flag: string, value: string | undefined, fallback: number, 
 }
 
 function parseOptions(): Options {
-  const flags = ['devices', 'inflight', 'roundtrips', 'duration', 'warmup', 'transport', 'targets', 'out', 'connect-rate', 'connect-window', 'per-process', 'load-connections'];
+  const flags = ['devices', 'inflight', 'roundtrips', 'duration', 'warmup', 'transport', 'targets', 'out', 'connect-rate', 'connect-window', 'per-process', 'load-connections', 'storm-rate'];
   let values: Record<string, string | boolean | undefined> = {};
   try {
-    ({ values } = parseArgs({ options: { ...Object.fromEntries(flags.map((f) => [f, { type: 'string' as const }])), help: { type: 'boolean' } } }));
+    ({ values } = parseArgs({ options: { ...Object.fromEntries(flags.map((f) => [f, { type: 'string' as const }])), help: { type: 'boolean' }, storm: { type: 'boolean' } } }));
   } catch (error) {
     fail(`${(error as Error).message} (see --help)`);
   }
-  const v = values as Record<string, string | undefined> & { help?: boolean };
+  const v = values as Record<string, string | undefined> & { help?: boolean; storm?: boolean };
   if (v.help) {
     console.log(USAGE);
     process.exit(0);
@@ -99,6 +104,8 @@ function parseOptions(): Options {
     connectWindow: wholeNumber('connect-window', v['connect-window'], 100, 1),
     perProcess: wholeNumber('per-process', v['per-process'], 9000, 1),
     loadConnections: Math.min(wholeNumber('load-connections', v['load-connections'], 1, 1), inflight),
+    storm: v.storm === true,
+    stormRate: wholeNumber('storm-rate', v['storm-rate'], 200, 1),
   };
 }
 
@@ -162,6 +169,124 @@ async function waitOnline(target: RunningTarget, secret: string, expected: numbe
   }
 }
 
+/** The value below which a fraction q of the sorted values lie. */
+function quantileOf(sorted: Float64Array, q: number): number {
+  return sorted.length === 0 ? NaN : sorted[Math.min(sorted.length - 1, Math.max(0, Math.ceil(q * sorted.length) - 1))]!;
+}
+
+/** The hub's own count of online devices; null while it does not answer. */
+async function onlineCount(httpUrl: string): Promise<number | null> {
+  try {
+    const response = await fetch(`${httpUrl}/healthz`, { signal: AbortSignal.timeout(2000) });
+    return ((await response.json()) as { online: number }).online;
+  } catch {
+    return null;
+  }
+}
+
+interface StormSetup {
+  sup: Supervisor;
+  options: Options;
+  ids: string[];
+  dir: string;
+  target: RunningTarget;
+  sims: { child: ManagedChild }[];
+  load: ManagedChild;
+  credentials: { username: string; password: string };
+}
+
+/**
+ * Restarts the hub under every connected device (SIGTERM, wait for the exit, start again on
+ * the same ports and data dir) while the devices reconnect with the agent's backoff and the
+ * load client keeps sending commands at a fixed rate. All times count from the restart order.
+ * Returns the new hub; `replaced` hands it over for the cleanup as soon as it exists.
+ */
+async function runStorm(setup: StormSetup, figures: Figures, replaced: (next: RunningTarget) => void): Promise<RunningTarget> {
+  const { sup, options, ids, dir, target, sims, load } = setup;
+  const name = 'hub';
+  const t0 = wallMs();
+  const started = performance.now();
+  const since = () => (performance.now() - started) / 1000;
+
+  // From here on the devices reconnect by themselves, each watched until it is back.
+  const armed = await phase(name, 'storm: arm devices', 10_000, () =>
+    Promise.all(sims.map((s) => {
+      const reply = nextMessage<Extract<FromWorker, { type: 'storm-armed' }>>(s.child, 'storm-armed');
+      sendTo<ToWorker>(s.child, { type: 'storm', t0 });
+      return reply.then((r) => r.devices);
+    })),
+  );
+  const watched = armed.reduce((a, b) => a + b, 0);
+  const empty: StormStats = { devices: 0, backMs: [], connackFailures: {}, refused: 0, errors: {}, attempts: 0 };
+  const allBack = Promise.all(sims.map((s, i) => (armed[i]! > 0 ? nextMessage<Extract<FromWorker, { type: 'storm-back' }>>(s.child, 'storm-back').then((m) => m.stats) : Promise.resolve(empty))));
+  allBack.catch(() => {}); // awaited in its phase below; a rejection before that is not unhandled
+
+  const loadSpec: StormLoadSpec = { url: target.url, credentials: setup.credentials, devices: ids, rate: options.stormRate };
+  await phase(name, 'storm: start commands', 10_000, () => {
+    const reply = nextMessage(load, 'storm-started');
+    sendTo<ToLoad>(load, { type: 'storm-start', spec: loadSpec });
+    return reply;
+  });
+
+  log(name, `storm: restarting the hub under ${watched} devices, ${options.stormRate} commands/s`);
+  await phase(name, 'storm: stop the hub', 30_000, () => sup.stop(target.child, 20_000));
+  figures.storm_hub_exit_s = since();
+  if (target.child.exitCode !== 0) log(name, `storm: the hub exited with status ${target.child.exitCode}`);
+  const next = await phase(name, 'storm: start the hub again', 60_000, () => startHub(sup, dir, options.transport, target.ports));
+  replaced(next);
+  figures.storm_hub_back_s = (next.acceptingAt - started) / 1000;
+  log(name, `storm: hub stopped after ${figures.storm_hub_exit_s.toFixed(2)} s, accepting again after ${figures.storm_hub_back_s.toFixed(2)} s`);
+
+  // The hub's own view, polled; progress in the log meanwhile.
+  let polling = true;
+  const hubOnline = (async () => {
+    let lastLog = performance.now();
+    while (polling) {
+      const online = await onlineCount(next.httpUrl!);
+      if (online !== null && online >= watched) return since();
+      if (performance.now() - lastLog >= 5000) {
+        lastLog = performance.now();
+        log(name, `storm: ${online ?? '?'}/${watched} online after ${since().toFixed(0)} s`);
+      }
+      await sleep(250);
+    }
+    return NaN;
+  })();
+  try {
+    const back = await phase(name, 'storm: devices back', 120_000 + ids.length * 20, () => allBack);
+    const sorted = Float64Array.from(back.flatMap((b) => b.backMs)).sort();
+    figures.storm_back_50_s = quantileOf(sorted, 0.5) / 1000;
+    figures.storm_back_90_s = quantileOf(sorted, 0.9) / 1000;
+    figures.storm_back_99_s = quantileOf(sorted, 0.99) / 1000;
+    figures.storm_back_100_s = quantileOf(sorted, 1) / 1000;
+    figures.storm_connack_refusals = back.reduce((a, b) => a + sum(b.connackFailures), 0);
+    figures.storm_refused = back.reduce((a, b) => a + b.refused, 0);
+    figures.storm_errors = back.reduce((a, b) => a + sum(b.errors), 0);
+    figures.storm_attempts_per_device = back.reduce((a, b) => a + b.attempts, 0) / Math.max(1, watched);
+    const failures = back.filter((b) => sum(b.connackFailures) + sum(b.errors) > 0).map((b) => ({ connack: b.connackFailures, errors: b.errors }));
+    log(name, `storm: all ${watched} back after ${figures.storm_back_100_s.toFixed(2)} s; ${figures.storm_refused} refused while the hub was down` + (failures.length ? `; failures ${JSON.stringify(failures)}` : ''));
+    figures.storm_hub_online_s = await phase(name, 'storm: hub lists the devices online', 60_000, () => hubOnline);
+  } finally {
+    polling = false;
+  }
+
+  const cmds = await phase(name, 'storm: commands', 30_000, async () => {
+    const reply = nextMessage<Extract<FromLoad, { type: 'storm' }>>(load, 'storm');
+    sendTo<ToLoad>(load, { type: 'storm-stop' });
+    return (await reply).result;
+  });
+  figures.storm_cmd_sent = cmds.sent;
+  figures.storm_cmd_ok = cmds.ok;
+  figures.storm_cmd_offline = cmds.offline;
+  figures.storm_cmd_other = sum(cmds.errors);
+  figures.storm_cmd_unanswered = cmds.unanswered;
+  figures.storm_cmd_unsent = cmds.unsent;
+  figures.storm_cmd_p50_ms = cmds.p50;
+  figures.storm_cmd_p99_ms = cmds.p99;
+  log(name, `storm: commands ${cmds.ok} ok, ${cmds.offline} offline, ${cmds.unanswered} unanswered, ${cmds.unsent} unsent` + (figures.storm_cmd_other ? `, errors ${JSON.stringify(cmds.errors)}` : '') + `; p99 ${cmds.p99.toFixed(1)} ms`);
+  return next;
+}
+
 async function runTarget(session: Session, name: TargetName): Promise<TargetResult> {
   const { sup, options, ids } = session;
   const n = ids.length;
@@ -177,7 +302,7 @@ async function runTarget(session: Session, name: TargetName): Promise<TargetResu
       tokens = reg.tokens;
       operator = reg.operator;
     }
-    const target = await phase(name, 'start', 30_000, () =>
+    let target = await phase(name, 'start', 30_000, () =>
       name === 'hub' ? startHub(sup, dir, options.transport) : name === 'aedes' ? startAedes(sup, options.transport) : startMosquitto(sup, dir, options.transport),
     );
     children.push(target.child);
@@ -282,6 +407,10 @@ async function runTarget(session: Session, name: TargetName): Promise<TargetResu
       })),
     );
     figures.dropped = stats.reduce((a, s) => a + s.lost, 0);
+
+    if (options.storm && name === 'hub') {
+      target = await runStorm({ sup, options, ids, dir, target, sims, load, credentials: credentials! }, figures, (next) => (children[0] = next.child));
+    }
     return { figures: rounded(figures) };
   } catch (error) {
     const message = (error as Error).message;

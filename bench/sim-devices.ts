@@ -8,6 +8,8 @@
  */
 import { readFileSync } from 'node:fs';
 import { parseArgs } from 'node:util';
+import { backoffDelay, DEFAULT_BACKOFF_BASE_MS, DEFAULT_BACKOFF_CAP_MS } from '../src/hypha/agent.js';
+import { wallMs } from './processes.js';
 import { MqttConn, topics } from './wire.js';
 
 export interface SimDeviceSpec {
@@ -25,7 +27,10 @@ export interface ConnectPlan {
   window: number;
   /** A handshake not finished by then counts as failed. */
   handshakeTimeoutMs: number;
-  /** Reconnect a device whose connection drops (the CLI does; the bench counts drops instead). */
+  /**
+   * Reconnect a device whose connection drops or whose connect fails, with the agent's
+   * full-jitter backoff (the CLI does; the bench counts drops instead, until a storm).
+   */
   reconnect: boolean;
 }
 
@@ -49,8 +54,35 @@ export interface WorkerStats {
   up: number;
 }
 
-export type ToWorker = { type: 'connect'; plan: ConnectPlan } | { type: 'stats' } | { type: 'stop' };
-export type FromWorker = { type: 'ready' } | { type: 'connected'; stats: ConnectStats } | { type: 'stats'; stats: WorkerStats } | { type: 'error'; message: string };
+/** A reconnect storm as one simulator process saw it. */
+export interface StormStats {
+  /** Devices that were up when the storm was armed. */
+  devices: number;
+  /** For each of them that is back (CONNACK and SUBACK again): ms from the storm's t0, unsorted. */
+  backMs: number[];
+  /** Outcomes of the reconnect attempts during the storm, as in ConnectStats. */
+  connackFailures: Record<string, number>;
+  refused: number;
+  errors: Record<string, number>;
+  attempts: number;
+}
+
+export type ToWorker =
+  | { type: 'connect'; plan: ConnectPlan }
+  | { type: 'stats' }
+  /** From now on reconnect, and watch every device that is up until it is back; t0 is a wall-clock time in ms (performance.timeOrigin + now). */
+  | { type: 'storm'; t0: number }
+  | { type: 'stop' };
+export type FromWorker =
+  | { type: 'ready' }
+  | { type: 'connected'; stats: ConnectStats }
+  | { type: 'stats'; stats: WorkerStats }
+  | { type: 'storm-armed'; devices: number }
+  /** Every watched device is back. */
+  | { type: 'storm-back'; stats: StormStats }
+  | { type: 'error'; message: string };
+
+type Outcome = { kind: 'up' } | { kind: 'connack' | 'refused' | 'error'; code: string };
 
 const PING_CHECK_MS = 15_000;
 /** Keepalive is 60 s; a ping after 40 s of silence keeps well inside the broker's 90 s. */
@@ -69,10 +101,14 @@ function responseFor(commandPayload: Buffer): string | null {
 export class DeviceFleet {
   private readonly conns = new Map<string, MqttConn>();
   private readonly up = new Set<string>();
+  /** Failed connects in a row per device (absent = 0), reset on CONNACK as the agent does. */
+  private readonly attempts = new Map<string, number>();
   answered = 0;
   lost = 0;
   private pinger: NodeJS.Timeout | null = null;
   private stopped = false;
+  private reconnect = false;
+  private storm: (StormStats & { t0: number; pending: Set<string>; onBack: (s: StormStats) => void }) | null = null;
 
   /** Connects every device of the plan; resolves when each one is up or has failed. */
   connect(plan: ConnectPlan): Promise<ConnectStats> {
@@ -82,6 +118,7 @@ export class DeviceFleet {
     let next = 0;
     let pending = 0;
     let finished = 0;
+    this.reconnect ||= plan.reconnect;
     this.startPinger();
     return new Promise((resolve) => {
       const settle = () => {
@@ -127,15 +164,26 @@ export class DeviceFleet {
     return { answered: this.answered, lost: this.lost, up: this.up.size };
   }
 
+  /**
+   * Arms a storm: from now on every device reconnects, and onBack gets the figures once each
+   * device that is up now has come back. Returns how many devices are watched.
+   */
+  watchStorm(t0: number, onBack: (s: StormStats) => void): number {
+    this.reconnect = true;
+    const pending = new Set(this.up);
+    this.storm = { t0, pending, onBack, devices: pending.size, backMs: [], connackFailures: {}, refused: 0, errors: {}, attempts: 0 };
+    return pending.size;
+  }
+
   stop(): void {
     this.stopped = true;
     if (this.pinger) clearInterval(this.pinger);
     for (const conn of this.conns.values()) conn.close();
   }
 
-  private connectOne(plan: ConnectPlan, device: SimDeviceSpec, done: (o: { kind: 'up' } | { kind: 'connack' | 'refused' | 'error'; code: string }) => void): void {
+  private connectOne(plan: ConnectPlan, device: SimDeviceSpec, done: (o: Outcome) => void): void {
     let handshaking = true;
-    const finish = (o: Parameters<typeof done>[0]) => {
+    const finish = (o: Outcome) => {
       if (!handshaking) return;
       handshaking = false;
       clearTimeout(timer);
@@ -145,8 +193,10 @@ export class DeviceFleet {
       { url: plan.url, clientId: device.id, username: device.token === undefined ? undefined : device.id, password: device.token, clean: false, keepalive: 60, localAddress: plan.localAddress },
       {
         onConnack: (code) => {
-          if (code === 0) conn.subscribe(topics.command(device.id), 1);
-          else {
+          if (code === 0) {
+            this.attempts.delete(device.id);
+            conn.subscribe(topics.command(device.id), 1);
+          } else {
             finish({ kind: 'connack', code: String(code) });
             conn.close();
           }
@@ -172,12 +222,10 @@ export class DeviceFleet {
           if (handshaking) {
             const code = error?.code ?? 'CLOSED';
             finish(code === 'ECONNREFUSED' ? { kind: 'refused', code } : { kind: 'error', code });
-            return;
           }
-          if (wasUp && !this.stopped) {
-            this.lost++;
-            if (plan.reconnect) setTimeout(() => this.stopped || this.connectOne(plan, device, () => {}), 1000 + Math.random() * 4000).unref();
-          }
+          if (this.stopped) return;
+          if (wasUp) this.lost++;
+          if (this.reconnect) this.retryLater(plan, device);
         },
       },
     );
@@ -187,6 +235,30 @@ export class DeviceFleet {
     }, plan.handshakeTimeoutMs);
     this.conns.set(device.id, conn);
     conn.start();
+  }
+
+  /** The agent's policy: uniformly random in [0, min(cap, base·2^attempt)), attempt counting failures since the last CONNACK. */
+  private retryLater(plan: ConnectPlan, device: SimDeviceSpec): void {
+    const attempt = this.attempts.get(device.id) ?? 0;
+    this.attempts.set(device.id, attempt + 1);
+    const delay = backoffDelay(attempt, DEFAULT_BACKOFF_BASE_MS, DEFAULT_BACKOFF_CAP_MS);
+    setTimeout(() => this.stopped || this.connectOne(plan, device, (o) => this.onReconnect(device.id, o)), delay).unref();
+  }
+
+  private onReconnect(id: string, o: Outcome): void {
+    const storm = this.storm;
+    if (!storm) return;
+    storm.attempts++;
+    if (o.kind === 'up') {
+      if (!storm.pending.delete(id)) return;
+      storm.backMs.push(wallMs() - storm.t0);
+      if (storm.pending.size === 0) {
+        this.storm = null;
+        storm.onBack({ devices: storm.devices, backMs: storm.backMs, connackFailures: storm.connackFailures, refused: storm.refused, errors: storm.errors, attempts: storm.attempts });
+      }
+    } else if (o.kind === 'connack') storm.connackFailures[o.code] = (storm.connackFailures[o.code] ?? 0) + 1;
+    else if (o.kind === 'refused') storm.refused++;
+    else storm.errors[o.code] = (storm.errors[o.code] ?? 0) + 1;
   }
 
   private startPinger(): void {
@@ -210,7 +282,10 @@ function runWorker(): void {
         (error: Error) => send({ type: 'error', message: error.message }),
       );
     } else if (m.type === 'stats') send({ type: 'stats', stats: fleet.stats() });
-    else {
+    else if (m.type === 'storm') {
+      const devices = fleet.watchStorm(m.t0, (stats) => send({ type: 'storm-back', stats }));
+      send({ type: 'storm-armed', devices });
+    } else {
       fleet.stop();
       process.exit(0);
     }

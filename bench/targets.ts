@@ -17,15 +17,27 @@ export interface RunningTarget {
   url: string;
   /** REST base (hub only). */
   httpUrl?: string;
+  /** The hub's ports, to restart it on the same ones. */
+  ports?: HubPorts;
+  /** performance.now() when the port of `url` first accepted a connection. */
+  acceptingAt: number;
+}
+
+export interface HubPorts {
+  mqtt: number;
+  http: number;
 }
 
 /** The project root: dist/bench/targets.js → ../.. */
 export const ROOT = resolve(import.meta.dirname, '..', '..');
 const MOSQUITTO = '/usr/sbin/mosquitto';
 
-/** The hub with access control on; its data dir must already hold the devices and the token. */
-export async function startHub(sup: Supervisor, dataDir: string, transport: TransportName): Promise<RunningTarget> {
-  const [mqttPort, httpPort] = [await freePort(), await freePort()];
+/**
+ * The hub with access control on; its data dir must already hold the devices and the token.
+ * Given `ports`, it listens on those (a restart), else on free ones.
+ */
+export async function startHub(sup: Supervisor, dataDir: string, transport: TransportName, ports?: HubPorts): Promise<RunningTarget> {
+  const [mqttPort, httpPort] = ports ? [ports.mqtt, ports.http] : [await freePort(), await freePort()];
   const child = sup.spawn('hub', process.execPath, [
     join(ROOT, 'bin', 'rhizosphere.js'),
     '--host', '127.0.0.1',
@@ -38,14 +50,17 @@ export async function startHub(sup: Supervisor, dataDir: string, transport: Tran
     '--max-publish-rate', '0',
   ]);
   const httpUrl = `http://127.0.0.1:${httpPort}`;
-  await waitForPort(child, mqttPort);
-  await waitForPort(child, httpPort);
+  // The devices' port first: in a restart, that is when the hub is back for them.
+  const [first, second] = transport === 'ws' ? [httpPort, mqttPort] : [mqttPort, httpPort];
+  await waitForPort(child, first);
+  const acceptingAt = performance.now();
+  await waitForPort(child, second);
   while ((await fetch(`${httpUrl}/healthz`).then((r) => r.status, () => 0)) !== 200) {
     if (!child.running) throw new Error(`hub exited:\n${child.tail()}`);
     await sleep(50);
   }
   const url = transport === 'ws' ? `ws://127.0.0.1:${httpPort}/mqtt` : `mqtt://127.0.0.1:${mqttPort}`;
-  return { name: 'hub', child, url, httpUrl };
+  return { name: 'hub', child, url, httpUrl, ports: { mqtt: mqttPort, http: httpPort }, acceptingAt };
 }
 
 export async function startAedes(sup: Supervisor, transport: TransportName): Promise<RunningTarget> {
@@ -54,7 +69,7 @@ export async function startAedes(sup: Supervisor, transport: TransportName): Pro
   const args = ['--port', String(port), ...(wsPort ? ['--ws-port', String(wsPort)] : [])];
   const child = sup.fork('aedes', join(ROOT, 'dist', 'bench', 'bare-aedes.js'), args);
   await waitForPort(child, wsPort || port);
-  return { name: 'aedes', child, url: wsPort ? `ws://127.0.0.1:${wsPort}/mqtt` : `mqtt://127.0.0.1:${port}` };
+  return { name: 'aedes', child, url: wsPort ? `ws://127.0.0.1:${wsPort}/mqtt` : `mqtt://127.0.0.1:${port}`, acceptingAt: performance.now() };
 }
 
 /**
@@ -88,5 +103,5 @@ export async function startMosquitto(sup: Supervisor, dir: string, transport: Tr
   writeFileSync(conf, mosquittoConfig(port, wsPort));
   const child = sup.spawn('mosquitto', MOSQUITTO, ['-c', conf]);
   await waitForPort(child, wsPort || port);
-  return { name: 'mosquitto', child, url: wsPort ? `ws://127.0.0.1:${wsPort}/mqtt` : `mqtt://127.0.0.1:${port}` };
+  return { name: 'mosquitto', child, url: wsPort ? `ws://127.0.0.1:${wsPort}/mqtt` : `mqtt://127.0.0.1:${port}`, acceptingAt: performance.now() };
 }
