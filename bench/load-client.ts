@@ -4,6 +4,7 @@
  * side of the contract (Request → Reply, fleet jobs over REST); against a bare broker it does
  * the plain equivalent (command topic → response topic) with the same payload shapes.
  */
+import { wallMs } from './processes.js';
 import { connectAndSubscribe, topics, type MqttConn } from './wire.js';
 
 export type Mode = 'hub' | 'bare';
@@ -66,6 +67,8 @@ export interface StormLoadSpec {
   devices: string[];
   /** Requests per second. */
   rate: number;
+  /** The storm's start, wall-clock ms (performance.timeOrigin + now). */
+  t0: number;
 }
 
 export interface StormLoadResult {
@@ -83,6 +86,8 @@ export interface StormLoadResult {
   p50: number;
   p99: number;
   reconnects: number;
+  /** When the load connection was last up again, in s from t0 (NaN if it never dropped). */
+  backS: number;
 }
 
 export type ToLoad = { type: 'roundtrips'; spec: RoundTripSpec } | { type: 'fanout'; spec: FanOutSpec } | { type: 'storm-start'; spec: StormLoadSpec } | { type: 'storm-stop' };
@@ -287,7 +292,7 @@ function stormLoad(spec: StormLoadSpec): { started: Promise<void>; stop: () => P
   const clientId = `bench-storm-${process.pid}`;
   const sentAt = new Map<string, number>();
   const latencies: number[] = [];
-  const result: StormLoadResult = { sent: 0, unsent: 0, ok: 0, offline: 0, errors: {}, unanswered: 0, p50: NaN, p99: NaN, reconnects: 0 };
+  const result: StormLoadResult = { sent: 0, unsent: 0, ok: 0, offline: 0, errors: {}, unanswered: 0, p50: NaN, p99: NaN, reconnects: 0, backS: NaN };
   let conn: MqttConn | null = null;
   let stopped = false;
   let due = 0;
@@ -322,6 +327,7 @@ function stormLoad(spec: StormLoadSpec): { started: Promise<void>; stop: () => P
         );
         if (stopped) c.close();
         else conn = c;
+        if (result.reconnects > 0) result.backS = (wallMs() - spec.t0) / 1000;
         return;
       } catch {
         await new Promise((r) => setTimeout(r, STORM_RETRY_MS));

@@ -221,7 +221,7 @@ async function runStorm(setup: StormSetup, figures: Figures, replaced: (next: Ru
   const allBack = Promise.all(sims.map((s, i) => (armed[i]! > 0 ? nextMessage<Extract<FromWorker, { type: 'storm-back' }>>(s.child, 'storm-back').then((m) => m.stats) : Promise.resolve(empty))));
   allBack.catch(() => {}); // awaited in its phase below; a rejection before that is not unhandled
 
-  const loadSpec: StormLoadSpec = { url: target.url, credentials: setup.credentials, devices: ids, rate: options.stormRate };
+  const loadSpec: StormLoadSpec = { url: target.url, credentials: setup.credentials, devices: ids, rate: options.stormRate, t0 };
   await phase(name, 'storm: start commands', 10_000, () => {
     const reply = nextMessage(load, 'storm-started');
     sendTo<ToLoad>(load, { type: 'storm-start', spec: loadSpec });
@@ -229,6 +229,7 @@ async function runStorm(setup: StormSetup, figures: Figures, replaced: (next: Ru
   });
 
   log(name, `storm: restarting the hub under ${watched} devices, ${options.stormRate} commands/s`);
+  const overflowsBefore = listenOverflows();
   await phase(name, 'storm: stop the hub', 30_000, () => sup.stop(target.child, 20_000));
   figures.storm_hub_exit_s = since();
   if (target.child.exitCode !== 0) log(name, `storm: the hub exited with status ${target.child.exitCode}`);
@@ -262,6 +263,7 @@ async function runStorm(setup: StormSetup, figures: Figures, replaced: (next: Ru
     figures.storm_connack_refusals = back.reduce((a, b) => a + sum(b.connackFailures), 0);
     figures.storm_refused = back.reduce((a, b) => a + b.refused, 0);
     figures.storm_errors = back.reduce((a, b) => a + sum(b.errors), 0);
+    figures.storm_listen_overflows = listenOverflows() - overflowsBefore;
     figures.storm_attempts_per_device = back.reduce((a, b) => a + b.attempts, 0) / Math.max(1, watched);
     const failures = back.filter((b) => sum(b.connackFailures) + sum(b.errors) > 0).map((b) => ({ connack: b.connackFailures, errors: b.errors }));
     log(name, `storm: all ${watched} back after ${figures.storm_back_100_s.toFixed(2)} s; ${figures.storm_refused} refused while the hub was down` + (failures.length ? `; failures ${JSON.stringify(failures)}` : ''));
@@ -275,6 +277,7 @@ async function runStorm(setup: StormSetup, figures: Figures, replaced: (next: Ru
     sendTo<ToLoad>(load, { type: 'storm-stop' });
     return (await reply).result;
   });
+  figures.storm_load_back_s = cmds.backS;
   figures.storm_cmd_sent = cmds.sent;
   figures.storm_cmd_ok = cmds.ok;
   figures.storm_cmd_offline = cmds.offline;
