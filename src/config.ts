@@ -49,6 +49,8 @@ export const SETTINGS = {
   maxPublishRate: { flag: 'max-publish-rate', type: 'number', help: 'publishes a second one connection may keep up (bursts of twice that); 0 = no limit', default: 1000 },
   readyMaxLagMs: { flag: 'ready-max-lag-ms', type: 'number', help: 'event-loop delay (p99 over the last seconds, in ms) above which GET /readyz answers 503', default: 1000 },
   allowedOrigins: { flag: 'allowed-origins', type: 'string', help: 'other web origins whose pages may open WebSockets to the hub, comma-separated (the hub\'s own always may)', default: '' },
+  cluster: { flag: 'cluster', type: 'string', placeholder: 'URL', help: 'redis://HOST:PORT[/DB]: run as one node of a cluster of hubs sharing this Redis (empty = standalone)', default: '' },
+  nodeId: { flag: 'node-id', type: 'string', placeholder: 'ID', help: 'this node\'s name in a cluster (default: HOSTNAME-PID)', default: '' },
 } as const;
 
 export type SettingKey = keyof typeof SETTINGS;
@@ -110,8 +112,30 @@ export const ConfigSchema = z.strictObject({
       if (!/^https?:\/\/[^/\s]+$/.test(origin)) ctx.addIssue({ code: 'custom', message: `has ${JSON.stringify(origin)}, which is not an origin like https://ops.example.com` });
     }
   }),
+  cluster: z.string({ error: () => 'must be a redis:// URL' }).superRefine((value, ctx) => {
+    const problem = value === '' ? null : redisUrlProblem(value);
+    if (problem) ctx.addIssue({ code: 'custom', message: problem });
+  }),
+  nodeId: z.string({ error: () => 'must be a string' }).superRefine((value, ctx) => {
+    const problem = value === '' ? null : idProblem(value);
+    if (problem) ctx.addIssue({ code: 'custom', message: problem });
+  }),
   handlers: handlerList,
 });
+
+/** `redis://[user:password@]host:port[/db]` or `rediss://…`; null when usable. */
+export function redisUrlProblem(value: string): string | null {
+  let url: URL;
+  try {
+    url = new URL(value);
+  } catch {
+    return 'must be a URL like redis://127.0.0.1:6379';
+  }
+  if (url.protocol !== 'redis:' && url.protocol !== 'rediss:') return 'must start with redis:// or rediss://';
+  if (!url.hostname) return 'must name a host, like redis://127.0.0.1:6379';
+  if (!/^(\/\d{0,2})?$/.test(url.pathname)) return 'may end with /DB only (a database number, like /0)';
+  return null;
+}
 
 export function splitList(value: string): string[] {
   return value.split(',').map((item) => item.trim()).filter(Boolean);

@@ -37,6 +37,8 @@ export interface DeviceEntry {
   readonly clients: ReadonlyMap<string, number>;
   /** Assigned and declared tags together (what selectors match). */
   readonly tags: readonly string[];
+  /** In a cluster: the node that holds the device (or held it last); undefined when standalone. */
+  readonly node?: string;
 }
 
 /** A device as the REST API and events show it (PROTOCOL.md `GET /api/devices`). */
@@ -49,6 +51,29 @@ export interface DeviceInfo {
   remoteAddress: string | null;
   /** An addition to the v1 fields. */
   tags: string[];
+  /** In a cluster only: the node that holds the device (or held it last). */
+  node?: string;
+}
+
+/** The retained Status plus, in a cluster, the node that holds (or last held) the device (docs/protocol.md "Status"). */
+export type NodeStatus = Status & { node?: string };
+
+/** Another node of the cluster holds the device: its link there, and since when. */
+export interface RemoteHold {
+  node: string;
+  link: DeviceLink;
+  /** Epoch ms of the connect, as the holder reported it. */
+  since: number;
+}
+
+export interface PresenceOptions {
+  /** This node's id in a cluster; undefined when standalone. */
+  nodeId?: string;
+  /**
+   * Asked when a local link ends: whether another node now holds the device (it reconnected
+   * there). Then the entry moves to that node without an offline flap.
+   */
+  handover?: (id: string) => RemoteHold | undefined;
 }
 
 export type OfflineReason = 'disconnect' | 'keepalive-timeout' | 'error' | 'replaced' | 'hub-closing' | 'removed';
@@ -69,6 +94,7 @@ interface MutableEntry {
   link: DeviceLink | null;
   clients: Map<string, number>;
   tags: string[];
+  node?: string;
 }
 
 const iso = (ms: number | null) => (ms === null ? null : new Date(ms).toISOString());
@@ -82,6 +108,7 @@ export function toDeviceInfo(entry: DeviceEntry): DeviceInfo {
     lastSeen: iso(entry.lastSeen),
     remoteAddress: entry.remoteAddress,
     tags: [...entry.tags],
+    ...(entry.node !== undefined ? { node: entry.node } : {}),
   };
 }
 
@@ -99,6 +126,7 @@ export class Presence extends EventEmitter<PresenceEvents> {
     private readonly registry: DeviceRegistry,
     private readonly publishStatus: (id: string, status: Status | null) => void,
     private readonly log: Logger,
+    private readonly options: PresenceOptions = {},
   ) {
     super();
     for (const record of registry.all()) this.entries.set(record.id, this.fromRecord(record));
@@ -182,6 +210,7 @@ export class Presence extends EventEmitter<PresenceEvents> {
     }
     const previous = entry.link;
     entry.link = link;
+    entry.node = this.options.nodeId;
     entry.online = true;
     entry.transport = link.transport;
     entry.remoteAddress = link.remoteAddress;
@@ -202,6 +231,13 @@ export class Presence extends EventEmitter<PresenceEvents> {
   detach(id: string, link: DeviceLink, cause: OfflineReason): void {
     const entry = this.entries.get(id);
     if (!entry || entry.link !== link) return;
+    const successor = this.closing ? undefined : this.options.handover?.(id);
+    if (successor && !this.isRemote(entry)) {
+      // The device reconnected through another node of the cluster: it never was offline.
+      this.holdRemotely(entry, successor);
+      this.log.info({ device: id, node: successor.node }, 'device moved to another node');
+      return;
+    }
     const reason = this.closing ? 'hub-closing' : cause;
     const now = Date.now();
     entry.link = null;
@@ -212,6 +248,71 @@ export class Presence extends EventEmitter<PresenceEvents> {
     this.persist(entry);
     if (!this.closing) this.publishStatus(id, this.statusOf(entry));
     this.emit('offline', toDeviceInfo(entry), reason);
+  }
+
+  /** Whether another node of the cluster holds (or last held) the device. */
+  private isRemote(entry: MutableEntry): boolean {
+    return entry.node !== undefined && entry.node !== this.options.nodeId;
+  }
+
+  /** Whether this node holds the device over a link of its own. */
+  holdsLocally(id: string): boolean {
+    const entry = this.entries.get(id);
+    return Boolean(entry?.link && !this.isRemote(entry));
+  }
+
+  /**
+   * Another node of the cluster holds the device (its status said so). Nothing is published
+   * or written: the holder does both. Ignored while this node holds the device itself (a
+   * takeover in progress: this node's own link ending decides). False when ignored.
+   */
+  attachRemote(id: string, hold: RemoteHold): boolean {
+    let entry = this.entries.get(id);
+    if (!entry) {
+      entry = blankEntry(id, this.registry.tagsOf(id));
+      this.entries.set(id, entry);
+    }
+    if (entry.link && !this.isRemote(entry)) return false;
+    if (entry.online && entry.node === hold.node && entry.link?.transport === hold.link.transport) return true;
+    this.holdRemotely(entry, hold);
+    this.log.debug({ device: id, node: hold.node }, 'device online on another node');
+    this.emit('online', toDeviceInfo(entry));
+    return true;
+  }
+
+  /** The node holding the device let it go (or died): offline here too. False unless `node` held it. */
+  detachRemote(id: string, node: string, reason: OfflineReason): boolean {
+    const entry = this.entries.get(id);
+    if (!entry || !entry.online || entry.node !== node || !this.isRemote(entry)) return false;
+    const now = Date.now();
+    entry.link = null;
+    entry.online = false;
+    entry.lastSeen = now;
+    this.log.debug({ device: id, node, reason }, 'device offline on another node');
+    this.emit('offline', toDeviceInfo(entry), reason);
+    return true;
+  }
+
+  private holdRemotely(entry: MutableEntry, hold: RemoteHold): void {
+    entry.link = hold.link;
+    entry.node = hold.node;
+    entry.online = true;
+    entry.transport = hold.link.transport;
+    entry.remoteAddress = null;
+    entry.connectedAt = hold.since;
+    entry.lastSeen = Date.now();
+  }
+
+  /** A clean stop of a cluster node: its devices are announced offline before the broker goes (they reconnect elsewhere). */
+  announceOffline(id: string): void {
+    const entry = this.entries.get(id);
+    if (entry && !this.closing) this.publishStatus(id, { ...this.statusOf(entry), online: false, since: new Date().toISOString() });
+  }
+
+  /** Publishes an entry's status as it is now (in a cluster: for a node that died, by the node that noticed). */
+  announce(id: string): void {
+    const entry = this.entries.get(id);
+    if (entry && !this.closing) this.publishStatus(id, this.statusOf(entry));
   }
 
   /** Called for every packet from a device: keeps last-seen current without touching the disk each time. */
@@ -229,9 +330,13 @@ export class Presence extends EventEmitter<PresenceEvents> {
     else entry.clients.delete(clientId);
   }
 
-  statusOf(entry: DeviceEntry): Status {
+  statusOf(entry: DeviceEntry): NodeStatus {
     const since = entry.online ? entry.connectedAt : entry.lastSeen;
-    return { online: entry.online, since: iso(since) ?? new Date(0).toISOString(), transport: entry.transport, tags: [...entry.tags] };
+    const status: NodeStatus = { online: entry.online, since: iso(since) ?? new Date(0).toISOString(), transport: entry.transport, tags: [...entry.tags] };
+    // In a cluster a device not yet seen anywhere is announced by this node.
+    const node = entry.node ?? this.options.nodeId;
+    if (node !== undefined) status.node = node;
+    return status;
   }
 
   list(): DeviceInfo[] {

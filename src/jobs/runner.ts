@@ -174,13 +174,17 @@ export class JobRunner {
     options.presence.on('online', this.onOnline);
   }
 
-  /** At start: marks commands that were in flight as failed, resumes running jobs and republishes recent statuses. */
-  start(): void {
+  /**
+   * At start: marks commands that were in flight as failed, resumes running jobs and republishes
+   * recent statuses. `resume: false` (a cluster node joining nodes that share its database)
+   * leaves the jobs alone: they belong to the nodes that run them.
+   */
+  start({ resume = true }: { resume?: boolean } = {}): void {
     const { stores, log } = this.options;
     const now = Date.now();
-    const interrupted = stores.jobs.failInFlight(RESTART_ERROR, now);
+    const interrupted = resume ? stores.jobs.failInFlight(RESTART_ERROR, now) : 0;
     if (interrupted > 0) log.warn({ targets: interrupted }, `fleet jobs: ${interrupted} commands were in flight when the hub stopped; marked failed`);
-    for (const row of stores.jobs.runningJobs()) {
+    for (const row of resume ? stores.jobs.runningJobs() : []) {
       const job = this.fromRow(row, stores.jobs.targets(row.id));
       this.active.set(job.id, job);
       log.info({ job: job.id, queued: job.counts.queued }, 'fleet job resumed');
