@@ -17,6 +17,7 @@ import { attachLegacyBridge } from '../bridge/legacy.js';
 import { bridgeMqttRequests } from '../bridge/mqtt-requests.js';
 import { restRouter, type HubInfo } from '../bridge/rest.js';
 import { createAccess } from './access.js';
+import { ClusterUnreachable, defaultNodeId, openCluster, type ClusterNode } from './cluster/index.js';
 import { Authenticator } from './auth/authenticator.js';
 import { configFromOptions, splitList, type HubConfig } from './config.js';
 import { Dispatcher, type CommandRequest, type Origin, type SettledHook } from './dispatcher.js';
@@ -263,6 +264,16 @@ function withinBudget(work: Promise<void>, ms: number): Promise<void> {
   });
 }
 
+/** Connects to the cluster's Redis; one clear line (StartError) when it cannot be reached. */
+async function startClusterNode(config: HubConfig, log: Logger): Promise<ClusterNode> {
+  try {
+    return await openCluster(config.cluster, config.nodeId || defaultNodeId(), log);
+  } catch (error) {
+    if (error instanceof ClusterUnreachable) throw new StartError(error.message, { cause: error });
+    throw error;
+  }
+}
+
 /**
  * Starts a hub: embedded broker, MQTT over TCP, HTTP (REST, /healthz, MQTT over WebSocket);
  * with a TLS certificate, MQTT over TLS too, and HTTPS instead of HTTP.
@@ -295,6 +306,8 @@ export async function startHub(options: HubOptions = {}): Promise<Hub> {
     let noteAuthenticated: (client: Client) => void = () => {};
     const access = createAccess({ topics, log, auth, certificateIdOf, onAuthenticated: (client) => noteAuthenticated(client), maxPublishRate: config.maxPublishRate });
     const metrics = new HubMetrics();
+    const cluster = config.cluster ? await startClusterNode(config, log) : null;
+    if (cluster) onClose(() => cluster.close());
     // authorizeForward runs once per delivery to a subscriber: where outgoing messages are counted.
     const broker = await Aedes.createBroker({
       persistence: indexedMemoryPersistence(),
@@ -306,6 +319,8 @@ export async function startHub(options: HubOptions = {}): Promise<Hub> {
       // overflowed the stack. The inflow stays bounded anyway: the broker reads one packet at
       // a time from each connection, and outbound.ts bounds what waits for each reader.
       concurrency: 0,
+      // In a cluster: Redis carries the messages and keeps retained messages and sessions.
+      ...cluster?.brokerOptions,
     });
     broker.on('connectionError', (client, error) => log.debug({ clientId: client?.id, err: error.message }, 'connection error'));
 
@@ -314,7 +329,7 @@ export async function startHub(options: HubOptions = {}): Promise<Hub> {
       const payload = status ? Buffer.from(JSON.stringify(status)) : Buffer.alloc(0);
       broker.publish({ cmd: 'publish', topic: topics.deviceStatus(id), payload, qos: 1, retain: true, dup: false }, () => {});
     };
-    const presence = new Presence(registry, publishStatus, log);
+    const presence = new Presence(registry, publishStatus, log, cluster ? { nodeId: cluster.nodeId, handover: (id) => cluster.handover(id) } : {});
     const dispatcher = new Dispatcher(presence, config, log, allOf(metrics.commandSettled, auditCommands(stores)), (id) => stores.devices.get(id) !== undefined);
     const mqttDevices = watchMqttDevices(
       broker,
@@ -340,6 +355,9 @@ export async function startHub(options: HubOptions = {}): Promise<Hub> {
     const requests = bridgeMqttRequests({ broker, topics, dispatcher, maxPayloadBytes: config.maxPayloadBytes, log, principalOf: access.principalOf, remoteOf: access.remoteOf });
     onClose(() => requests.close());
     onClose(() => dispatcher.close());
+    const clusterStart = cluster ? await cluster.start({ broker, topics, presence, dispatcher }) : null;
+    // Before the broker closes (the first steps of close run last in this list).
+    if (cluster) onClose(() => cluster.leave());
     presence.publishKnownStatuses();
     const jobs = new JobRunner({
       stores,
@@ -350,7 +368,8 @@ export async function startHub(options: HubOptions = {}): Promise<Hub> {
       publish: (topic, payload) => broker.publish({ cmd: 'publish', topic, payload: Buffer.from(payload), qos: 1, retain: true, dup: false }, () => {}),
     });
     onClose(() => jobs.close());
-    jobs.start();
+    // In a cluster only the first node up resumes the jobs left running: the others' are theirs.
+    jobs.start({ resume: clusterStart?.alone ?? true });
     metrics.watch({ presence, broker, inflight: () => dispatcher.inflight, jobsRunning: () => jobs.running });
     onClose(() => metrics.close());
 

@@ -1,0 +1,107 @@
+/**
+ * The Redis side of a cluster: Aedes' own Redis-backed emitter (every publish reaches every
+ * node) and persistence (retained messages, sessions and their queues, wills), plus one
+ * connection for the hub's own bookkeeping (node heartbeats). The two libraries are
+ * CommonJS without types, hence `createRequire` and the small interfaces below.
+ */
+import { createRequire } from 'node:module';
+import { Redis, type RedisOptions } from 'ioredis';
+import type { Logger } from '../log.js';
+
+const require = createRequire(import.meta.url);
+
+/** What Aedes needs of an emitter; the rest of mqemitter-redis is not used here. */
+export interface ClusterEmitter {
+  state: { on(event: 'error', listener: (error: Error) => void): void };
+  close(done: () => void): void;
+}
+
+type EmitterFactory = new (prefix: string, options: Record<string, unknown>) => ClusterEmitter;
+type PersistenceFactory = (options: Record<string, unknown>) => unknown;
+
+const { MQEmitterRedisPrefix } = require('mqemitter-redis') as { MQEmitterRedisPrefix: EmitterFactory };
+const aedesPersistenceRedis = require('aedes-persistence-redis') as PersistenceFactory;
+
+/** The URL without its password, for logs and error lines. */
+export function displayUrl(url: string): string {
+  const parsed = new URL(url);
+  if (parsed.password) parsed.password = '***';
+  return parsed.toString();
+}
+
+/** The logical database the URL names (`/5`), 0 when none. */
+export function databaseOf(url: string): number {
+  const db = new URL(url).pathname.slice(1);
+  return db === '' ? 0 : Number(db);
+}
+
+/**
+ * One PING with no retries: rejects with a short reason (ECONNREFUSED, a timeout, NOAUTH …)
+ * when Redis cannot be used, so a start fails at once instead of waiting for reconnects.
+ */
+export async function probeRedis(url: string, timeoutMs = 3000): Promise<void> {
+  const client = new Redis(url, { lazyConnect: true, connectTimeout: timeoutMs, maxRetriesPerRequest: 0, retryStrategy: () => null, enableOfflineQueue: false });
+  // connect() rejects with "Connection is closed."; the socket's own error says why.
+  let cause: NodeJS.ErrnoException | undefined;
+  client.on('error', (error: NodeJS.ErrnoException) => (cause ??= error));
+  try {
+    await client.connect();
+    await client.ping();
+  } catch (error) {
+    const e = cause ?? (error as NodeJS.ErrnoException);
+    throw new Error(e.code ?? e.message);
+  } finally {
+    client.disconnect();
+  }
+}
+
+export interface ClusterRedis {
+  /** For `Aedes.createBroker`. */
+  brokerOptions: { mq: ClusterEmitter; persistence: unknown };
+  /** The hub's own connection: heartbeats. */
+  commands: Redis;
+  /** Closes what the broker does not close itself (it closes the emitter). */
+  close(): void;
+}
+
+/**
+ * The connections a node uses. ioredis reconnects by itself when Redis goes away; errors are
+ * logged at most once per connection until it is back, not on every retry.
+ */
+export function connectClusterRedis(url: string, log: Logger): ClusterRedis {
+  const open = (role: string, extra: RedisOptions = {}) => {
+    const client = new Redis(url, { connectionName: `rhizosphere-${role}`, ...extra });
+    let down = false;
+    client.on('error', (error: NodeJS.ErrnoException) => {
+      if (down) return;
+      down = true;
+      log.error({ redis: displayUrl(url), connection: role, err: error.code ?? error.message }, 'cluster: Redis connection lost; retrying');
+    });
+    client.on('ready', () => {
+      if (!down) return;
+      down = false;
+      log.info({ redis: displayUrl(url), connection: role }, 'cluster: Redis connection back');
+    });
+    return client;
+  };
+  const subConn = open('sub');
+  const pubConn = open('pub', { enableAutoPipelining: true });
+  const store = open('persistence');
+  const commands = open('commands');
+  // Redis pub/sub ignores the database number: the prefix keeps clusters on different
+  // databases of one Redis apart (Aedes' own $SYS topics included).
+  const mq = new MQEmitterRedisPrefix(`rhizosphere:${databaseOf(url)}:`, { subConn, pubConn, matchEmptyLevels: true });
+  mq.state.on('error', (error) => log.error({ err: error.message }, 'cluster: message bus error'));
+  const persistence = aedesPersistenceRedis({ conn: store });
+  return {
+    brokerOptions: { mq, persistence },
+    commands,
+    close() {
+      store.disconnect();
+      commands.disconnect();
+      // The broker closes the emitter (its two connections); disconnect them too when it could not.
+      subConn.disconnect();
+      pubConn.disconnect();
+    },
+  };
+}

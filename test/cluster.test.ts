@@ -1,0 +1,252 @@
+/**
+ * `--cluster`: three hubs on one Redis and one data directory act as one hub. Needs Redis
+ * (REDIS_URL, default redis://127.0.0.1:6379); each run claims an empty logical database
+ * (15 down to 1, never 0), flushes it before each test and when done.
+ */
+import { createConnection, createServer, type Server, type Socket } from 'node:net';
+import { Redis } from 'ioredis';
+import { afterAll, beforeEach, describe, expect, it } from 'vitest';
+import type { Hub } from '../src/index.js';
+import type { DeviceInfo } from '../src/presence.js';
+import { cleanup, connectMqtt, freePort, RequestClient, spawnHub, spawnHypha, startTestHub, tempDir, waitFor } from './helpers.js';
+
+const BASE_URL = (process.env.REDIS_URL ?? 'redis://127.0.0.1:6379').replace(/\/\d*$/, '');
+const CLAIM_KEY = 'rhizosphere-test:claim';
+
+/** An empty database of the test Redis, claimed for this run; null when Redis is unreachable. */
+async function claimDatabase(): Promise<{ db: number; redis: Redis } | null> {
+  for (let db = 15; db >= 1; db--) {
+    const redis = new Redis(`${BASE_URL}/${db}`, { lazyConnect: true, connectTimeout: 2000, maxRetriesPerRequest: 0, retryStrategy: () => null });
+    redis.on('error', () => {});
+    try {
+      await redis.connect();
+      if ((await redis.dbsize()) === 0 && (await redis.set(CLAIM_KEY, String(process.pid), 'EX', 1800, 'NX')) === 'OK') return { db, redis };
+    } catch {
+      redis.disconnect();
+      return null;
+    }
+    redis.disconnect();
+  }
+  return null;
+}
+
+const claimed = await claimDatabase();
+if (!claimed) console.warn(`cluster tests skipped: no Redis at ${BASE_URL} (set REDIS_URL), or no empty database 1-15 in it`);
+const CLUSTER_URL = claimed ? `${BASE_URL}/${claimed.db}` : '';
+
+async function freshDatabase(): Promise<void> {
+  if (!claimed || claimed.db === 0) return;
+  await claimed.redis.flushdb();
+  await claimed.redis.set(CLAIM_KEY, String(process.pid), 'EX', 1800);
+}
+
+/** A TCP load balancer in front of the nodes: round robin, skipping a node that refuses. */
+async function loadBalancer(backends: () => number[]): Promise<{ port: number; server: Server }> {
+  let next = 0;
+  const sockets = new Set<Socket>();
+  const server = createServer((client) => {
+    sockets.add(client);
+    client.on('close', () => sockets.delete(client));
+    client.pause();
+    const ports = backends();
+    const tryFrom = (attempt: number) => {
+      if (attempt >= ports.length) return client.destroy();
+      const port = ports[next++ % ports.length]!;
+      const upstream = createConnection({ port, host: '127.0.0.1', noDelay: true });
+      upstream.once('error', () => tryFrom(attempt + 1));
+      upstream.once('connect', () => {
+        upstream.removeAllListeners('error');
+        sockets.add(upstream);
+        upstream.on('close', () => sockets.delete(upstream));
+        client.pipe(upstream).pipe(client);
+        upstream.on('error', () => client.destroy());
+        client.on('error', () => upstream.destroy());
+        client.on('close', () => upstream.destroy());
+        upstream.on('close', () => client.destroy());
+        client.resume();
+      });
+    };
+    tryFrom(0);
+  });
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  cleanup(
+    () =>
+      new Promise<void>((resolve) => {
+        for (const socket of sockets) socket.destroy();
+        server.close(() => resolve());
+      }),
+  );
+  const address = server.address();
+  return { port: typeof address === 'object' && address ? address.port : 0, server };
+}
+
+async function restDevices(httpUrl: string): Promise<DeviceInfo[]> {
+  const res = await fetch(`${httpUrl}/api/devices`);
+  return (await res.json()) as DeviceInfo[];
+}
+
+const percentile = (values: number[], p: number) => [...values].sort((a, b) => a - b)[Math.min(values.length - 1, Math.floor(values.length * p))]!;
+
+describe.skipIf(!claimed)('cluster', () => {
+  beforeEach(freshDatabase);
+  afterAll(async () => {
+    if (!claimed) return;
+    await claimed.redis.flushdb();
+    claimed.redis.disconnect();
+  });
+
+  const inProcessNode = (dataDir: string, nodeId: string) => startTestHub({ dataDir, cluster: CLUSTER_URL, nodeId });
+
+  async function processNode(dataDir: string, nodeId: string) {
+    const [mqttPort, httpPort] = [await freePort(), await freePort()];
+    const hub = spawnHub([
+      '--cluster', CLUSTER_URL, '--node-id', nodeId, '--data-dir', dataDir, '--host', '127.0.0.1',
+      '--mqtt-port', String(mqttPort), '--http-port', String(httpPort), '--allow-anonymous', '--log-level', 'warn',
+    ]);
+    const http = `http://127.0.0.1:${httpPort}`;
+    await waitFor(() => fetch(`${http}/healthz`).then((r) => r.ok, () => false), { timeoutMs: 20_000, what: `${nodeId} up` });
+    return { ...hub, mqttPort, http, mqtt: `mqtt://127.0.0.1:${mqttPort}` };
+  }
+
+  it('three nodes are one hub: every node sees every device, requests and jobs cross nodes, a dead node\'s devices go offline', async () => {
+    const dataDir = tempDir('rhizo-cluster-');
+    const a = await inProcessNode(dataDir, 'node-a');
+    const b = await inProcessNode(dataDir, 'node-b');
+    const c = await processNode(dataDir, 'node-c');
+    let cAlive = true;
+    const lb = await loadBalancer(() => [a.ports.mqtt, b.ports.mqtt, ...(cAlive ? [c.mqttPort] : [])]);
+    const lbUrl = `mqtt://127.0.0.1:${lb.port}`;
+
+    // Through the balancer one by one, so each node gets one; c-direct has only node C.
+    const onAll = (id: string) => waitFor(async () => a.device(id)?.online && b.device(id)?.online && (await restDevices(c.http)).find((d) => d.id === id)?.online, { timeoutMs: 20_000, what: `${id} online everywhere` });
+    const agents = new Map<string, ReturnType<typeof spawnHypha>>();
+    for (const id of ['lb-0', 'lb-1', 'lb-2']) {
+      agents.set(id, spawnHypha(lbUrl, id));
+      await onAll(id);
+    }
+    agents.set('c-direct', spawnHypha(c.mqtt, 'c-direct'));
+    await onAll('c-direct');
+    const ids = ['lb-0', 'lb-1', 'lb-2', 'c-direct'];
+
+    // Every node lists every device, with the same holding node.
+    const fromC = await restDevices(c.http);
+    const nodeOf = (id: string) => a.device(id)!.node;
+    for (const id of ids) {
+      expect(b.device(id)!.node).toBe(nodeOf(id));
+      expect(fromC.find((d) => d.id === id)!.node).toBe(nodeOf(id));
+    }
+    expect(new Set(ids.map(nodeOf))).toEqual(new Set(['node-a', 'node-b', 'node-c']));
+    expect(nodeOf('c-direct')).toBe('node-c');
+    const onC = ids.filter((id) => nodeOf(id) === 'node-c');
+
+    // A Request through node A runs on a device held by node C; the Reply comes back.
+    const client = await RequestClient.connect(a.urls.mqtt, 'ops-1');
+    const reply = await client.request({ device: 'c-direct', order: 'exec_bash', cmd_str: 'echo from-$HOSTNAME-side' });
+    expect(reply).toMatchObject({ status: 'ok', device: 'c-direct', exit_code: 0 });
+    expect((reply as { result: string }).result).toMatch(/^from-.*-side$/);
+    // The round trip as the hub sees it (an MQTT.js client adds its own delays on top).
+    const latencies: number[] = [];
+    for (let i = 0; i < 20; i++) {
+      const started = performance.now();
+      await a.exec('c-direct', 'true');
+      latencies.push(performance.now() - started);
+    }
+    console.log(`cluster: command from node A to a device on node C: p50 ${percentile(latencies, 0.5).toFixed(1)} ms, max ${Math.max(...latencies).toFixed(1)} ms (20 round trips)`);
+    // And the other way: through the process node C to devices on A and B (REST).
+    for (const id of ids.filter((d) => nodeOf(d) !== 'node-c')) {
+      const res = await fetch(`${c.http}/api/devices/${id}/commands`, { method: 'POST', body: JSON.stringify({ order: 'exec_bash', cmd_str: `echo ${id}` }) });
+      expect(await res.json()).toMatchObject({ status: 'ok', result: id });
+    }
+
+    // REST on node B lists the whole fleet.
+    const fromB = await restDevices(b.urls.http);
+    for (const id of ids) expect(fromB.find((d) => d.id === id)).toMatchObject({ online: true, node: nodeOf(id) });
+
+    // A job created on node A over every device succeeds on all of them.
+    const job = a.jobs.create({ target: { tags: [] }, order: 'exec_bash', cmd_str: 'echo job' }, { actor: 'test', actorKind: 'api' });
+    expect(job.targets).toBe(ids.length);
+    const done = await waitFor(() => (a.jobs.get(job.id)?.state === 'done' ? a.jobs.get(job.id) : undefined), { timeoutMs: 30_000, what: 'the job done' });
+    expect(done.counts.succeeded).toBe(ids.length);
+    expect(done.targets.map((t) => t.result)).toEqual(ids.map(() => 'job'));
+
+    // SIGKILL node C while a command to c-direct is in flight from node A.
+    const inFlight = client.request({ device: 'c-direct', order: 'exec_bash', cmd_str: 'sleep 30', timeout_ms: 60_000 });
+    await waitFor(() => a.inflight === 1, { what: 'the command in flight' });
+    const offlineOn = (hub: Hub) => new Promise<number>((resolve) => {
+      const listener = (device: DeviceInfo) => {
+        if (device.id !== 'c-direct') return;
+        hub.off('offline', listener);
+        resolve(Date.now());
+      };
+      hub.on('offline', listener);
+    });
+    const [offA, offB] = [offlineOn(a), offlineOn(b)];
+    const killedAt = Date.now();
+    cAlive = false;
+    c.child.kill('SIGKILL');
+    await c.exited;
+    const answered = await inFlight;
+    const answeredAt = Date.now();
+    expect(answered).toMatchObject({ status: 'error', code: 'DEVICE_OFFLINE', device: 'c-direct' });
+    const [tA, tB] = [(await offA) - killedAt, (await offB) - killedAt];
+    console.log(`cluster: node C killed; c-direct offline on node A after ${tA} ms, on node B after ${tB} ms; the command in flight answered DEVICE_OFFLINE after ${answeredAt - killedAt} ms`);
+    expect(Math.max(tA, tB)).toBeLessThan(10_000);
+    expect(a.device('c-direct')).toMatchObject({ online: false, node: 'node-c' });
+    expect(await client.request({ device: 'c-direct', order: 'exec_bash', cmd_str: 'true' })).toMatchObject({ status: 'error', code: 'DEVICE_OFFLINE' });
+
+    // The agents that came through the balancer reconnect by themselves, to a surviving node.
+    for (const id of onC.filter((d) => d !== 'c-direct')) {
+      const moved = await waitFor(() => {
+        const [onA, onB] = [a.device(id), b.device(id)];
+        return onA?.online && onB?.online && onA.node !== 'node-c' && onA.node === onB.node ? onA : undefined;
+      }, { timeoutMs: 20_000, what: `${id} back on a surviving node` });
+      console.log(`cluster: ${id} reconnected through the balancer to ${moved.node} ${Date.now() - killedAt} ms after the kill`);
+      expect(await client.request({ device: id, order: 'exec_bash', cmd_str: 'echo back' })).toMatchObject({ status: 'ok', result: 'back' });
+    }
+  }, 120_000);
+
+  it('a device that reconnects through another node moves there without going offline anywhere', async () => {
+    const dataDir = tempDir('rhizo-cluster-');
+    const a = await inProcessNode(dataDir, 'node-a');
+    const b = await inProcessNode(dataDir, 'node-b');
+    const watcher = await inProcessNode(dataDir, 'node-w');
+    const offline: string[] = [];
+    for (const hub of [a, b, watcher]) hub.on('offline', (device) => offline.push(`${hub.config.nodeId}:${device.id}`));
+
+    const first = await connectMqtt(a.urls.mqtt, { clientId: 'flip', clean: false });
+    await first.subscribeAsync('rhizosphere/devices/flip/command', { qos: 1 });
+    await waitFor(() => watcher.device('flip')?.node === 'node-a' && b.device('flip')?.online, { what: 'flip online on node-a everywhere' });
+
+    const second = await connectMqtt(b.urls.mqtt, { clientId: 'flip', clean: false });
+    await second.subscribeAsync('rhizosphere/devices/flip/command', { qos: 1 });
+    await waitFor(() => [a, b, watcher].every((hub) => hub.device('flip')?.node === 'node-b' && hub.device('flip')?.online), { what: 'flip on node-b everywhere' });
+    await new Promise((r) => setTimeout(r, 1500));
+    expect(offline).toEqual([]);
+    expect([a, b, watcher].map((hub) => hub.device('flip')?.online)).toEqual([true, true, true]);
+    expect(a.status('flip')).toMatchObject({ online: true, node: 'node-b' });
+
+    // A command from node A reaches the device's new connection on node B.
+    second.on('message', (topic, payload) => {
+      const command = JSON.parse(payload.toString()) as { id: string };
+      void second.publishAsync('rhizosphere/devices/flip/response', JSON.stringify({ type: 'response', id: command.id, result: 'moved', error: '', exit_code: 0, duration_ms: 1, truncated: false }), { qos: 1 });
+    });
+    expect(await a.exec('flip', 'anything')).toMatchObject({ result: 'moved' });
+  }, 60_000);
+});
+
+describe('cluster start', () => {
+  it('a Redis that cannot be reached ends the start with one line naming --cluster, exit 2', async () => {
+    const port = await freePort();
+    const hub = spawnHub(['--cluster', `redis://127.0.0.1:${port}`, '--data-dir', tempDir(), '--mqtt-port', '0', '--http-port', '0']);
+    expect(await hub.exited).toMatchObject({ code: 2 });
+    expect(hub.output()).toContain(`--cluster redis://127.0.0.1:${port}`);
+    expect(hub.output()).toContain('cannot reach Redis (ECONNREFUSED)');
+  }, 20_000);
+
+  it('a --cluster value that is not a redis:// URL is refused', async () => {
+    const hub = spawnHub(['--cluster', 'http://127.0.0.1:6379', '--data-dir', tempDir()]);
+    expect(await hub.exited).toMatchObject({ code: 2 });
+    expect(hub.output()).toContain('--cluster');
+    expect(hub.output()).toContain('redis://');
+  }, 20_000);
+});
