@@ -181,6 +181,10 @@ describe.skipIf(!claimed)('cluster', () => {
       hub.on('offline', listener);
     });
     const [offA, offB] = [offlineOn(a), offlineOn(b)];
+    const movedAt = new Map<string, number>();
+    a.on('online', (device) => {
+      if (device.node !== 'node-c' && onC.includes(device.id) && !movedAt.has(device.id)) movedAt.set(device.id, Date.now());
+    });
     const killedAt = Date.now();
     cAlive = false;
     c.child.kill('SIGKILL');
@@ -200,7 +204,7 @@ describe.skipIf(!claimed)('cluster', () => {
         const [onA, onB] = [a.device(id), b.device(id)];
         return onA?.online && onB?.online && onA.node !== 'node-c' && onA.node === onB.node ? onA : undefined;
       }, { timeoutMs: 20_000, what: `${id} back on a surviving node` });
-      console.log(`cluster: ${id} reconnected through the balancer to ${moved.node} ${Date.now() - killedAt} ms after the kill`);
+      console.log(`cluster: ${id} reconnected through the balancer to ${moved.node}, online there as seen from node A ${movedAt.get(id)! - killedAt} ms after the kill`);
       expect(await client.request({ device: id, order: 'exec_bash', cmd_str: 'echo back' })).toMatchObject({ status: 'ok', result: 'back' });
     }
   }, 120_000);

@@ -91,7 +91,8 @@ export function connectClusterRedis(url: string, log: Logger): ClusterRedis {
   // Redis pub/sub ignores the database number: the prefix keeps clusters on different
   // databases of one Redis apart (Aedes' own $SYS topics included).
   const mq = new MQEmitterRedisPrefix(`rhizosphere:${databaseOf(url)}:`, { subConn, pubConn, matchEmptyLevels: true });
-  mq.state.on('error', (error) => log.error({ err: error.message }, 'cluster: message bus error'));
+  // Each failure is also an error of one of the connections above, logged there once per outage.
+  mq.state.on('error', (error) => log.debug({ err: error.message }, 'cluster: message bus error'));
   const persistence = aedesPersistenceRedis({ conn: store });
   return {
     brokerOptions: { mq, persistence },
