@@ -217,7 +217,7 @@ async function runStorm(setup: StormSetup, figures: Figures, replaced: (next: Ru
     })),
   );
   const watched = armed.reduce((a, b) => a + b, 0);
-  const empty: StormStats = { devices: 0, backMs: [], connackFailures: {}, refused: 0, errors: {}, attempts: 0 };
+  const empty: StormStats = { devices: 0, backMs: [], connackFailures: {}, refused: 0, errors: {}, errorsMs: null, attempts: 0 };
   const allBack = Promise.all(sims.map((s, i) => (armed[i]! > 0 ? nextMessage<Extract<FromWorker, { type: 'storm-back' }>>(s.child, 'storm-back').then((m) => m.stats) : Promise.resolve(empty))));
   allBack.catch(() => {}); // awaited in its phase below; a rejection before that is not unhandled
 
@@ -265,7 +265,7 @@ async function runStorm(setup: StormSetup, figures: Figures, replaced: (next: Ru
     figures.storm_errors = back.reduce((a, b) => a + sum(b.errors), 0);
     figures.storm_listen_overflows = listenOverflows() - overflowsBefore;
     figures.storm_attempts_per_device = back.reduce((a, b) => a + b.attempts, 0) / Math.max(1, watched);
-    const failures = back.filter((b) => sum(b.connackFailures) + sum(b.errors) > 0).map((b) => ({ connack: b.connackFailures, errors: b.errors }));
+    const failures = back.filter((b) => sum(b.connackFailures) + sum(b.errors) > 0).map((b) => ({ connack: b.connackFailures, errors: b.errors, errorsS: b.errorsMs?.map((ms) => Math.round(ms / 100) / 10) }));
     log(name, `storm: all ${watched} back after ${figures.storm_back_100_s.toFixed(2)} s; ${figures.storm_refused} refused while the hub was down` + (failures.length ? `; failures ${JSON.stringify(failures)}` : ''));
     figures.storm_hub_online_s = await phase(name, 'storm: hub lists the devices online', 60_000, () => hubOnline);
   } finally {

@@ -64,6 +64,8 @@ export interface StormStats {
   connackFailures: Record<string, number>;
   refused: number;
   errors: Record<string, number>;
+  /** When the first and the last of those errors happened, ms from t0 (to tell the old hub's stop from the new one's start). */
+  errorsMs: [number, number] | null;
   attempts: number;
 }
 
@@ -171,7 +173,7 @@ export class DeviceFleet {
   watchStorm(t0: number, onBack: (s: StormStats) => void): number {
     this.reconnect = true;
     const pending = new Set(this.up);
-    this.storm = { t0, pending, onBack, devices: pending.size, backMs: [], connackFailures: {}, refused: 0, errors: {}, attempts: 0 };
+    this.storm = { t0, pending, onBack, devices: pending.size, backMs: [], connackFailures: {}, refused: 0, errors: {}, errorsMs: null, attempts: 0 };
     return pending.size;
   }
 
@@ -254,11 +256,15 @@ export class DeviceFleet {
       storm.backMs.push(wallMs() - storm.t0);
       if (storm.pending.size === 0) {
         this.storm = null;
-        storm.onBack({ devices: storm.devices, backMs: storm.backMs, connackFailures: storm.connackFailures, refused: storm.refused, errors: storm.errors, attempts: storm.attempts });
+        storm.onBack({ devices: storm.devices, backMs: storm.backMs, connackFailures: storm.connackFailures, refused: storm.refused, errors: storm.errors, errorsMs: storm.errorsMs, attempts: storm.attempts });
       }
     } else if (o.kind === 'connack') storm.connackFailures[o.code] = (storm.connackFailures[o.code] ?? 0) + 1;
     else if (o.kind === 'refused') storm.refused++;
-    else storm.errors[o.code] = (storm.errors[o.code] ?? 0) + 1;
+    else {
+      storm.errors[o.code] = (storm.errors[o.code] ?? 0) + 1;
+      const at = wallMs() - storm.t0;
+      storm.errorsMs = [storm.errorsMs?.[0] ?? at, at];
+    }
   }
 
   private startPinger(): void {
