@@ -210,6 +210,8 @@ function auditCommands(stores: Stores): SettledHook {
     });
 }
 
+const LISTEN_BACKLOG = 4096;
+
 function listen(server: TcpServer | HttpServer | TlsServer, port: number, host: string, flag: string): Promise<number> {
   return new Promise((resolve, reject) => {
     const onError = (error: NodeJS.ErrnoException) => {
@@ -232,7 +234,10 @@ function listen(server: TcpServer | HttpServer | TlsServer, port: number, host: 
     };
     server.once('error', onError);
     server.once('listening', onListening);
-    server.listen(port, host);
+    // A reconnect storm brings thousands of SYNs at once: Node's default queue of 511 pending
+    // connections overflowed, and each dropped SYN costs its device a retry a second or more
+    // later. The kernel caps this at net.core.somaxconn.
+    server.listen({ port, host, backlog: LISTEN_BACKLOG });
   });
 }
 
@@ -340,6 +345,10 @@ export async function startHub(options: HubOptions = {}): Promise<Hub> {
       access.principalOf,
     );
     noteAuthenticated = mqttDevices.noteAuthenticated;
+    // Requests keep being answered while the broker closes (the dispatcher, closed first,
+    // refuses them with a coded error): a client is never left waiting for a Reply.
+    const requests = bridgeMqttRequests({ broker, topics, dispatcher, maxPayloadBytes: config.maxPayloadBytes, log, principalOf: access.principalOf, remoteOf: access.remoteOf });
+    onClose(() => requests.close());
     onClose(() => mqttDevices.close());
     onClose(() =>
       withinBudget(
@@ -352,8 +361,6 @@ export async function startHub(options: HubOptions = {}): Promise<Hub> {
     );
     const credentials = watchCredentials(stores, presence, broker, access.principalOf, auth, log);
     onClose(() => credentials.close());
-    const requests = bridgeMqttRequests({ broker, topics, dispatcher, maxPayloadBytes: config.maxPayloadBytes, log, principalOf: access.principalOf, remoteOf: access.remoteOf });
-    onClose(() => requests.close());
     onClose(() => dispatcher.close());
     const clusterStart = cluster ? await cluster.start({ broker, topics, presence, dispatcher }) : null;
     // Before the broker closes (the first steps of close run last in this list).
