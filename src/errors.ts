@@ -35,3 +35,11 @@ export class HubError extends Error {
     this.code = code;
   }
 }
+
+/** The hub failed to start (a port in use, say); `message` is the one line the CLI prints. */
+export class StartError extends Error {
+  constructor(message: string, options?: { cause?: unknown }) {
+    super(message, options);
+    this.name = 'StartError';
+  }
+}

@@ -4,15 +4,11 @@
  * process (a test, say) may run several hubs.
  */
 import { EventEmitter } from 'node:events';
-import { createServer as createTcpServer, type Server as TcpServer } from 'node:net';
-import type { Server as HttpServer } from 'node:http';
-import type { Server as TlsServer } from 'node:tls';
-import type { IncomingMessage } from 'node:http';
-import type { Duplex } from 'node:stream';
+import { createServer as createTcpServer } from 'node:net';
 import { Aedes, type Client } from 'aedes';
-import { limitPacketSize } from './packet-limit.js';
-import { governWrites } from './outbound.js';
 import { indexedMemoryPersistence } from './retained-index.js';
+import { listen, stopListening, withinBudget } from './listen.js';
+import { mqttConnectionHandler } from './mqtt-connections.js';
 import { attachLegacyBridge } from '../bridge/legacy.js';
 import { bridgeMqttRequests } from '../bridge/mqtt-requests.js';
 import { restRouter, type HubInfo } from '../bridge/rest.js';
@@ -21,7 +17,7 @@ import { ClusterUnreachable, defaultNodeId, openCluster, type ClusterNode } from
 import { Authenticator } from './auth/authenticator.js';
 import { configFromOptions, splitList, type HubConfig } from './config.js';
 import { Dispatcher, type CommandRequest, type Origin, type SettledHook } from './dispatcher.js';
-import { HubError } from './errors.js';
+import { HubError, StartError } from './errors.js';
 import { JobRunner } from './jobs/runner.js';
 import { HandlerHost, HandlerStartError } from './handlers/loader.js';
 import { jobsRouter } from '../bridge/jobs-rest.js';
@@ -43,6 +39,9 @@ import { ensureFirstAdmin, openStores, type Stores } from './store/stores.js';
 import { certificateIdOf, createHubHttpsServer, createMqttsServer, loadTls, warnAboutValidity, type TlsMaterial } from './tls.js';
 import { requirePrincipal, sessionRouter } from './web-auth.js';
 
+/** Start failures are StartErrors (src/errors.ts); the CLI prints their one-line message. */
+export { StartError };
+
 export interface HubOptions extends Partial<HubConfig> {
   /** A logger to use instead of one made from `logLevel`. */
   logger?: Logger;
@@ -55,14 +54,6 @@ export interface HubEvents {
 
 /** What `exec()` takes: a bash command line, or the order and timeout too. */
 export type ExecCommand = string | { order?: Order; cmd_str: string; timeout_ms?: number };
-
-/** The hub failed to start (a port in use, say); `message` is the one line the CLI prints. */
-export class StartError extends Error {
-  constructor(message: string, options?: { cause?: unknown }) {
-    super(message, options);
-    this.name = 'StartError';
-  }
-}
 
 const CLOSE_BUDGET_MS = 4000;
 
@@ -210,47 +201,7 @@ function auditCommands(stores: Stores): SettledHook {
     });
 }
 
-const LISTEN_BACKLOG = 4096;
 
-function listen(server: TcpServer | HttpServer | TlsServer, port: number, host: string, flag: string): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const onError = (error: NodeJS.ErrnoException) => {
-      server.off('listening', onListening);
-      const where = `${host}:${port}`;
-      const why =
-        error.code === 'EADDRINUSE'
-          ? `port ${port} is already in use on ${host}; choose another with ${flag} N`
-          : error.code === 'EACCES'
-            ? `no permission to listen on ${where}; choose a port above 1023 with ${flag} N`
-            : error.code === 'EADDRNOTAVAIL' || error.code === 'ENOTFOUND'
-              ? `cannot listen on ${where}: --host ${host} is not an address of this machine`
-              : `cannot listen on ${where} (${error.code ?? error.message})`;
-      reject(new StartError(`${flag} ${port}: ${why}`, { cause: error }));
-    };
-    const onListening = () => {
-      server.off('error', onError);
-      const address = server.address();
-      resolve(typeof address === 'object' && address ? address.port : port);
-    };
-    server.once('error', onError);
-    server.once('listening', onListening);
-    // A reconnect storm brings thousands of SYNs at once: Node's default queue of 511 pending
-    // connections overflowed, and each dropped SYN costs its device a retry a second or more
-    // later. The kernel caps this at net.core.somaxconn.
-    server.listen({ port, host, backlog: LISTEN_BACKLOG });
-  });
-}
-
-/**
- * Stops accepting connections at once. The returned promise settles only when every open
- * connection has ended too, so it is awaited last, after the broker dropped its clients.
- */
-function stopListening(server: TcpServer | HttpServer | TlsServer): Promise<void> {
-  return new Promise((resolve) => {
-    if (!server.listening) return resolve();
-    server.close(() => resolve());
-  });
-}
 
 /** For the start line: whether devices may, or must, prove their id with a certificate. */
 function clientCertificateMode(tls: TlsMaterial | null): 'required' | 'optional' | undefined {
@@ -258,16 +209,6 @@ function clientCertificateMode(tls: TlsMaterial | null): 'required' | 'optional'
   return tls.requireClientCert ? 'required' : 'optional';
 }
 
-function withinBudget(work: Promise<void>, ms: number): Promise<void> {
-  return new Promise((resolve) => {
-    const timer = setTimeout(resolve, ms);
-    timer.unref();
-    void work.finally(() => {
-      clearTimeout(timer);
-      resolve();
-    });
-  });
-}
 
 /** Connects to the cluster's Redis; one clear line (StartError) when it cannot be reached. */
 async function startClusterNode(config: HubConfig, log: Logger): Promise<ClusterNode> {
@@ -421,23 +362,8 @@ export async function startHub(options: HubOptions = {}): Promise<Hub> {
     const handlers = new HandlerHost({ log, broker, db: stores.db, auth });
     http.app.use('/handlers', handlers.router);
     mountConsole(http.app);
-    // Every MQTT connection, whatever carries it, goes through the packet size guard.
     const maxPacketBytes = Math.max(config.maxPayloadBytes, config.maxResponseBytes) + 64 * 1024;
-    const handle = (stream: Duplex, req?: IncomingMessage) => {
-      let client: Client | undefined;
-      governWrites(stream, {
-        maxBufferedBytes: config.maxClientBufferBytes,
-        onTooSlow: (buffered) =>
-          log.warn(
-            { code: 'BUSY', clientId: client?.id, buffered, limit: config.maxClientBufferBytes },
-            'connection closed: the client reads too slowly (its unsent data passed --max-client-buffer-bytes)',
-          ),
-      });
-      client = broker.handle(stream, req);
-      limitPacketSize(client, maxPacketBytes, (declared) =>
-        log.warn({ code: 'PAYLOAD_TOO_LARGE', clientId: client.id, declared, limit: maxPacketBytes }, 'connection closed: MQTT packet over the size limit'),
-      );
-    };
+    const handle = mqttConnectionHandler(broker, { maxPacketBytes, maxBufferedBytes: config.maxClientBufferBytes }, log);
     const ws = mqttOverWebSocket(handle, maxPacketBytes);
     http.addUpgrade('/mqtt', ws.handler);
     const legacy = attachLegacyBridge({ http, presence, dispatcher, log, maxPayloadBytes: config.maxPayloadBytes, auth });
