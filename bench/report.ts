@@ -4,8 +4,23 @@ import type { TargetName } from './targets.js';
 
 export type Figures = Record<string, number | null>;
 
+/** One hub process of the cluster target. */
+export interface NodeFigures {
+  node: string;
+  /** Devices connected to it by the simulators. */
+  devices: number;
+  rss_before_mib: number | null;
+  rss_after_mib: number | null;
+  rss_per_device_kib: number | null;
+  /** Its GET /healthz counts once every device was up: the whole fleet, wherever held. */
+  listed_devices: number | null;
+  listed_online: number | null;
+}
+
 export interface TargetResult {
   figures: Figures;
+  /** The cluster target: the same figures per hub process. */
+  nodes?: NodeFigures[];
   /** Set when a phase failed: the figures after it are missing. */
   error?: string;
 }
@@ -58,6 +73,8 @@ export function rows(devices: number, inflight: number): Row[] {
     { key: 'refused', label: 'connections refused', digits: 0, noRatio: true },
     { key: 'connect_errors', label: 'other connect errors / timeouts', digits: 0, noRatio: true },
     { key: 'listen_overflows', label: 'listen queue overflows while connecting (machine-wide)', digits: 0, noRatio: true },
+    { key: 'listed_devices_min', label: 'devices listed by each node (fewest, /healthz devices)', digits: 0, noRatio: true, optional: true },
+    { key: 'listed_online_min', label: 'devices listed online by each node (fewest)', digits: 0, noRatio: true, optional: true },
     { key: 'rss_before_mib', label: 'RSS before devices (MiB)', digits: 1 },
     { key: 'rss_after_mib', label: `RSS with ${devices} devices (MiB)`, digits: 1 },
     { key: 'rss_per_device_kib', label: 'RSS per device (KiB)', digits: 1 },
@@ -68,10 +85,14 @@ export function rows(devices: number, inflight: number): Row[] {
     { key: 'rt_cpu_s_per_10k', label: 'broker CPU s per 10k round trips', digits: 2 },
     { key: 'rt_load_cpu_s_per_10k', label: 'load client CPU s per 10k round trips', digits: 2 },
     { key: 'rt_sim_cpu_s_per_10k', label: 'device simulators CPU s per 10k round trips', digits: 2 },
+    { key: 'rt_redis_cpu_s_per_10k', label: 'Redis CPU s per 10k round trips', digits: 2, optional: true },
     { key: 'rt_errors', label: 'round trips answered with an error', digits: 0, noRatio: true },
+    { key: 'rt_crossed_pct', label: 'round trips to a device on another node (%)', digits: 1, noRatio: true, optional: true },
     { key: 'fanout_s', label: `fan-out to ${devices} devices (s)`, digits: 2 },
     { key: 'fanout_succeeded', label: 'fan-out: devices that answered', digits: 0, noRatio: true },
     { key: 'fanout_cpu_s', label: 'broker CPU s during the fan-out', digits: 2 },
+    { key: 'fanout_redis_cpu_s', label: 'Redis CPU s during the fan-out', digits: 2, optional: true },
+    { key: 'redis_memory_mib', label: 'Redis memory growth with the devices (MiB)', digits: 1, optional: true },
     { key: 'dropped', label: 'device connections dropped', digits: 0, noRatio: true },
     ...stormRows(devices),
   ];
@@ -85,15 +106,26 @@ export function ratio(a: number | null | undefined, b: number | null | undefined
   return a === null || a === undefined || b === null || b === undefined || b === 0 || Number.isNaN(a) || Number.isNaN(b) ? null : a / b;
 }
 
+/** Ratio columns: the hub against each bare broker, the cluster against one hub. */
+const RATIO_PAIRS: readonly [TargetName, TargetName][] = [
+  ['hub', 'aedes'],
+  ['hub', 'mosquitto'],
+  ['cluster', 'hub'],
+];
+
+function ratioPairs(results: Partial<Record<TargetName, TargetResult>>): [TargetName, TargetName][] {
+  return RATIO_PAIRS.filter(([a, b]) => results[a] && results[b]);
+}
+
 export function table(results: Partial<Record<TargetName, TargetResult>>, devices: number, inflight: number): string {
   const names = Object.keys(results) as TargetName[];
-  const ratios = (['aedes', 'mosquitto'] as const).filter((b) => results.hub && results[b]);
-  const header = ['measure', ...names, ...ratios.map((b) => `hub ÷ ${b}`)];
+  const ratios = ratioPairs(results);
+  const header = ['measure', ...names, ...ratios.map(([a, b]) => `${a} ÷ ${b}`)];
   const lines = [`| ${header.join(' | ')} |`, `|${header.map((_, i) => (i === 0 ? '---' : '---:')).join('|')}|`];
   for (const row of rows(devices, inflight)) {
     if (row.optional && names.every((n) => results[n]?.figures[row.key] === undefined)) continue;
     const cells = names.map((n) => format(results[n]?.figures[row.key], row.digits));
-    const r = ratios.map((b) => (row.noRatio ? '' : format(ratio(results.hub?.figures[row.key], results[b]?.figures[row.key]), 2)));
+    const r = ratios.map(([a, b]) => (row.noRatio ? '' : format(ratio(results[a]?.figures[row.key], results[b]?.figures[row.key]), 2)));
     lines.push(`| ${[row.label, ...cells, ...r].join(' | ')} |`);
   }
   return lines.join('\n');
@@ -109,9 +141,8 @@ export interface Report {
 
 export function ratiosOf(results: Partial<Record<TargetName, TargetResult>>, devices: number, inflight: number): Report['ratios'] {
   const out: Report['ratios'] = {};
-  for (const b of ['aedes', 'mosquitto'] as const) {
-    if (!results.hub || !results[b]) continue;
-    out[`hub/${b}`] = Object.fromEntries(rows(devices, inflight).filter((r) => !r.noRatio).map((r) => [r.key, ratio(results.hub?.figures[r.key], results[b]?.figures[r.key])]));
+  for (const [a, b] of ratioPairs(results)) {
+    out[`${a}/${b}`] = Object.fromEntries(rows(devices, inflight).filter((r) => !r.noRatio).map((r) => [r.key, ratio(results[a]?.figures[r.key], results[b]?.figures[r.key])]));
   }
   return out;
 }

@@ -3,16 +3,17 @@
  * devices and the same load, each system under test in its own process. Prints a markdown
  * table and writes the same figures as JSON. See bench/README.md.
  */
-import { mkdirSync, writeFileSync } from 'node:fs';
+import { mkdirSync, readdirSync, writeFileSync } from 'node:fs';
 import { dirname, join, resolve } from 'node:path';
 import { parseArgs } from 'node:util';
+import { claimRedisDb, healthCounts, redisPid, redisUsedMemory, releaseAllSync, releaseRedisDb, startCluster, type RedisClaim } from './cluster.js';
 import type { FanOutSpec, FromLoad, RoundTripSpec, StormLoadSpec, ToLoad } from './load-client.js';
 import { phase, sleep, Supervisor, wallMs, type ManagedChild } from './processes.js';
 import { listenOverflows, machine, machineLine, sampleProcess } from './procfs.js';
 import { deviceIds, registerDevices } from './register.js';
-import { ratiosOf, table, type Figures, type Report, type TargetResult } from './report.js';
+import { ratiosOf, table, type Figures, type NodeFigures, type Report, type TargetResult } from './report.js';
 import type { ConnectPlan, ConnectStats, FromWorker, SimDeviceSpec, StormStats, ToWorker, WorkerStats } from './sim-devices.js';
-import { ROOT, startAedes, startHub, startMosquitto, TARGET_NAMES, type RunningTarget, type TargetName, type TransportName } from './targets.js';
+import { DEFAULT_TARGETS, ROOT, startAedes, startHub, startMosquitto, TARGET_NAMES, type RunningTarget, type TargetName, type TransportName } from './targets.js';
 
 const USAGE = `Usage: npm run bench -- [flags]
 
@@ -22,7 +23,9 @@ const USAGE = `Usage: npm run bench -- [flags]
   --duration S          measure round trips for S seconds instead of a count
   --warmup W            round trips before measuring (default 1000)
   --transport T         tcp or ws (MQTT over WebSocket) for devices and load (default tcp)
-  --targets LIST        any of hub,aedes,mosquitto (default all three)
+  --targets LIST        any of hub,aedes,mosquitto,cluster (default hub,aedes,mosquitto)
+  --nodes N             cluster: hub processes sharing one Redis database (default 3;
+                        Redis at REDIS_URL, default redis://127.0.0.1:6379)
   --out FILE            JSON results (default bench/results/latest.json)
   --connect-rate R      connects started per second over all devices (default 0: no limit)
   --connect-window W    handshakes in progress at once per simulator process (default 100)
@@ -57,6 +60,7 @@ interface Options {
   loadConnections: number;
   storm: boolean;
   stormRate: number;
+  nodes: number;
 }
 
 function fail(message: string): never {
@@ -72,7 +76,7 @@ function wholeNumber(flag: string, value: string | undefined, fallback: number, 
 }
 
 function parseOptions(): Options {
-  const flags = ['devices', 'inflight', 'roundtrips', 'duration', 'warmup', 'transport', 'targets', 'out', 'connect-rate', 'connect-window', 'per-process', 'load-connections', 'storm-rate'];
+  const flags = ['devices', 'inflight', 'roundtrips', 'duration', 'warmup', 'transport', 'targets', 'out', 'connect-rate', 'connect-window', 'per-process', 'load-connections', 'storm-rate', 'nodes'];
   let values: Record<string, string | boolean | undefined> = {};
   try {
     ({ values } = parseArgs({ options: { ...Object.fromEntries(flags.map((f) => [f, { type: 'string' as const }])), help: { type: 'boolean' }, storm: { type: 'boolean' } } }));
@@ -86,8 +90,8 @@ function parseOptions(): Options {
   }
   const transport = (v.transport ?? 'tcp') as TransportName;
   if (transport !== 'tcp' && transport !== 'ws') fail(`--transport ${transport}: must be tcp or ws`);
-  const targets = (v.targets ?? TARGET_NAMES.join(',')).split(',').map((t) => t.trim()).filter(Boolean) as TargetName[];
-  for (const t of targets) if (!TARGET_NAMES.includes(t)) fail(`--targets: unknown target "${t}" (hub, aedes, mosquitto)`);
+  const targets = (v.targets ?? DEFAULT_TARGETS.join(',')).split(',').map((t) => t.trim()).filter(Boolean) as TargetName[];
+  for (const t of targets) if (!TARGET_NAMES.includes(t)) fail(`--targets: unknown target "${t}" (${TARGET_NAMES.join(', ')})`);
   if (targets.length === 0) fail('--targets: name at least one');
   const devices = wholeNumber('devices', v.devices, 1000, 1);
   const inflight = wholeNumber('inflight', v.inflight, 100, 1);
@@ -106,6 +110,7 @@ function parseOptions(): Options {
     loadConnections: Math.min(wholeNumber('load-connections', v['load-connections'], 1, 1), inflight),
     storm: v.storm === true,
     stormRate: wholeNumber('storm-rate', v['storm-rate'], 200, 1),
+    nodes: wholeNumber('nodes', v.nodes, 3, 1),
   };
 }
 
@@ -139,14 +144,18 @@ interface Session {
   ids: string[];
 }
 
-/** Splits the devices over simulator processes, each on its own source address. */
-function startSimulators(sup: Supervisor, devices: SimDeviceSpec[], perProcess: number): { child: ManagedChild; devices: SimDeviceSpec[]; localAddress: string }[] {
-  const processes = Math.ceil(devices.length / perProcess);
+/**
+ * Splits the devices over simulator processes, each on its own source address and connecting
+ * to one node (`node`, an index), as many processes per node: the devices spread evenly.
+ */
+function startSimulators(sup: Supervisor, devices: SimDeviceSpec[], perProcess: number, nodes: number): { child: ManagedChild; devices: SimDeviceSpec[]; localAddress: string; node: number }[] {
+  const processes = Math.ceil(Math.ceil(devices.length / perProcess) / nodes) * nodes;
   const share = Math.ceil(devices.length / processes);
   return Array.from({ length: processes }, (_, i) => ({
     child: sup.fork(`sim-devices-${i}`, join(ROOT, 'dist', 'bench', 'sim-devices.js'), ['--worker']),
     devices: devices.slice(i * share, (i + 1) * share),
     localAddress: `127.0.0.${2 + i}`,
+    node: i % nodes,
   }));
 }
 
@@ -290,40 +299,100 @@ async function runStorm(setup: StormSetup, figures: Figures, replaced: (next: Ru
   return next;
 }
 
+/** Round-trip devices taken in turn from each simulator's share, so that they spread over the nodes. */
+function interleave(lists: string[][], max: number): string[] {
+  const out: string[] = [];
+  for (let i = 0; out.length < max && lists.some((l) => i < l.length); i++) {
+    for (const l of lists) if (i < l.length && out.length < max) out.push(l[i]!);
+  }
+  return out;
+}
+
+const cpuOf = (pids: number[]) => pids.reduce((a, p) => a + sampleProcess(p).cpuSeconds, 0);
+
+/** Waits until every node's /healthz counts `expected` devices online: each node sees the whole fleet. */
+async function waitClusterOnline(nodes: RunningTarget[], expected: number): Promise<void> {
+  let lastLog = performance.now();
+  for (;;) {
+    const counts = await Promise.all(nodes.map((n) => healthCounts(n.httpUrl!)));
+    if (counts.every((c) => c !== null && c.online >= expected)) return;
+    for (const n of nodes) if (!n.child.running) throw new Error(`${n.child.name} exited:\n${n.child.tail()}`);
+    if (performance.now() - lastLog >= 10_000) {
+      lastLog = performance.now();
+      log('cluster', `online per node: ${counts.map((c) => c?.online ?? '?').join(' / ')} of ${expected}`);
+    }
+    await sleep(500);
+  }
+}
+
+/** What the failure report of a cluster says about each node and Redis. */
+async function clusterDiagnosis(brokers: ManagedChild[], claim: RedisClaim | undefined): Promise<string> {
+  const lines = brokers.map((b) => {
+    if (!b.running) return `${b.name}: exited with status ${b.exitCode}`;
+    let fds = NaN;
+    try {
+      fds = readdirSync(`/proc/${b.pid}/fd`).length;
+    } catch {}
+    return `${b.name}: running, ${fds} open files, RSS ${(sampleProcess(b.pid).rssKiB / 1024).toFixed(0)} MiB`;
+  });
+  if (claim) lines.push(`redis db ${claim.db}: used_memory ${((await redisUsedMemory(claim).catch(() => NaN)) / 2 ** 20).toFixed(1)} MiB, ${await claim.redis.dbsize().catch(() => '?')} keys`);
+  return lines.join('\n');
+}
+
 async function runTarget(session: Session, name: TargetName): Promise<TargetResult> {
   const { sup, options, ids } = session;
   const n = ids.length;
+  const cluster = name === 'cluster';
+  const hubLike = name === 'hub' || cluster;
   const figures: Figures = {};
+  let nodeFigures: NodeFigures[] | undefined;
   const dir = sup.tempDir(`rhizo-bench-${name}-`);
   const children: ManagedChild[] = [];
+  /** The target's own processes (one, or the cluster's nodes), first in `children`. */
+  const brokers: ManagedChild[] = [];
+  let claim: RedisClaim | undefined;
   try {
     let tokens = new Map<string, string>();
     let operator: { name: string; secret: string } | undefined;
-    if (name === 'hub') {
+    if (hubLike) {
       log(name, `registering ${n} devices`);
       const reg = await phase(name, 'register devices', 60_000 + n, async () => registerDevices(dir, ids, DEVICE_TAG));
       tokens = reg.tokens;
       operator = reg.operator;
     }
-    let target = await phase(name, 'start', 30_000, () =>
-      name === 'hub' ? startHub(sup, dir, options.transport) : name === 'aedes' ? startAedes(sup, options.transport) : startMosquitto(sup, dir, options.transport),
-    );
-    children.push(target.child);
-    const pid = target.child.pid;
-    const before = await phase(name, 'RSS before devices', 10_000, async () => (await sleep(SETTLE_MS), sampleProcess(pid)));
-    figures.rss_before_mib = before.rssKiB / 1024;
+    let nodes: RunningTarget[];
+    if (cluster) {
+      claim = await phase(name, 'claim a Redis database', 15_000, claimRedisDb);
+      log(name, `Redis database ${claim.url}; starting ${options.nodes} nodes one after another`);
+      const spawned = (child: ManagedChild) => (children.push(child), brokers.push(child));
+      nodes = await phase(name, 'start nodes', 30_000 * options.nodes, () => startCluster(sup, dir, options.transport, claim!, options.nodes, spawned));
+    } else {
+      const started = await phase(name, 'start', 30_000, () =>
+        name === 'hub' ? startHub(sup, dir, options.transport) : name === 'aedes' ? startAedes(sup, options.transport) : startMosquitto(sup, dir, options.transport),
+      );
+      children.push(started.child);
+      brokers.push(started.child);
+      nodes = [started];
+    }
+    let target = nodes[0]!;
+    const pids = nodes.map((t) => t.child.pid);
+    const redis = cluster ? redisPid() : null;
+    if (cluster && redis === null) log(name, 'no single redis-server process to read (pgrep -x redis-server): the Redis CPU rows stay empty');
+    const before = await phase(name, 'RSS before devices', 10_000, async () => (await sleep(SETTLE_MS), pids.map(sampleProcess)));
+    figures.rss_before_mib = before.reduce((a, s) => a + s.rssKiB, 0) / 1024;
+    const redisMemBefore = claim ? await redisUsedMemory(claim) : NaN;
 
-    // Connect the devices.
-    const sims = startSimulators(sup, ids.map((id) => ({ id, token: tokens.get(id) })), options.perProcess);
+    // Connect the devices: each simulator process to one node.
+    const sims = startSimulators(sup, ids.map((id) => ({ id, token: tokens.get(id) })), options.perProcess, nodes.length);
     children.push(...sims.map((s) => s.child));
-    log(name, `connecting ${n} devices over ${options.transport} from ${sims.length} process(es) to ${target.url}`);
+    log(name, `connecting ${n} devices over ${options.transport} from ${sims.length} process(es) to ${nodes.map((t) => t.url).join(', ')}`);
     await phase(name, 'start device simulators', 30_000, () => Promise.all(sims.map((s) => nextMessage(s.child, 'ready'))));
     const overflowsBefore = listenOverflows();
-    const connected = await phase(name, 'connect devices', 60_000 + n * 10, async () => {
+    const connected = await phase(name, 'connect devices', 60_000 + n * (cluster ? 20 : 10), async () => {
       const started = performance.now();
       const replies = sims.map((s) => nextMessage<Extract<FromWorker, { type: 'connected' }>>(s.child, 'connected'));
       for (const s of sims) {
-        const plan: ConnectPlan = { url: target.url, devices: s.devices, localAddress: s.localAddress, rate: options.connectRate / sims.length, window: options.connectWindow, handshakeTimeoutMs: 30_000, reconnect: false };
+        const plan: ConnectPlan = { url: nodes[s.node]!.url, devices: s.devices, localAddress: s.localAddress, rate: options.connectRate / sims.length, window: options.connectWindow, handshakeTimeoutMs: 30_000, reconnect: false };
         sendTo<ToWorker>(s.child, { type: 'connect', plan });
       }
       const stats: ConnectStats[] = (await Promise.all(replies)).map((r) => r.stats);
@@ -341,20 +410,47 @@ async function runTarget(session: Session, name: TargetName): Promise<TargetResu
     log(name, `${ok}/${n} up in ${connected.seconds.toFixed(2)} s` + (ok < n ? `; failures ${JSON.stringify(connected.stats.map((s) => ({ connack: s.connackFailures, refused: s.refused, errors: s.errors })))}` : ''));
     if (ok === 0) throw new Error(`${name}: no device could connect`);
     if (name === 'hub') await phase(name, 'devices online', 60_000 + n * 5, () => waitOnline(target, operator!.secret, ok));
-    const after = await phase(name, 'RSS with devices', 10_000, async () => (await sleep(SETTLE_MS), sampleProcess(pid)));
-    figures.rss_after_mib = after.rssKiB / 1024;
-    figures.rss_per_device_kib = (after.rssKiB - before.rssKiB) / ok;
+    if (cluster) await phase(name, 'devices online on every node', 60_000 + n * 5, () => waitClusterOnline(nodes, ok));
+    const after = await phase(name, 'RSS with devices', 10_000, async () => (await sleep(SETTLE_MS), pids.map(sampleProcess)));
+    figures.rss_after_mib = after.reduce((a, s) => a + s.rssKiB, 0) / 1024;
+    figures.rss_per_device_kib = after.reduce((a, s, i) => a + s.rssKiB - before[i]!.rssKiB, 0) / ok;
+    if (cluster) {
+      const listed = await Promise.all(nodes.map((t) => healthCounts(t.httpUrl!)));
+      figures.listed_devices_min = Math.min(...listed.map((c) => c?.devices ?? NaN));
+      figures.listed_online_min = Math.min(...listed.map((c) => c?.online ?? NaN));
+      figures.redis_memory_mib = ((await redisUsedMemory(claim!)) - redisMemBefore) / 2 ** 20;
+      nodeFigures = nodes.map((t, k) => {
+        const held = connected.stats.reduce((a, s, i) => a + (sims[i]!.node === k ? s.ok : 0), 0);
+        const mib = (kib: number) => Math.round((kib / 1024) * 10) / 10;
+        return {
+          node: t.child.name,
+          devices: held,
+          rss_before_mib: mib(before[k]!.rssKiB),
+          rss_after_mib: mib(after[k]!.rssKiB),
+          rss_per_device_kib: held ? Math.round(((after[k]!.rssKiB - before[k]!.rssKiB) / held) * 10) / 10 : null,
+          listed_devices: listed[k]?.devices ?? null,
+          listed_online: listed[k]?.online ?? null,
+        };
+      });
+      log(name, `per node: ${nodeFigures.map((f) => `${f.node} ${f.devices} devices, RSS ${f.rss_before_mib} → ${f.rss_after_mib} MiB, lists ${f.listed_online}/${f.listed_devices} online`).join('; ')}`);
+    }
 
-    // Round trips with K in flight.
+    // Round trips with K in flight, from a load client on the first node.
     const load = sup.fork(`load-client`, join(ROOT, 'dist', 'bench', 'load-client.js'));
     children.push(load);
     const credentials = operator ? { username: operator.name, password: operator.secret } : undefined;
-    const mode = name === 'hub' ? 'hub' : 'bare';
+    const mode = hubLike ? 'hub' : 'bare';
+    const rtDevices = cluster ? interleave(sims.map((s) => s.devices.map((d) => d.id)), Math.min(ok, ROUND_TRIP_DEVICES)) : ids.slice(0, Math.min(ok, ROUND_TRIP_DEVICES));
+    if (cluster) {
+      const onFirst = new Set(sims.filter((s) => s.node === 0).flatMap((s) => s.devices.map((d) => d.id)));
+      // Round robin over the list: each device gets the same share of the round trips.
+      figures.rt_crossed_pct = (rtDevices.filter((d) => !onFirst.has(d)).length / rtDevices.length) * 100;
+    }
     const rtSpec: RoundTripSpec = {
       mode,
       url: target.url,
       credentials,
-      devices: ids.slice(0, Math.min(ok, ROUND_TRIP_DEVICES)),
+      devices: rtDevices,
       inflight: options.inflight,
       connections: options.loadConnections,
       warmup: options.warmup,
@@ -364,9 +460,8 @@ async function runTarget(session: Session, name: TargetName): Promise<TargetResu
     log(name, options.roundtrips ? `${options.roundtrips} round trips, ${options.inflight} in flight` : `round trips for ${options.durationS} s, ${options.inflight} in flight`);
     const rtLimit = 120_000 + (options.roundtrips ? options.roundtrips * 10 : options.durationS * 1000) + options.warmup * 10;
     const rt = await phase(name, 'round trips', rtLimit, async () => {
-      // CPU seconds of the broker, the load client and the device simulators, in that order.
-      const pids = [pid, load.pid, ...sims.map((s) => s.child.pid)];
-      const cpuNow = () => pids.map((p) => sampleProcess(p).cpuSeconds);
+      // CPU seconds of the target's processes, the load client, the device simulators and Redis.
+      const cpuNow = () => [cpuOf(pids), cpuOf([load.pid]), cpuOf(sims.map((s) => s.child.pid)), redis === null ? NaN : cpuOf([redis])];
       let atMark: number[] = [];
       const mark = nextMessage(load, 'mark').then(() => (atMark = cpuNow()));
       const result = nextMessage<Extract<FromLoad, { type: 'roundtrips' }>>(load, 'roundtrips');
@@ -375,7 +470,7 @@ async function runTarget(session: Session, name: TargetName): Promise<TargetResu
       const atEnd = cpuNow();
       await mark;
       const used = atEnd.map((c, i) => c - atMark[i]!);
-      return { ...r, cpu: used[0]!, loadCpu: used[1]!, simCpu: used.slice(2).reduce((a, b) => a + b, 0) };
+      return { ...r, cpu: used[0]!, loadCpu: used[1]!, simCpu: used[2]!, redisCpu: used[3]! };
     });
     figures.rt_rate = rt.rate;
     figures.rt_p50_ms = rt.p50;
@@ -384,22 +479,25 @@ async function runTarget(session: Session, name: TargetName): Promise<TargetResu
     figures.rt_cpu_s_per_10k = (rt.cpu / rt.count) * 10_000;
     figures.rt_load_cpu_s_per_10k = (rt.loadCpu / rt.count) * 10_000;
     figures.rt_sim_cpu_s_per_10k = (rt.simCpu / rt.count) * 10_000;
+    if (cluster) figures.rt_redis_cpu_s_per_10k = (rt.redisCpu / rt.count) * 10_000;
     figures.rt_errors = sum(rt.errors);
     log(name, `${rt.rate.toFixed(0)} round trips/s, p50 ${rt.p50.toFixed(2)} ms, p99 ${rt.p99.toFixed(2)} ms` + (figures.rt_errors ? `, errors ${JSON.stringify(rt.errors)}` : ''));
 
-    // Fan-out: one command to every device.
+    // Fan-out: one command to every device (a job on the first node, for a cluster).
     const fanSpec: FanOutSpec = { mode, url: target.url, httpUrl: target.httpUrl, credentials, devices: ids, expected: ok, concurrency: Math.min(ok, JOB_CONCURRENCY_MAX), tag: DEVICE_TAG };
     log(name, `fan-out to ${ok} devices`);
     const fan = await phase(name, 'fan-out', 60_000 + n * 20, async () => {
-      const cpuBefore = sampleProcess(pid).cpuSeconds;
+      const cpuBefore = cpuOf(pids);
+      const redisBefore = redis === null ? NaN : cpuOf([redis]);
       const result = nextMessage<Extract<FromLoad, { type: 'fanout' }>>(load, 'fanout');
       sendTo<ToLoad>(load, { type: 'fanout', spec: fanSpec });
       const { result: r } = await result;
-      return { ...r, cpu: sampleProcess(pid).cpuSeconds - cpuBefore };
+      return { ...r, cpu: cpuOf(pids) - cpuBefore, redisCpu: redis === null ? NaN : cpuOf([redis]) - redisBefore };
     });
     figures.fanout_s = fan.seconds;
     figures.fanout_succeeded = fan.succeeded;
     figures.fanout_cpu_s = fan.cpu;
+    if (cluster) figures.fanout_redis_cpu_s = fan.redisCpu;
     log(name, `fan-out: ${fan.succeeded}/${ok} answered in ${fan.seconds.toFixed(2)} s`);
 
     const stats = await phase(name, 'device stats', 10_000, () =>
@@ -414,16 +512,21 @@ async function runTarget(session: Session, name: TargetName): Promise<TargetResu
     if (options.storm && name === 'hub') {
       target = await runStorm({ sup, options, ids, dir, target, sims, load, credentials: credentials! }, figures, (next) => (children[0] = next.child));
     }
-    return { figures: rounded(figures) };
+    return { figures: rounded(figures), ...(nodeFigures && { nodes: nodeFigures }) };
   } catch (error) {
     const message = (error as Error).message;
     log(name, `FAILED: ${message}`);
-    const tail = children[0]?.tail();
-    if (tail) log(name, `its last output:\n${tail}`);
-    return { figures: rounded(figures), error: message };
+    for (const b of cluster ? brokers : children.slice(0, 1)) {
+      const tail = b.tail();
+      if (tail) log(name, `${b.name}'s last output:\n${tail}`);
+    }
+    if (cluster) log(name, `at the failure:\n${await clusterDiagnosis(brokers, claim)}`);
+    return { figures: rounded(figures), ...(nodeFigures && { nodes: nodeFigures }), error: message };
   } finally {
     // Devices first, so that the broker does not spend the stop on thousands of disconnects.
     for (const child of children.reverse()) await sup.stop(child);
+    // Only once no node writes any more.
+    if (claim) await releaseRedisDb(claim).catch((error: Error) => log(name, `could not flush ${claim!.url}: ${error.message}`));
     sup.removeTempDir(dir);
   }
 }
@@ -431,13 +534,20 @@ async function runTarget(session: Session, name: TargetName): Promise<TargetResu
 async function main(): Promise<void> {
   const options = parseOptions();
   const sup = new Supervisor();
+  // A claimed Redis database is flushed only after the SIGKILLed nodes are gone.
   const cleanExit = (code: number) => {
     sup.killAllSync();
-    process.exit(code);
+    setTimeout(() => {
+      releaseAllSync();
+      process.exit(code);
+    }, 500);
   };
   process.on('SIGINT', () => (console.error('bench: interrupted; stopping everything'), cleanExit(130)));
   process.on('SIGTERM', () => cleanExit(143));
-  process.on('exit', () => sup.killAllSync());
+  process.on('exit', () => {
+    sup.killAllSync();
+    releaseAllSync();
+  });
 
   const m = machine();
   console.log(machineLine(m));

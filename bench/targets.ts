@@ -1,13 +1,16 @@
 /**
- * The three systems under test, each started as its own process so that its RSS and CPU time
- * can be read from /proc: the rhizosphere hub, bare Aedes, bare Mosquitto.
+ * The systems under test, each started as its own process (or processes) so that RSS and CPU
+ * time can be read from /proc: the rhizosphere hub, bare Aedes, bare Mosquitto, and several
+ * hub processes as one cluster (cluster.ts).
  */
 import { writeFileSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { freePort, sleep, waitForPort, type ManagedChild, type Supervisor } from './processes.js';
 
-export type TargetName = 'hub' | 'aedes' | 'mosquitto';
-export const TARGET_NAMES: readonly TargetName[] = ['hub', 'aedes', 'mosquitto'];
+export type TargetName = 'hub' | 'aedes' | 'mosquitto' | 'cluster';
+export const TARGET_NAMES: readonly TargetName[] = ['hub', 'aedes', 'mosquitto', 'cluster'];
+/** Without --targets: the cluster needs a Redis, so it runs only when asked for. */
+export const DEFAULT_TARGETS: readonly TargetName[] = ['hub', 'aedes', 'mosquitto'];
 export type TransportName = 'tcp' | 'ws';
 
 export interface RunningTarget {
@@ -32,13 +35,23 @@ export interface HubPorts {
 export const ROOT = resolve(import.meta.dirname, '..', '..');
 const MOSQUITTO = '/usr/sbin/mosquitto';
 
+export interface HubOptions {
+  /** The child's name in logs and errors (default "hub"). */
+  name?: string;
+  /** More flags, e.g. --cluster URL --node-id ID. */
+  extraArgs?: string[];
+  /** Called with the process as soon as it is spawned, before it is ready (for the cleanup). */
+  spawned?: (child: ManagedChild) => void;
+}
+
 /**
  * The hub with access control on; its data dir must already hold the devices and the token.
  * Given `ports`, it listens on those (a restart), else on free ones.
  */
-export async function startHub(sup: Supervisor, dataDir: string, transport: TransportName, ports?: HubPorts): Promise<RunningTarget> {
+export async function startHub(sup: Supervisor, dataDir: string, transport: TransportName, ports?: HubPorts, options: HubOptions = {}): Promise<RunningTarget> {
   const [mqttPort, httpPort] = ports ? [ports.mqtt, ports.http] : [await freePort(), await freePort()];
-  const child = sup.spawn('hub', process.execPath, [
+  const name = options.name ?? 'hub';
+  const child = sup.spawn(name, process.execPath, [
     join(ROOT, 'bin', 'rhizosphere.js'),
     '--host', '127.0.0.1',
     '--mqtt-port', String(mqttPort),
@@ -48,7 +61,9 @@ export async function startHub(sup: Supervisor, dataDir: string, transport: Tran
     // The load client is one connection standing for many clients: the per-connection limit
     // (1000/s by default, then the connection is closed) would cap the round trips.
     '--max-publish-rate', '0',
+    ...(options.extraArgs ?? []),
   ]);
+  options.spawned?.(child);
   const httpUrl = `http://127.0.0.1:${httpPort}`;
   // The devices' port first: in a restart, that is when the hub is back for them.
   const [first, second] = transport === 'ws' ? [httpPort, mqttPort] : [mqttPort, httpPort];
@@ -56,7 +71,7 @@ export async function startHub(sup: Supervisor, dataDir: string, transport: Tran
   const acceptingAt = performance.now();
   await waitForPort(child, second);
   while ((await fetch(`${httpUrl}/healthz`).then((r) => r.status, () => 0)) !== 200) {
-    if (!child.running) throw new Error(`hub exited:\n${child.tail()}`);
+    if (!child.running) throw new Error(`${name} exited:\n${child.tail()}`);
     await sleep(50);
   }
   const url = transport === 'ws' ? `ws://127.0.0.1:${httpPort}/mqtt` : `mqtt://127.0.0.1:${mqttPort}`;
