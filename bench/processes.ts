@@ -12,6 +12,8 @@ const TAIL_LINES = 30;
 
 export class ManagedChild {
   private readonly lines: string[] = [];
+  /** Called with every line of its output, e.g. to count warnings the tail would lose. */
+  readonly lineListeners: ((line: string) => void)[] = [];
   readonly exited: Promise<number | null>;
   exitCode: number | null | undefined = undefined;
 
@@ -20,7 +22,11 @@ export class ManagedChild {
     readonly proc: ChildProcess,
   ) {
     const keep = (chunk: Buffer) => {
-      for (const line of chunk.toString('utf8').split('\n')) if (line.trim()) this.lines.push(line);
+      for (const line of chunk.toString('utf8').split('\n')) {
+        if (!line.trim()) continue;
+        this.lines.push(line);
+        for (const listener of this.lineListeners) listener(line);
+      }
       if (this.lines.length > TAIL_LINES) this.lines.splice(0, this.lines.length - TAIL_LINES);
     };
     proc.stdout?.on('data', keep);

@@ -94,6 +94,7 @@ export function rows(devices: number, inflight: number): Row[] {
     { key: 'fanout_redis_cpu_s', label: 'Redis CPU s during the fan-out', digits: 2, optional: true },
     { key: 'redis_memory_mib', label: 'Redis memory growth with the devices (MiB)', digits: 1, optional: true },
     { key: 'dropped', label: 'device connections dropped', digits: 0, noRatio: true },
+    { key: 'node_lapses', label: 'nodes taken for dead (heartbeat lapses)', digits: 0, noRatio: true, optional: true },
     ...stormRows(devices),
   ];
 }

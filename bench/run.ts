@@ -351,6 +351,7 @@ async function runTarget(session: Session, name: TargetName): Promise<TargetResu
   /** The target's own processes (one, or the cluster's nodes), first in `children`. */
   const brokers: ManagedChild[] = [];
   let claim: RedisClaim | undefined;
+  let lapses = 0;
   try {
     let tokens = new Map<string, string>();
     let operator: { name: string; secret: string } | undefined;
@@ -364,7 +365,16 @@ async function runTarget(session: Session, name: TargetName): Promise<TargetResu
     if (cluster) {
       claim = await phase(name, 'claim a Redis database', 15_000, claimRedisDb);
       log(name, `Redis database ${claim.url}; starting ${options.nodes} nodes one after another`);
-      const spawned = (child: ManagedChild) => (children.push(child), brokers.push(child));
+      const spawned = (child: ManagedChild) => {
+        children.push(child);
+        brokers.push(child);
+        // The nodes' cluster warnings as they happen; a lapse is logged by the node that removed the other.
+        child.lineListeners.push((line) => {
+          if (!line.includes('"msg":"cluster:')) return;
+          if (line.includes('stopped answering')) lapses++;
+          log(name, `${child.name}: ${line}`);
+        });
+      };
       nodes = await phase(name, 'start nodes', 30_000 * options.nodes, () => startCluster(sup, dir, options.transport, claim!, options.nodes, spawned));
     } else {
       const started = await phase(name, 'start', 30_000, () =>
@@ -512,6 +522,7 @@ async function runTarget(session: Session, name: TargetName): Promise<TargetResu
     if (options.storm && name === 'hub') {
       target = await runStorm({ sup, options, ids, dir, target, sims, load, credentials: credentials! }, figures, (next) => (children[0] = next.child));
     }
+    if (cluster) figures.node_lapses = lapses;
     return { figures: rounded(figures), ...(nodeFigures && { nodes: nodeFigures }) };
   } catch (error) {
     const message = (error as Error).message;
@@ -520,7 +531,10 @@ async function runTarget(session: Session, name: TargetName): Promise<TargetResu
       const tail = b.tail();
       if (tail) log(name, `${b.name}'s last output:\n${tail}`);
     }
-    if (cluster) log(name, `at the failure:\n${await clusterDiagnosis(brokers, claim)}`);
+    if (cluster) {
+      figures.node_lapses = lapses;
+      log(name, `at the failure:\n${await clusterDiagnosis(brokers, claim)}`);
+    }
     return { figures: rounded(figures), ...(nodeFigures && { nodes: nodeFigures }), error: message };
   } finally {
     // Devices first, so that the broker does not spend the stop on thousands of disconnects.
