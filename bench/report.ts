@@ -78,6 +78,8 @@ export function rows(devices: number, inflight: number): Row[] {
     { key: 'rss_before_mib', label: 'RSS before devices (MiB)', digits: 1 },
     { key: 'rss_after_mib', label: `RSS with ${devices} devices (MiB)`, digits: 1 },
     { key: 'rss_per_device_kib', label: 'RSS per device (KiB)', digits: 1 },
+    { key: 'rest_cpu_pct', label: `broker CPU at rest with ${devices} devices (% of a core)`, digits: 0 },
+    { key: 'rest_redis_cpu_pct', label: 'Redis CPU at rest (% of a core)', digits: 0, optional: true },
     { key: 'rt_rate', label: `round trips/s (${inflight} in flight)`, digits: 0 },
     { key: 'rt_p50_ms', label: 'round trip p50 (ms)', digits: 2 },
     { key: 'rt_p99_ms', label: 'round trip p99 (ms)', digits: 2 },

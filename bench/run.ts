@@ -44,6 +44,8 @@ const JOB_CONCURRENCY_MAX = 10_000;
 const ROUND_TRIP_DEVICES = 1000;
 /** Let the process settle (allocations, GC) before reading its RSS. */
 const SETTLE_MS = 1000;
+/** How long the target's CPU is read with every device connected and no traffic. */
+const REST_MS = 5000;
 
 interface Options {
   devices: number;
@@ -444,6 +446,15 @@ async function runTarget(session: Session, name: TargetName): Promise<TargetResu
       });
       log(name, `per node: ${nodeFigures.map((f) => `${f.node} ${f.devices} devices, RSS ${f.rss_before_mib} → ${f.rss_after_mib} MiB, lists ${f.listed_online}/${f.listed_devices} online`).join('; ')}`);
     }
+
+    // CPU the target spends on connected devices doing nothing (keepalives, timers, GC, heartbeats).
+    const rest = await phase(name, 'CPU at rest', 10_000, async () => {
+      const [t0, r0] = [cpuOf(pids), redis === null ? NaN : cpuOf([redis])];
+      await sleep(REST_MS);
+      return { cpu: cpuOf(pids) - t0, redisCpu: redis === null ? NaN : cpuOf([redis]) - r0 };
+    });
+    figures.rest_cpu_pct = (rest.cpu / (REST_MS / 1000)) * 100;
+    if (cluster) figures.rest_redis_cpu_pct = (rest.redisCpu / (REST_MS / 1000)) * 100;
 
     // Round trips with K in flight, from a load client on the first node.
     const load = sup.fork(`load-client`, join(ROOT, 'dist', 'bench', 'load-client.js'));
