@@ -42,11 +42,15 @@ export async function claimRedisDb(): Promise<RedisClaim> {
   for (let db = 15; db >= 1; db--) {
     const url = `${base}/${db}`;
     const redis = connect(url);
+    // connect() rejects with "Connection is closed."; the socket's own error says why.
+    let cause: NodeJS.ErrnoException | undefined;
+    redis.on('error', (error: NodeJS.ErrnoException) => (cause ??= error));
     try {
       await redis.connect();
     } catch (error) {
       redis.disconnect();
-      throw new Error(`no Redis at ${base} (${(error as Error).message}); set REDIS_URL`);
+      const e = cause ?? (error as NodeJS.ErrnoException);
+      throw new Error(`no Redis at ${base} (${e.code ?? e.message}); set REDIS_URL`);
     }
     if ((await redis.dbsize()) === 0 && (await redis.set(CLAIM_KEY, String(process.pid), 'EX', CLAIM_TTL_S, 'NX')) === 'OK') {
       await redis.flushdb();
@@ -70,8 +74,12 @@ export async function releaseRedisDb(claim: RedisClaim): Promise<void> {
   }
 }
 
-/** For Ctrl-C and process exit, when nothing asynchronous runs any more: redis-cli does the flush. */
+/**
+ * For Ctrl-C and process exit, when nothing asynchronous runs any more: redis-cli does the
+ * flush, half a second after the nodes were SIGKILLed so that none of them writes after it.
+ */
 export function releaseAllSync(): void {
+  if (held.size > 0) Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, 500);
   for (const claim of held) {
     if (claim.db !== 0) {
       try {

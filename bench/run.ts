@@ -559,13 +559,10 @@ async function runTarget(session: Session, name: TargetName): Promise<TargetResu
 async function main(): Promise<void> {
   const options = parseOptions();
   const sup = new Supervisor();
-  // A claimed Redis database is flushed only after the SIGKILLed nodes are gone.
   const cleanExit = (code: number) => {
     sup.killAllSync();
-    setTimeout(() => {
-      releaseAllSync();
-      process.exit(code);
-    }, 500);
+    releaseAllSync();
+    process.exit(code);
   };
   process.on('SIGINT', () => (console.error('bench: interrupted; stopping everything'), cleanExit(130)));
   process.on('SIGTERM', () => cleanExit(143));
