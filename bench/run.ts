@@ -310,6 +310,22 @@ function interleave(lists: string[][], max: number): string[] {
   return out;
 }
 
+/**
+ * Seconds the hub's garbage collector has run so far, from its /metrics (prom-client's GC
+ * histogram, all kinds); NaN when it cannot be read.
+ */
+async function gcSeconds(httpUrl: string, secret: string): Promise<number> {
+  try {
+    const response = await fetch(`${httpUrl}/metrics`, { headers: { authorization: `Bearer ${secret}` }, signal: AbortSignal.timeout(10_000) });
+    const text = await response.text();
+    let total = 0;
+    for (const m of text.matchAll(/^rhizosphere_nodejs_gc_duration_seconds_sum\{[^}]*\} (\S+)$/gm)) total += Number(m[1]);
+    return total;
+  } catch {
+    return NaN;
+  }
+}
+
 const cpuOf = (pids: number[]) => pids.reduce((a, p) => a + sampleProcess(p).cpuSeconds, 0);
 
 /** Waits until every node's /healthz counts `expected` devices online: each node sees the whole fleet. */
@@ -480,6 +496,8 @@ async function runTarget(session: Session, name: TargetName): Promise<TargetResu
     };
     log(name, options.roundtrips ? `${options.roundtrips} round trips, ${options.inflight} in flight` : `round trips for ${options.durationS} s, ${options.inflight} in flight`);
     const rtLimit = 120_000 + (options.roundtrips ? options.roundtrips * 10 : options.durationS * 1000) + options.warmup * 10;
+    const gcNow = async () => (hubLike ? (await Promise.all(nodes.map((t) => gcSeconds(t.httpUrl!, operator!.secret)))).reduce((a, b) => a + b, 0) : NaN);
+    const gcBefore = await gcNow();
     const rt = await phase(name, 'round trips', rtLimit, async () => {
       // CPU seconds of the target's processes, the load client, the device simulators and Redis.
       const cpuNow = () => [cpuOf(pids), cpuOf([load.pid]), cpuOf(sims.map((s) => s.child.pid)), redis === null ? NaN : cpuOf([redis])];
@@ -501,12 +519,15 @@ async function runTarget(session: Session, name: TargetName): Promise<TargetResu
     figures.rt_load_cpu_s_per_10k = (rt.loadCpu / rt.count) * 10_000;
     figures.rt_sim_cpu_s_per_10k = (rt.simCpu / rt.count) * 10_000;
     if (cluster) figures.rt_redis_cpu_s_per_10k = (rt.redisCpu / rt.count) * 10_000;
+    // Read outside the measuring window: the warm-up's GC is in it, so it counts in the divisor too.
+    if (hubLike) figures.rt_gc_s_per_10k = (((await gcNow()) - gcBefore) / (rt.count + options.warmup)) * 10_000;
     figures.rt_errors = sum(rt.errors);
     log(name, `${rt.rate.toFixed(0)} round trips/s, p50 ${rt.p50.toFixed(2)} ms, p99 ${rt.p99.toFixed(2)} ms` + (figures.rt_errors ? `, errors ${JSON.stringify(rt.errors)}` : ''));
 
     // Fan-out: one command to every device (a job on the first node, for a cluster).
     const fanSpec: FanOutSpec = { mode, url: target.url, httpUrl: target.httpUrl, credentials, devices: ids, expected: ok, concurrency: Math.min(ok, JOB_CONCURRENCY_MAX), tag: DEVICE_TAG };
     log(name, `fan-out to ${ok} devices`);
+    const gcBeforeFan = await gcNow();
     const fan = await phase(name, 'fan-out', 60_000 + n * 20, async () => {
       const cpuBefore = cpuOf(pids);
       const redisBefore = redis === null ? NaN : cpuOf([redis]);
@@ -519,6 +540,7 @@ async function runTarget(session: Session, name: TargetName): Promise<TargetResu
     figures.fanout_succeeded = fan.succeeded;
     figures.fanout_cpu_s = fan.cpu;
     if (cluster) figures.fanout_redis_cpu_s = fan.redisCpu;
+    if (hubLike) figures.fanout_gc_s = (await gcNow()) - gcBeforeFan;
     log(name, `fan-out: ${fan.succeeded}/${ok} answered in ${fan.seconds.toFixed(2)} s`);
 
     const stats = await phase(name, 'device stats', 10_000, () =>
