@@ -1,6 +1,7 @@
 /**
  * Changes to credentials take effect at once, whoever makes them: an admin command in another
- * process (noticed through SQLite's `data_version`, polled twice a second) or the hub's own
+ * process or another hub of a cluster (noticed through the credentials' change counter, which
+ * database triggers bump and this polls twice a second) or the hub's own
  * REST API (which calls `check()` directly). A removed or rotated device, a removed token
  * or user loses its live connections; a newly registered device appears in the table; new
  * tags reach the table (and the retained statuses).
@@ -11,6 +12,7 @@ import type { Principal, Role } from './auth/roles.js';
 import type { Logger } from './log.js';
 import type { Presence } from './presence.js';
 import type { DeviceState } from './store/devices.js';
+import { credentialsVersion } from './store/db.js';
 import type { Stores } from './store/stores.js';
 
 const POLL_MS = 500;
@@ -34,7 +36,8 @@ export function watchCredentials(
   // Removals are found by comparing with the last list of ids; everything else is checked
   // against the database as it is now, so it also catches changes made in this process.
   let known = new Set(stores.devices.credentialMap().keys());
-  let version = stores.db.pragma('data_version', { simple: true }) as number;
+  const currentVersion = credentialsVersion(stores.db);
+  let version = currentVersion();
 
   const dropClients = (stillValid: (principal: Principal) => boolean) => {
     for (const client of Object.values((broker as unknown as { clients: Record<string, Client> }).clients)) {
@@ -70,7 +73,7 @@ export function watchCredentials(
 
   const timer = setInterval(() => {
     try {
-      const now = stores.db.pragma('data_version', { simple: true }) as number;
+      const now = currentVersion();
       if (now === version) return;
       version = now;
       check();

@@ -106,7 +106,41 @@ const MIGRATIONS: string[] = [
   `
   ALTER TABLE devices ADD COLUMN declared_tags TEXT NOT NULL DEFAULT '[]';
   `,
+  // 5: a counter bumped by every change to credentials or tags, whoever writes it: a hub polls
+  // this one row instead of re-reading every credential whenever anything was written (the
+  // audit trail of other hubs sharing the database writes all the time)
+  `
+  CREATE TABLE change_counters (
+    name          TEXT PRIMARY KEY,
+    version       INTEGER NOT NULL
+  ) WITHOUT ROWID;
+  INSERT INTO change_counters (name, version) VALUES ('credentials', 0);
+  CREATE TRIGGER devices_added AFTER INSERT ON devices
+    BEGIN UPDATE change_counters SET version = version + 1 WHERE name = 'credentials'; END;
+  CREATE TRIGGER devices_removed AFTER DELETE ON devices
+    BEGIN UPDATE change_counters SET version = version + 1 WHERE name = 'credentials'; END;
+  CREATE TRIGGER devices_changed AFTER UPDATE OF token_hash, state, tags, declared_tags ON devices
+    BEGIN UPDATE change_counters SET version = version + 1 WHERE name = 'credentials'; END;
+  CREATE TRIGGER tokens_added AFTER INSERT ON tokens
+    BEGIN UPDATE change_counters SET version = version + 1 WHERE name = 'credentials'; END;
+  CREATE TRIGGER tokens_removed AFTER DELETE ON tokens
+    BEGIN UPDATE change_counters SET version = version + 1 WHERE name = 'credentials'; END;
+  CREATE TRIGGER tokens_changed AFTER UPDATE ON tokens
+    BEGIN UPDATE change_counters SET version = version + 1 WHERE name = 'credentials'; END;
+  CREATE TRIGGER users_added AFTER INSERT ON users
+    BEGIN UPDATE change_counters SET version = version + 1 WHERE name = 'credentials'; END;
+  CREATE TRIGGER users_removed AFTER DELETE ON users
+    BEGIN UPDATE change_counters SET version = version + 1 WHERE name = 'credentials'; END;
+  CREATE TRIGGER users_changed AFTER UPDATE OF role ON users
+    BEGIN UPDATE change_counters SET version = version + 1 WHERE name = 'credentials'; END;
+  `,
 ];
+
+/** The version of the credentials (devices, their tags, tokens, users): it changes with each of them. */
+export function credentialsVersion(db: Db): () => number {
+  const read = db.prepare<[], { version: number }>(`SELECT version FROM change_counters WHERE name = 'credentials'`);
+  return () => read.get()?.version ?? 0;
+}
 
 export const SCHEMA_VERSION = MIGRATIONS.length;
 
