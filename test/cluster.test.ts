@@ -209,6 +209,24 @@ describe.skipIf(!claimed)('cluster', () => {
     }
   }, 120_000);
 
+  it('a node that only stalled comes back with its devices online on every node', async () => {
+    const dataDir = tempDir('rhizo-cluster-');
+    const a = await inProcessNode(dataDir, 'node-a');
+    const c = await processNode(dataDir, 'node-c');
+    spawnHypha(c.mqtt, 'stalls');
+    await waitFor(() => a.device('stalls')?.online && a.device('stalls')?.node === 'node-c', { timeoutMs: 20_000, what: 'stalls online on node-c, seen from node-a' });
+
+    // Frozen past the heartbeat lapse: node A takes it for dead and its device offline.
+    c.child.kill('SIGSTOP');
+    await waitFor(() => a.device('stalls')?.online === false, { timeoutMs: 10_000, what: 'stalls offline while node-c is frozen' });
+    // Thawed: it re-announces its devices, maybe before node A sees its next heartbeat.
+    c.child.kill('SIGCONT');
+    await waitFor(() => a.device('stalls')?.online && a.device('stalls')?.node === 'node-c', { timeoutMs: 10_000, what: 'stalls online again on node-c, seen from node-a' });
+    // And it stays so.
+    await new Promise((resolve) => setTimeout(resolve, 2500));
+    expect(a.device('stalls')).toMatchObject({ online: true, node: 'node-c' });
+  }, 60_000);
+
   it('a device that reconnects through another node moves there without going offline anywhere', async () => {
     const dataDir = tempDir('rhizo-cluster-');
     const a = await inProcessNode(dataDir, 'node-a');

@@ -79,6 +79,17 @@ export function watchRemoteDevices({ broker, topics, presence, dispatcher, membe
   const self = membership.nodeId;
   /** Nodes seen lapsed or leaving: their late statuses are stale. */
   const departed = new Set<string>();
+  /**
+   * Online statuses from a node while it counted as departed, latest per device. A node that was
+   * only stalled re-announces its devices as soon as it sees itself taken for dead, which can be
+   * before this node sees its next heartbeat: they are applied then, not lost.
+   */
+  const deferred = new Map<string, Map<string, NodeStatus>>();
+  const defer = (node: string, id: string, status: NodeStatus) => {
+    let statuses = deferred.get(node);
+    if (!statuses) deferred.set(node, (statuses = new Map()));
+    statuses.set(id, status);
+  };
   /** Nodes seen alive at least once: only those can be found gone by a heartbeat. */
   const everLive = new Set<string>();
   /** The latest online claim of another node per device (with when it arrived), even while this node holds it. */
@@ -126,11 +137,12 @@ export function watchRemoteDevices({ broker, topics, presence, dispatcher, membe
     // A status without a node (a will, a hub of an older version) says nothing about who holds the device.
     if (node === undefined) return;
     if (status.online) {
-      if (departed.has(node)) return;
+      if (departed.has(node)) return defer(node, id, status);
       const hold = holdOf(id, node, status);
       claims.set(id, { hold, at: Date.now() });
       presence.attachRemote(id, hold);
     } else {
+      deferred.get(node)?.delete(id);
       if (claims.get(id)?.hold.node === node) claims.delete(id);
       presence.detachRemote(id, node, 'disconnect');
     }
@@ -202,6 +214,7 @@ export function watchRemoteDevices({ broker, topics, presence, dispatcher, membe
   /** Entries held by nodes that are no longer alive go offline; `announce` publishes that once. */
   const dropNode = (node: string, announce: boolean) => {
     departed.add(node);
+    deferred.delete(node);
     everLive.delete(node);
     for (const [id, claim] of claims) if (claim.hold.node === node) claims.delete(id);
     for (const entry of presence.table.values()) {
@@ -212,8 +225,11 @@ export function watchRemoteDevices({ broker, topics, presence, dispatcher, membe
 
   const onLive = (live: ReadonlySet<string>) => {
     for (const node of live) {
-      departed.delete(node);
       everLive.add(node);
+      if (!departed.delete(node)) continue;
+      const statuses = deferred.get(node);
+      deferred.delete(node);
+      for (const [id, status] of statuses ?? []) applyStatus(id, status);
     }
     // A node not seen alive yet (it started after this node's last heartbeat) is not gone.
     const gone = new Set<string>();
