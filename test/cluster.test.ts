@@ -8,6 +8,7 @@ import { Redis } from 'ioredis';
 import { afterAll, beforeEach, describe, expect, it } from 'vitest';
 import type { Hub } from '../src/index.js';
 import type { DeviceInfo } from '../src/presence.js';
+import { openPage } from './browser.js';
 import { cleanup, connectMqtt, freePort, RequestClient, spawnHub, spawnHypha, startTestHub, tempDir, waitFor } from './helpers.js';
 
 const BASE_URL = (process.env.REDIS_URL ?? 'redis://127.0.0.1:6379').replace(/\/\d*$/, '');
@@ -208,6 +209,27 @@ describe.skipIf(!claimed)('cluster', () => {
       expect(await client.request({ device: id, order: 'exec_bash', cmd_str: 'echo back' })).toMatchObject({ status: 'ok', result: 'back' });
     }
   }, 120_000);
+
+  it('the console on any node shows the whole fleet and runs commands on devices held by other nodes', async () => {
+    const dataDir = tempDir('rhizo-cluster-');
+    const a = await inProcessNode(dataDir, 'node-a');
+    const b = await inProcessNode(dataDir, 'node-b');
+    spawnHypha(a.urls.mqtt, 'on-a');
+    spawnHypha(b.urls.mqtt, 'on-b');
+    await waitFor(() => ['on-a', 'on-b'].every((id) => a.device(id)?.online && b.device(id)?.online), { timeoutMs: 20_000, what: 'both agents online on both nodes' });
+
+    // The console of node B (anonymous access: no login page).
+    const page = await openPage();
+    await page.goto(`${b.urls.http}/`);
+    await page.waitForSelector('.connection[data-state="connected"]');
+    await expect.poll(() => page.locator('.device-row.online').count(), { timeout: 10_000 }).toBe(2);
+    await page.click('.device-row[data-id="on-a"]');
+    await page.fill('.command-input', 'echo held by $((20+1))');
+    await page.press('.command-input', 'Enter');
+    const card = page.locator('.result').last();
+    await card.locator('.result-foot, .result-status.error').first().waitFor();
+    expect(await card.locator('.output.stdout pre').textContent()).toBe('held by 21');
+  }, 60_000);
 
   it('a node that only stalled comes back with its devices online on every node', async () => {
     const dataDir = tempDir('rhizo-cluster-');
