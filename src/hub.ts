@@ -306,7 +306,10 @@ export async function startHub(options: HubOptions = {}): Promise<Hub> {
     const clusterStart = cluster ? await cluster.start({ broker, topics, presence, dispatcher }) : null;
     // Before the broker closes (the first steps of close run last in this list).
     if (cluster) onClose(() => cluster.leave());
-    presence.publishKnownStatuses();
+    // The retained statuses of the fleet: a standalone hub's broker starts with none; in a
+    // cluster they live in Redis, published by the first node up, and a node joining others
+    // adds nothing to them (50000 of them per joining node were half a GiB of start-up garbage).
+    if (!clusterStart || clusterStart.alone) presence.publishKnownStatuses();
     const jobs = new JobRunner({
       stores,
       presence,
