@@ -83,47 +83,9 @@ export interface AuditEntry {
   detail?: unknown;
 }
 
-/** Fleet jobs (docs/protocol.md, "Fleet jobs"). */
-export type JobState = 'running' | 'done' | 'canceled';
-export type TargetState = 'queued' | 'sent' | 'succeeded' | 'failed' | 'timed_out' | 'canceled';
+/** Fleet jobs (docs/protocol.md, "Fleet jobs"): the wire shapes, as the client SDK types them. */
+export type { CreatedJob, JobCounts, JobState, JobStatus, JobSummary, JobTarget, JobView as JobDetail, TargetState } from 'rhizosphere/client';
+import type { TargetState } from 'rhizosphere/client';
+
+/** Every target state, in the order the console shows them (outcomes first). */
 export const TARGET_STATES: readonly TargetState[] = ['succeeded', 'failed', 'timed_out', 'canceled', 'sent', 'queued'];
-export type JobCounts = Record<TargetState, number>;
-
-/** The retained `P/jobs/{id}/status` message. */
-export interface JobStatus {
-  id: string;
-  state: JobState;
-  counts: JobCounts;
-}
-
-/** One entry of `GET /api/jobs`. */
-export interface JobSummary extends JobStatus {
-  created_at: string;
-  actor: string;
-  order: Order;
-  cmd_str: string;
-  timeout_ms: number;
-  concurrency: number;
-  deadline_at: string;
-  finished_at: string | null;
-}
-
-export interface JobTarget {
-  device: string;
-  state: TargetState;
-  result: string | null;
-  error: string | null;
-  exit_code: number | null;
-}
-
-/** `GET /api/jobs/{id}`. */
-export interface JobDetail extends JobSummary {
-  targets: JobTarget[];
-}
-
-/** `POST /api/jobs`. */
-export interface CreatedJob {
-  id: string;
-  targets: number;
-  unknown?: string[];
-}
