@@ -11,13 +11,11 @@ import type { Authenticator } from './auth/authenticator.js';
 import type { Principal, Role } from './auth/roles.js';
 import type { Logger } from './log.js';
 import type { Presence } from './presence.js';
-import type { DeviceState } from './store/devices.js';
 import { credentialsVersion } from './store/db.js';
 import type { Stores } from './store/stores.js';
 
 const POLL_MS = 500;
 
-type DeviceCredentials = Map<string, { tokenHash: string | null; state: DeviceState }>;
 
 export interface CredentialWatch {
   /** Re-reads credentials and acts on what changed. */
@@ -50,13 +48,12 @@ export function watchCredentials(
   };
 
   const check = () => {
-    const devices: DeviceCredentials = stores.devices.credentialMap();
-    const tags = stores.devices.tagMap();
+    const devices = stores.devices.credentialMap();
     for (const id of known) if (!devices.has(id)) presence.forget(id);
     for (const [id, current] of devices) {
       // New, or just accepted after enrolment: it belongs in the table now.
-      if (current.state === 'active' && !presence.get(id)) presence.know(id, tags.get(id));
-      presence.setTags(id, tags.get(id) ?? []);
+      if (current.state === 'active' && !presence.get(id)) presence.know(id, current.tags);
+      presence.setTags(id, current.tags);
       const link = presence.get(id)?.link;
       // A link that authenticated with a token ends when that token is no longer the device's.
       if (link?.credential !== undefined && (link.credential !== current.tokenHash || current.state !== 'active')) {

@@ -40,6 +40,14 @@ export interface SeenRecord {
   lastSeen: number | null;
 }
 
+/** What a hub watches of each device to apply changes made elsewhere: its credential and its tags. */
+export interface DeviceCredentials {
+  tokenHash: string | null;
+  state: DeviceState;
+  /** Assigned and declared together, as selectors match them. */
+  tags: string[];
+}
+
 export type TokenCheck = 'ok' | 'unknown' | 'wrong' | 'pending' | 'no-token';
 
 interface Row {
@@ -88,7 +96,7 @@ export class DeviceStore {
   constructor(private readonly db: Db) {
     this.byId = db.prepare<[string], Row>('SELECT * FROM devices WHERE id = ?');
     this.all = db.prepare<[], Row>('SELECT * FROM devices ORDER BY id');
-    this.credentials = db.prepare<[], { id: string; token_hash: string | null; state: DeviceState }>('SELECT id, token_hash, state FROM devices');
+    this.credentials = db.prepare<[], Pick<Row, 'id' | 'token_hash' | 'state' | 'tags' | 'declared_tags'>>('SELECT id, token_hash, state, tags, declared_tags FROM devices');
     this.seen = db.prepare(
       `INSERT INTO devices (id, created_at, transport, remote_address, connected_at, last_seen)
        VALUES (@id, @now, @transport, @remoteAddress, @connectedAt, @lastSeen)
@@ -106,9 +114,11 @@ export class DeviceStore {
     return this.all.all().map(toDevice);
   }
 
-  /** id → token hash and state, for noticing removals and rotations made by another process. */
-  credentialMap(): Map<string, { tokenHash: string | null; state: DeviceState }> {
-    return new Map(this.credentials.all().map((r) => [r.id, { tokenHash: r.token_hash, state: r.state }]));
+  /** id → token hash, state and tags, for noticing changes made by another process. */
+  credentialMap(): Map<string, DeviceCredentials> {
+    return new Map(
+      this.credentials.all().map((r) => [r.id, { tokenHash: r.token_hash, state: r.state, tags: mergeTags(JSON.parse(r.tags) as string[], JSON.parse(r.declared_tags) as string[]) }]),
+    );
   }
 
   /** Registers a device and returns its token: shown once, stored only as a hash. */
@@ -186,11 +196,6 @@ export class DeviceStore {
       .prepare(`INSERT INTO devices (id, declared_tags, created_at) VALUES (?, ?, ?) ON CONFLICT(id) DO UPDATE SET declared_tags = excluded.declared_tags`)
       .run(id, json, Date.now());
     return true;
-  }
-
-  /** id → the tags selectors match, for every device. */
-  tagMap(): Map<string, string[]> {
-    return new Map(this.all.all().map((row) => [row.id, mergeTags(JSON.parse(row.tags) as string[], JSON.parse(row.declared_tags) as string[])]));
   }
 
   /** An unknown device that presented the enrolment key: it waits, with the token it chose, for an admin. */
