@@ -6,22 +6,15 @@
  */
 import type { Logger } from './log.js';
 import type { Presence } from './presence.js';
-import { validate } from './protocol/schemas.js';
+import { parsePayload } from './protocol/schemas.js';
 import { DeclaredTagsSchema } from './protocol/tags.js';
 import type { DeviceStore } from './store/devices.js';
 
 export function declaredTagsListener(devices: DeviceStore, presence: Presence, log: Logger): (device: string, payload: Buffer | string) => void {
   return (device, payload) => {
-    let body: unknown;
-    try {
-      body = JSON.parse(payload.toString());
-    } catch {
-      log.warn({ device, code: 'BAD_REQUEST' }, 'declared tags ignored: the payload is not JSON');
-      return;
-    }
-    const checked = validate(DeclaredTagsSchema, body);
+    const checked = parsePayload(DeclaredTagsSchema, payload);
     if (!checked.ok) {
-      log.warn({ device, code: 'BAD_REQUEST', field: checked.field }, `declared tags ignored: ${checked.field} ${checked.message}`);
+      log.warn({ device, code: 'BAD_REQUEST', field: checked.field }, `declared tags ignored: ${checked.message}`);
       return;
     }
     try {

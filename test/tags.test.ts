@@ -127,8 +127,8 @@ describe('device tags', () => {
     await waitFor(() => hub.device('pi-01')?.tags.includes('good'), { what: 'a good declaration' });
 
     const cases: [payload: string, field: string][] = [
-      ['not json', 'not JSON'],
-      ['["a"]', '(body)'],
+      ['not json', 'payload is not valid JSON'],
+      ['["a"]', 'payload must be a JSON object'],
       ['{"tags":"kitchen"}', 'tags'],
       ['{"tags":["ok","bad tag"]}', 'tags.1'],
       ['{"tags":["a/b"]}', 'tags.0'],
