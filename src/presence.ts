@@ -81,7 +81,6 @@ export type OfflineReason = 'disconnect' | 'keepalive-timeout' | 'error' | 'repl
 export interface PresenceEvents {
   online: [device: DeviceInfo];
   offline: [device: DeviceInfo, reason: OfflineReason];
-  tags: [device: DeviceInfo];
 }
 
 interface MutableEntry {
@@ -164,7 +163,6 @@ export class Presence extends EventEmitter<PresenceEvents> {
     if (!entry || sameTags(entry.tags, tags)) return;
     entry.tags = [...tags];
     if (!this.closing) this.publishStatus(id, this.statusOf(entry));
-    this.emit('tags', toDeviceInfo(entry));
   }
 
   private fromRecord(record: KnownDevice): MutableEntry {
@@ -204,7 +202,7 @@ export class Presence extends EventEmitter<PresenceEvents> {
     const now = Date.now();
     let entry = this.entries.get(id);
     if (!entry) {
-      // First seen now (anonymous access, or registered in this process without telling presence).
+      // First seen now (anonymous access, or registered a moment ago, before the credential watch noticed).
       entry = blankEntry(id, this.registry.tagsOf(id));
       this.entries.set(id, entry);
     }
