@@ -11,6 +11,13 @@ export const ERROR_CODES = {
   PAYLOAD_TOO_LARGE: { http: 413, summary: 'the request (or the device\'s response) is larger than the configured limit' },
   BUSY: { http: 429, summary: 'too many commands in flight for the device or for the hub, or the device\'s queue is full' },
   INTERNAL: { http: 500, summary: 'an unexpected failure inside the hub or on the device (for example, bash could not be started)' },
+  UNKNOWN_TUNNEL: { http: 404, summary: 'a tunnel frame names a tunnel that is not open (never opened, or already closed)' },
+  UNSUPPORTED: { http: 501, summary: 'the device does not offer this kind of tunnel (an older agent, no PTY support, or switched off there)' },
+  NOT_FOUND: { http: 404, summary: 'the file or directory named on the device does not exist' },
+  PATH_OUTSIDE_ROOT: { http: 403, summary: 'a file path resolves outside the directory the device allows file transfer in (hypha --file-root)' },
+  CHECKSUM_MISMATCH: { http: 422, summary: 'the bytes received do not have the SHA-256 or the size announced; nothing was written in place of the target' },
+  CONNECT_FAILED: { http: 502, summary: 'the device could not open the TCP connection a port forward asked for' },
+  IO_ERROR: { http: 500, summary: 'reading or writing a file on the device (or beside the target on the client) failed; the message says how' },
 } as const;
 
 export type ErrorCode = keyof typeof ERROR_CODES;

@@ -41,13 +41,14 @@ export function mayMatchUnder(filter: string, prefix: string): boolean {
 /** What everyone who is not a device may read: statuses, telemetry, job progress, what server-side handlers publish, and its own replies. */
 function readablePatterns(topics: Topics, clientId: string): string[] {
   const P = topics.prefix;
-  return [`${P}/devices/+/status`, `${P}/devices/+/telemetry/#`, `${P}/jobs/+/status`, `${P}/handlers/#`, topics.clientResponse(clientId)];
+  return [`${P}/devices/+/status`, `${P}/devices/+/telemetry/#`, `${P}/jobs/+/status`, `${P}/handlers/#`, topics.clientResponse(clientId), topics.clientTunnelsOut(clientId)];
 }
 
 export function maySubscribe(principal: Principal, clientId: string, filter: string, topics: Topics): Verdict {
   switch (principal.kind) {
     case 'device':
-      return filter === topics.deviceCommand(principal.id) ? ALLOW : deny(`device ${principal.id} may subscribe only to ${topics.deviceCommand(principal.id)}`);
+      if (filter === topics.deviceCommand(principal.id) || filter === topics.deviceTunnelsIn(principal.id)) return ALLOW;
+      return deny(`device ${principal.id} may subscribe only to ${topics.deviceCommand(principal.id)} and ${topics.deviceTunnelsIn(principal.id)}`);
     case 'anonymous':
       return ALLOW;
     default: {
@@ -65,18 +66,23 @@ export function mayPublish(principal: Principal, clientId: string, topic: string
   switch (principal.kind) {
     case 'device':
       if (device && device.id === principal.id && (device.kind === 'response' || device.kind === 'telemetry')) return ALLOW;
-      return deny(`device ${principal.id} may publish only on its own response and telemetry topics`);
+      if (device && device.id === principal.id && device.kind === 'tunnel' && device.direction === 'out') return ALLOW;
+      return deny(`device ${principal.id} may publish only on its own response, telemetry and tunnels/{tunnel}/out topics`);
     case 'anonymous':
       // Development mode: any topic but those the hub owns or another device's.
       if (device?.kind === 'status') return deny('the status topic is published by the hub alone');
       if (device?.kind === 'command') return deny('commands reach devices through the hub (publish a Request on your clients/{id}/request topic)');
+      if (device?.kind === 'tunnel' && device.direction === 'in') return deny('tunnel frames reach devices through the hub (publish on your clients/{id}/tunnels/{tunnel}/in topic)');
       if (device && device.id !== clientId) return deny(`only device ${device.id} may publish its ${device.kind}`);
       if (client?.kind === 'response') return deny('replies are published by the hub alone');
+      if (client?.kind === 'tunnel' && client.direction === 'out') return deny('a client\'s tunnel frames are published by the hub alone');
       return ALLOW;
     default:
-      // A Request on another client's topic is answered FORBIDDEN by the request bridge.
+      // A Request on another client's topic is answered FORBIDDEN by the request bridge, and a
+      // tunnel frame (another client's, or a viewer's) by the tunnel relay.
       if (client?.kind === 'request') return ALLOW;
+      if (client?.kind === 'tunnel' && client.direction === 'in') return ALLOW;
       if (principal.role !== 'viewer' && !topic.startsWith(`${topics.prefix}/`)) return ALLOW;
-      return deny(`a ${principal.kind} may publish only Requests on ${topics.clientRequest(clientId)}`);
+      return deny(`a ${principal.kind} may publish only Requests on ${topics.clientRequest(clientId)} and tunnel frames on ${topics.clientTunnel(clientId, '{tunnel}', 'in')}`);
   }
 }

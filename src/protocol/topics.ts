@@ -9,17 +9,34 @@ export const DECLARED_TAGS_SUBTOPIC = 'tags';
 
 export const DEFAULT_TOPIC_PREFIX = 'rhizosphere';
 
-export type DeviceTopicKind = 'command' | 'response' | 'status' | 'telemetry';
-export type ClientTopicKind = 'request' | 'response';
+export type DeviceTopicKind = 'command' | 'response' | 'status' | 'telemetry' | 'tunnel';
+export type ClientTopicKind = 'request' | 'response' | 'tunnel';
+/** A tunnel's topics: `in` carries frames towards the device, `out` frames from it. */
+export type TunnelDirection = 'in' | 'out';
 
 export interface ParsedDeviceTopic {
   id: string;
   kind: DeviceTopicKind;
+  /** kind 'tunnel' only: the tunnel id (unchecked: the caller refuses a bad one by name) and direction. */
+  tunnel?: string;
+  direction?: TunnelDirection;
 }
 
 export interface ParsedClientTopic {
   id: string;
   kind: ClientTopicKind;
+  tunnel?: string;
+  direction?: TunnelDirection;
+}
+
+/** `{tunnel}/in|out` → its parts, or null. */
+function parseTunnelTail(tail: string): { tunnel: string; direction: TunnelDirection } | null {
+  const slash = tail.indexOf('/');
+  if (slash <= 0) return null;
+  const tunnel = tail.slice(0, slash);
+  const direction = tail.slice(slash + 1);
+  if (direction !== 'in' && direction !== 'out') return null;
+  return { tunnel, direction };
 }
 
 /** A topic prefix: one or more non-empty levels, no wildcards, no leading `$`. */
@@ -66,6 +83,22 @@ export class Topics {
   clientResponse(id: string): string {
     return `${this.clientsPrefix}${id}/response`;
   }
+  /** A tunnel's frames on the device's side (docs/protocol.md "Remote access: tunnels"). */
+  deviceTunnel(id: string, tunnel: string, direction: TunnelDirection): string {
+    return `${this.devicesPrefix}${id}/tunnels/${tunnel}/${direction}`;
+  }
+  /** What a device subscribes to for the frames of all its tunnels. */
+  deviceTunnelsIn(id: string): string {
+    return `${this.devicesPrefix}${id}/tunnels/+/in`;
+  }
+  /** A tunnel's frames on the client's side. */
+  clientTunnel(id: string, tunnel: string, direction: TunnelDirection): string {
+    return `${this.clientsPrefix}${id}/tunnels/${tunnel}/${direction}`;
+  }
+  /** What a client subscribes to for the frames of all its tunnels. */
+  clientTunnelsOut(id: string): string {
+    return `${this.clientsPrefix}${id}/tunnels/+/out`;
+  }
   /** Retained status of a fleet job. */
   jobStatus(id: string): string {
     return `${this.prefix}/jobs/${id}/status`;
@@ -93,13 +126,22 @@ export class Topics {
     if (!isValidId(id)) return null;
     if (tail === 'command' || tail === 'response' || tail === 'status') return { id, kind: tail };
     if (tail === 'telemetry' || tail.startsWith('telemetry/')) return { id, kind: 'telemetry' };
+    if (tail.startsWith('tunnels/')) {
+      const parsed = parseTunnelTail(tail.slice('tunnels/'.length));
+      return parsed ? { id, kind: 'tunnel', ...parsed } : null;
+    }
     return null;
   }
 
-  /** `P/clients/{id}/request|response`, or null. The id is returned even when invalid, so the caller can refuse it by name. */
+  /** `P/clients/{id}/request|response` or `P/clients/{id}/tunnels/{tunnel}/in|out`, or null. The ids are returned even when invalid, so the caller can refuse them by name. */
   parseClientTopic(topic: string): ParsedClientTopic | null {
     if (!topic.startsWith(this.clientsPrefix)) return null;
     const rest = topic.slice(this.clientsPrefix.length);
+    const tunnels = rest.indexOf('/tunnels/');
+    if (tunnels > 0) {
+      const parsed = parseTunnelTail(rest.slice(tunnels + '/tunnels/'.length));
+      if (parsed) return { id: rest.slice(0, tunnels), kind: 'tunnel', ...parsed };
+    }
     const slash = rest.lastIndexOf('/');
     if (slash < 0) return null;
     const kind = rest.slice(slash + 1);
