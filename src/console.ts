@@ -24,8 +24,10 @@ export const SDK_MODULES = [
   'client/errors.js',
   'client/rest.js',
   'client/types.js',
+  'client/tunnel.js',
   'protocol/ids.js',
   'protocol/topics.js',
+  'protocol/tunnel.js',
   'errors.js',
 ] as const;
 

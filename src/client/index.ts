@@ -14,6 +14,8 @@ import { DEFAULT_TOPIC_PREFIX, Topics } from '../protocol/topics.js';
 import { Emitter } from './emitter.js';
 import { ClientError, codeOf } from './errors.js';
 import { httpUrlFromMqttUrl, Rest } from './rest.js';
+import { decodeFrame, FrameError } from '../protocol/tunnel.js';
+import { sha256Hex, Tunnel, type TunnelEnd, type TunnelSpec } from './tunnel.js';
 import {
   isJobFinished,
   type ConnectOptions,
@@ -33,6 +35,7 @@ import {
 
 export { ClientError, type ClientErrorCode } from './errors.js';
 export { httpUrlFromMqttUrl } from './rest.js';
+export { Tunnel, sha256Hex, type TunnelEnd, type TunnelEvents, type TunnelKind, type TunnelSpec } from './tunnel.js';
 export * from './types.js';
 
 /** How long past the command's own timeout the SDK waits for the hub's Reply before giving up with TIMEOUT. */
@@ -162,6 +165,10 @@ export class HubClient extends Emitter<HubClientEvents> {
   private readonly topicHandlers = new Map<string, Set<TopicHandler>>();
   private wildcards: string[] = [];
   private readonly responseTopic: string;
+  /** Open tunnels by the client's tunnel id; their frames come on `tunnelsPrefix{id}/out`. */
+  private readonly tunnels = new Map<string, Tunnel>();
+  private readonly tunnelsPrefix: string;
+  private tunnelSubscription: Promise<void> | null = null;
   private readonly decoder = new TextDecoder();
   private sequence = 0;
   private settled = false;
@@ -184,10 +191,16 @@ export class HubClient extends Emitter<HubClientEvents> {
   ) {
     super();
     this.responseTopic = topics.clientResponse(clientId);
+    this.tunnelsPrefix = topics.clientTunnel(clientId, '', 'out').slice(0, -'/out'.length);
     this.jobs = new Jobs(this, rest);
     this.everConnected = client.connected;
-    client.on('message', (topic, payload) => this.onMessage(topic, this.decoder.decode(payload)));
+    client.on('message', (topic, payload) => {
+      if (topic.startsWith(this.tunnelsPrefix)) return this.onTunnelFrame(topic, payload);
+      this.onMessage(topic, this.decoder.decode(payload));
+    });
     client.on('offline', () => this.emit('disconnect'));
+    // The hub ends a client's tunnels when its connection goes: so do we.
+    client.on('close', () => this.endTunnels('the connection to the hub was lost'));
     client.on('connect', () => {
       if (this.everConnected) return this.emit('reconnect');
       this.everConnected = true;
@@ -295,10 +308,59 @@ export class HubClient extends Emitter<HubClientEvents> {
     });
   }
 
+  /**
+   * Opens a tunnel to a device (docs/protocol.md "Remote access: tunnels") and resolves once the
+   * device answered `opened`; rejects with the ClientError of a refused open (FORBIDDEN,
+   * DEVICE_OFFLINE, UNSUPPORTED, NOT_FOUND, …).
+   */
+  async openTunnel(device: string, spec: TunnelSpec): Promise<Tunnel> {
+    const problem = idProblem(device);
+    if (problem) throw new ClientError('BAD_REQUEST', `device ${problem}`, { device });
+    if (this.closed) throw new ClientError('NOT_CONNECTED', 'the client is closed', { device });
+    this.tunnelSubscription ??= this.subscribe(this.topics.clientTunnelsOut(this.clientId));
+    try {
+      await this.tunnelSubscription;
+    } catch (error) {
+      this.tunnelSubscription = null;
+      throw error;
+    }
+    const id = `${(++this.sequence).toString(36)}-${randomSuffix()}`;
+    const tunnel = new Tunnel(id, device, spec, {
+      inTopic: this.topics.clientTunnel(this.clientId, id, 'in'),
+      publish: async (topic, payload) => {
+        await this.client.publishAsync(topic, payload as Buffer, { qos: 1 });
+      },
+      forget: () => this.tunnels.delete(id),
+    });
+    this.tunnels.set(id, tunnel);
+    tunnel.start();
+    await tunnel.opened;
+    return tunnel;
+  }
+
+  private onTunnelFrame(topic: string, payload: Uint8Array): void {
+    const parsed = this.topics.parseClientTopic(topic);
+    if (parsed?.kind !== 'tunnel' || parsed.direction !== 'out' || parsed.id !== this.clientId) return;
+    const tunnel = this.tunnels.get(parsed.tunnel!);
+    if (!tunnel) return;
+    try {
+      tunnel.receiveFrame(decodeFrame(payload));
+    } catch (error) {
+      if (error instanceof FrameError) tunnel.connectionLost(`the hub sent a malformed frame: ${error.message}`);
+      else throw error;
+    }
+  }
+
+  private endTunnels(message: string): void {
+    for (const tunnel of [...this.tunnels.values()]) tunnel.connectionLost(message);
+  }
+
   /** Closes the connection. Commands still waiting for a Reply are rejected with NOT_CONNECTED. */
   async close(): Promise<void> {
     if (this.closed) return;
     this.closed = true;
+    for (const tunnel of [...this.tunnels.values()]) await Promise.race([tunnel.close(), new Promise((r) => setTimeout(r, 1000))]);
+    this.endTunnels('the client was closed');
     if (this.settleTimer) clearTimeout(this.settleTimer);
     if (this.retryTimer) clearTimeout(this.retryTimer);
     for (const [id, entry] of this.pending) {
@@ -494,6 +556,127 @@ export class DeviceHandle {
   async status(): Promise<DeviceStatus | undefined> {
     return (await this.hub.devices({ devices: [this.id] }))[0];
   }
+
+  /** Opens a tunnel of any kind (see HubClient.openTunnel). */
+  openTunnel(spec: TunnelSpec): Promise<Tunnel> {
+    return this.hub.openTunnel(this.id, spec);
+  }
+
+  /**
+   * An interactive shell in a pseudo-terminal on the device: `write()` keystrokes, read the
+   * 'data' events, `resize()` with the terminal; 'end' says how it ended (its `exit` code).
+   */
+  shell(options: { cols?: number; rows?: number; term?: string } = {}): Promise<Tunnel> {
+    return this.hub.openTunnel(this.id, { kind: 'shell', ...options });
+  }
+
+  /** A TCP connection from the device to `host:port` (as the device sees them). */
+  connectTcp(port: number, host = 'localhost'): Promise<Tunnel> {
+    return this.hub.openTunnel(this.id, { kind: 'tcp', host, port });
+  }
+
+  /**
+   * Writes a file on the device at `path` (absolute). The bytes are given whole, or as chunks
+   * with their size and SHA-256 known beforehand (a file read twice, say). The device writes a
+   * temporary file and renames it over `path` only when size and SHA-256 match; resolves with
+   * what it wrote, rejects with the ClientError of the failure (CHECKSUM_MISMATCH, NOT_FOUND,
+   * PATH_OUTSIDE_ROOT, PAYLOAD_TOO_LARGE, …).
+   */
+  async upload(path: string, source: Uint8Array | UploadSource, options: TransferOptions & { mode?: number } = {}): Promise<TransferResult> {
+    const whole = source instanceof Uint8Array ? source : null;
+    const size = whole ? whole.byteLength : (source as UploadSource).size;
+    const sha256 = whole ? await sha256Hex(whole) : (source as UploadSource).sha256;
+    const tunnel = await this.hub.openTunnel(this.id, { kind: 'file_put', path, size, sha256, ...(options.mode !== undefined ? { mode: options.mode } : {}) });
+    try {
+      let sent = 0;
+      const chunks: AsyncIterable<Uint8Array> | Iterable<Uint8Array> = whole ? [whole] : (source as UploadSource).chunks;
+      for await (const chunk of chunks) {
+        await tunnel.write(chunk);
+        sent += chunk.byteLength;
+        options.onProgress?.(sent, size);
+      }
+      await tunnel.eof();
+    } catch (error) {
+      void tunnel.close();
+      const end = await tunnel.ended;
+      throw end.reason === 'error' ? endError(end, this.id) : error;
+    }
+    return transferResult(await tunnel.ended, this.id);
+  }
+
+  /**
+   * Reads a file of the device. Without `onData` the bytes are collected, checked against the
+   * device's SHA-256 and returned; with `onData` each chunk is handed over as it comes (the
+   * device waits while a returned promise is pending) and the caller checks the SHA-256
+   * against the result's.
+   */
+  async download(path: string, options: TransferOptions & { onData?: (chunk: Uint8Array) => void | Promise<void> } = {}): Promise<TransferResult & { bytes?: Uint8Array; mode?: number }> {
+    const tunnel = await this.hub.openTunnel(this.id, { kind: 'file_get', path });
+    const opened = await tunnel.opened;
+    const size = opened.size ?? 0;
+    const parts: Uint8Array[] = [];
+    let received = 0;
+    let failure: unknown = null;
+    tunnel.on('data', (chunk) => {
+      received += chunk.byteLength;
+      options.onProgress?.(received, size);
+      if (!options.onData) return void parts.push(chunk.slice());
+      const pending = options.onData(chunk);
+      if (pending && typeof (pending as Promise<void>).then === 'function') {
+        tunnel.pause();
+        (pending as Promise<void>).then(
+          () => tunnel.resume(),
+          (error: unknown) => {
+            failure = error;
+            void tunnel.close();
+          },
+        );
+      }
+    });
+    const end = await tunnel.ended;
+    if (failure) throw failure;
+    const result = transferResult(end, this.id);
+    if (options.onData) return { ...result, mode: opened.mode };
+    const bytes = new Uint8Array(received);
+    let offset = 0;
+    for (const part of parts) {
+      bytes.set(part, offset);
+      offset += part.byteLength;
+    }
+    const actual = await sha256Hex(bytes);
+    if (actual !== result.sha256 || received !== result.size) {
+      throw new ClientError('CHECKSUM_MISMATCH', `received ${received} bytes with SHA-256 ${actual}; the device sent ${result.size} with ${result.sha256}`, { device: this.id });
+    }
+    return { ...result, bytes, mode: opened.mode };
+  }
+}
+
+/** An upload given as chunks, with what they add up to. */
+export interface UploadSource {
+  size: number;
+  sha256: string;
+  chunks: AsyncIterable<Uint8Array> | Iterable<Uint8Array>;
+}
+
+export interface TransferOptions {
+  /** Called as bytes go through: done so far, and the total. */
+  onProgress?: (done: number, total: number) => void;
+}
+
+/** What the device reported for a completed transfer. */
+export interface TransferResult {
+  size: number;
+  sha256: string;
+}
+
+function endError(end: TunnelEnd, device: string): ClientError {
+  return new ClientError(end.code ?? 'INTERNAL', end.message ?? 'the transfer failed', { device });
+}
+
+function transferResult(end: TunnelEnd, device: string): TransferResult {
+  if (end.reason === 'error') throw endError(end, device);
+  if (!end.done) throw new ClientError('INTERNAL', 'the device ended the transfer without saying it was done', { device });
+  return end.done;
 }
 
 /** Fleet jobs: create, read and cancel over REST; progress from the retained `P/jobs/{id}/status`. */
