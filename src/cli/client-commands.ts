@@ -1,15 +1,16 @@
 /**
- * `rhizosphere exec|devices|run …`: the client SDK (src/client) from the command line.
- * Exit status: exec → the command's own exit status; devices → 0; run → 0 when every target
- * succeeded, else 1. A coded problem (DEVICE_OFFLINE, FORBIDDEN, TIMEOUT, …) prints
+ * `rhizosphere exec|devices|run|shell|cp|forward …`: the client SDK (src/client) from the
+ * command line. Exit status: exec → the command's own exit status; devices → 0; run → 0 when
+ * every target succeeded, else 1; shell → the remote shell's; cp → 0 once the copy is verified. A coded problem (DEVICE_OFFLINE, FORBIDDEN, TIMEOUT, …) prints
  * `rhizosphere: CODE: message` and exits 1; bad usage exits 2 (one line on stderr).
  */
 import { parseArgs } from 'node:util';
 import { ClientError, connect, httpUrlFromMqttUrl, type ConnectOptions, type DeviceSelector, type HubClient, type JobCounts, type JobStatus, type JobView, type Order } from '../client/index.js';
 import { TIMEOUT_MS_MAX, TIMEOUT_MS_MIN } from '../protocol/schemas.js';
 import { parseArgsProblem } from './args.js';
+import { cpCommand, forwardCommand, parseForward, RemoteUsageError, shellCommand } from './remote-access.js';
 
-export const CLIENT_COMMANDS = ['exec', 'devices', 'run'] as const;
+export const CLIENT_COMMANDS = ['exec', 'devices', 'run', 'shell', 'cp', 'forward'] as const;
 
 export class ClientUsageError extends Error {}
 
@@ -23,6 +24,15 @@ token, or env RHIZOSPHERE_TOKEN_NAME and RHIZOSPHERE_TOKEN; --url also from env 
         [--concurrency N] [--timeout SECONDS] [--deadline SECONDS] [--order …]
                                              a fleet job: progress on stderr, a summary table on stdout;
                                              exit 0 when every target succeeded, else 1
+  rhizosphere shell --url URL DEVICE         an interactive shell on DEVICE in this terminal (Ctrl-C goes
+                                             to the device; the shell's exit status is this one's)
+  rhizosphere cp --url URL LOCAL DEVICE:/PATH   upload a file (PATH ending in / keeps the name)
+  rhizosphere cp --url URL DEVICE:/PATH LOCAL   download a file; both checked by SHA-256, the target
+                                             replaced only when complete
+  rhizosphere forward --url URL DEVICE LOCALPORT:HOST:PORT... [--bind ADDR]
+                                             carry connections to LOCALPORT (on 127.0.0.1, or ADDR) to
+                                             HOST:PORT as DEVICE sees it (LOCALPORT:PORT: localhost;
+                                             LOCALPORT 0: any free port, printed); until Ctrl-C
   URL: mqtt://HUB:1883, mqtts://HUB:8883, ws://HUB:8080/mqtt or wss://HUB:8080/mqtt. run needs REST:
   --http-url http(s)://HUB:8080, derived from a ws:// or wss:// URL. A hub error exits 1 with
   "rhizosphere: CODE: message"; a usage error exits 2.`;
@@ -59,6 +69,7 @@ const OPTIONS = {
   online: { type: 'boolean' },
   all: { type: 'boolean' },
   json: { type: 'boolean' },
+  bind: { type: 'string' },
 } as const;
 
 /** Runs one client command; resolves with the exit status. Throws ClientUsageError for bad usage, ClientError for a coded failure. */
@@ -122,6 +133,26 @@ export async function runClientCommand(argv: string[], env: NodeJS.ProcessEnv, i
     return withHub(url, connectOptions, (hub) =>
       runCommand(hub, { target, order, cmd_str: words.join(' '), timeout_ms: timeoutMs, concurrency, deadline_ms: deadlineMs }, io),
     );
+  }
+  if (command === 'shell' || command === 'cp' || command === 'forward') {
+    if (after.length > 0) throw new ClientUsageError(`${command}: unexpected argument "${after[0]}" after --`);
+    try {
+      if (command === 'shell') {
+        if (positionals.length !== 1) throw new RemoteUsageError('shell: one DEVICE: rhizosphere shell --url URL DEVICE');
+        return await withHub(url, connectOptions, (hub) => shellCommand(hub, positionals[0]!, io));
+      }
+      if (command === 'cp') {
+        if (positionals.length !== 2) throw new RemoteUsageError('cp: rhizosphere cp --url URL LOCAL DEVICE:/PATH, or DEVICE:/PATH LOCAL');
+        return await withHub(url, connectOptions, (hub) => cpCommand(hub, positionals[0]!, positionals[1]!, io));
+      }
+      const [device, ...specs] = positionals;
+      if (!device || specs.length === 0) throw new RemoteUsageError('forward: rhizosphere forward --url URL DEVICE LOCALPORT:HOST:PORT...');
+      const forwards = specs.map(parseForward);
+      return await withHub(url, connectOptions, (hub) => forwardCommand(hub, device, forwards, v.bind ?? '127.0.0.1', io));
+    } catch (error) {
+      if (error instanceof RemoteUsageError) throw new ClientUsageError(error.message);
+      throw error;
+    }
   }
   throw new ClientUsageError(`unknown command "${command}" (see rhizosphere --help)`);
 }
