@@ -4,13 +4,14 @@
  * the agent's answers on `…/out` (docs/protocol.md "Remote access: tunnels").
  */
 import { createHash, randomBytes } from 'node:crypto';
-import { existsSync, mkdirSync, readdirSync, readFileSync, symlinkSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
 import { createServer as createHttpServer } from 'node:http';
 import { createServer } from 'node:net';
 import { join } from 'node:path';
 import { Aedes, type AedesOptions } from 'aedes';
 import type { MqttClient } from 'mqtt';
-import { describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { startAgent, type Agent, type AgentOptions } from '../src/hypha/agent.js';
 import type { Response } from '../src/protocol/schemas.js';
 import {
@@ -23,9 +24,30 @@ import {
   encodeData,
   type Control,
 } from '../src/protocol/tunnel.js';
-import { cleanup, connectMqtt, freePort, tempDir, waitFor } from './helpers.js';
+import { spawnSync } from 'node:child_process';
+import { cleanup, connectMqtt, freePort, HYPHA_BIN, isGone, spawnHypha, tempDir, waitFor } from './helpers.js';
 
 const P = 'rhizosphere';
+
+/**
+ * Shells start in the agent user's home and read its login files. Tests end many shells while
+ * they start, which would interrupt whatever those files run (tool shims taking a lock, say):
+ * give this file's agents a home of their own with a plain login file.
+ */
+const realHome = process.env.HOME;
+const realShell = process.env.SHELL;
+beforeAll(() => {
+  const home = mkdtempSync(join(tmpdir(), 'rhizo-home-'));
+  writeFileSync(join(home, '.bash_profile'), 'PS1="$ "\n');
+  process.env.HOME = home;
+  process.env.SHELL = '/bin/bash';
+});
+afterAll(() => {
+  const home = process.env.HOME!;
+  process.env.HOME = realHome;
+  process.env.SHELL = realShell;
+  rmSync(home, { recursive: true, force: true });
+});
 
 async function bareBroker(options: Partial<AedesOptions> = {}) {
   const broker = await Aedes.createBroker(options);
@@ -173,6 +195,12 @@ class TunnelPeer {
   }
 }
 
+/** The filters a client has subscribed to, as the broker sees them. */
+function subscriptionsOf(broker: Aedes, clientId: string): string[] {
+  const clients = (broker as unknown as { clients: Record<string, { subscriptions: Record<string, unknown> } | undefined> }).clients;
+  return Object.keys(clients[clientId]?.subscriptions ?? {});
+}
+
 interface Setup {
   agent: Agent;
   peer: TunnelPeer;
@@ -189,10 +217,10 @@ async function setup(id: string, options: Partial<AgentOptions> = {}, brokerOpti
   cleanup(() => agent.stop());
   await agent.firstConnect;
   // The agent subscribes right after CONNACK; frames published before that would be lost.
+  const tunnelsExpected = options.tunnels !== false && brokerOptions.authorizeSubscribe === undefined;
   await waitFor(() => {
-    const subs = (broker as unknown as { clients: Record<string, { subscriptions: Record<string, unknown> }> }).clients[id]?.subscriptions ?? {};
-    const tunnelsExpected = options.tunnels !== false && brokerOptions.authorizeSubscribe === undefined;
-    return Object.keys(subs).includes(`${P}/devices/${id}/command`) && (!tunnelsExpected || Object.keys(subs).includes(`${P}/devices/${id}/tunnels/+/in`));
+    const subs = subscriptionsOf(broker, id);
+    return subs.includes(`${P}/devices/${id}/command`) && (!tunnelsExpected || subs.includes(`${P}/devices/${id}/tunnels/+/in`));
   }, { what: 'the agent subscriptions' });
   let sequence = 0;
   const responses: Response[] = [];
@@ -217,8 +245,9 @@ describe('shell tunnels', () => {
     const shell = peer.open({ kind: 'shell', cols: 100, rows: 30 });
     expect(await shell.next('opened')).toEqual({ t: 'opened' });
 
-    shell.type('echo $((6*7))\r');
-    await shell.waitForOutput(/\b42\b/);
+    shell.type('echo $((6*7)) "$PWD" "$TERM" $(tput lines)\r');
+    await shell.waitForOutput(/\b42 \S+ xterm-256color 30\b/);
+    expect(shell.text).toContain(`42 ${process.env.HOME} xterm-256color 30`);
 
     shell.control({ t: 'resize', cols: 123, rows: 40 });
     shell.type('echo cols=$(tput cols)\r');
@@ -506,7 +535,55 @@ describe('tunnel protocol', () => {
     expect(lines.filter((l) => /subscribe failed/.test(l))).toEqual([]);
 
     const off = await setup('pi-off', { tunnels: false });
-    const subs = (off.broker as unknown as { clients: Record<string, { subscriptions: Record<string, unknown> }> }).clients['pi-off']!.subscriptions;
-    expect(Object.keys(subs)).toEqual([`${P}/devices/pi-off/command`]);
+    expect(subscriptionsOf(off.broker, 'pi-off')).toEqual([`${P}/devices/pi-off/command`]);
+  });
+
+  it('ends its tunnels silently when the connection drops, and answers them UNKNOWN_TUNNEL after reconnecting', async () => {
+    const { peer, broker, agent, command } = await setup('pi-drop', { backoffBaseMs: 50, backoffCapMs: 100 });
+    const shell = peer.open({ kind: 'shell' });
+    await shell.next('opened');
+    shell.type('echo pid=$$\r');
+    await shell.waitForOutput(/pid=\d+/);
+    const pid = Number(/pid=(\d+)/.exec(shell.text)![1]);
+    let reconnected = false;
+    agent.once('connect', () => (reconnected = true));
+
+    (broker as unknown as { clients: Record<string, { conn: { destroy(): void } }> }).clients['pi-drop']!.conn.destroy();
+    await waitFor(() => isGone(pid), { what: 'the shell gone' });
+    await waitFor(() => reconnected && subscriptionsOf(broker, 'pi-drop').length === 2, { what: 'the agent back' });
+    expect(shell.controls.filter((c) => c.t !== 'opened' && c.t !== 'ack')).toEqual([]);
+    shell.type('echo again\r');
+    expect(await shell.error()).toMatchObject({ code: 'UNKNOWN_TUNNEL' });
+    expect(await command('echo back')).toMatchObject({ result: 'back' });
+  });
+});
+
+describe('hypha command line for tunnels', () => {
+  it('documents the tunnel flags and refuses a --file-root that is not a directory', () => {
+    const help = spawnSync(process.execPath, [HYPHA_BIN, '--help'], { encoding: 'utf8' });
+    for (const word of ['--file-root', '--max-file-bytes', '--max-tunnels', '--no-tunnels', 'HYPHA_FILE_ROOT', 'HYPHA_MAX_FILE_BYTES', 'HYPHA_NO_TUNNELS']) expect(help.stdout).toContain(word);
+    for (const args of [['--file-root', '/nonexistent-dir'], ['--file-root', HYPHA_BIN], ['--max-file-bytes', 'lots'], ['--max-tunnels', '0']]) {
+      const result = spawnSync(process.execPath, [HYPHA_BIN, '--url', 'mqtt://127.0.0.1:1', '--id', 'pi', ...args], { encoding: 'utf8', timeout: 15_000 });
+      expect(result.status, args.join(' ')).toBe(2);
+      expect(result.stderr).toMatch(new RegExp(`^hypha: ${args[0]}: `));
+    }
+  });
+
+  it('serves tunnels from the hypha process within --file-root and --max-file-bytes; --no-tunnels offers none', async () => {
+    const { broker, url } = await bareBroker();
+    const root = tempDir();
+    writeFileSync(join(root, 'greeting'), 'hello');
+    const peer = await TunnelPeer.connect(url, 'pi-cli');
+    spawnHypha(url, 'pi-cli', ['--file-root', root, '--max-file-bytes', '10']);
+    spawnHypha(url, 'pi-cli-off', ['--no-tunnels']);
+    await waitFor(() => subscriptionsOf(broker, 'pi-cli').length === 2 && subscriptionsOf(broker, 'pi-cli-off').length === 1, { what: 'both agents subscribed', timeoutMs: 15_000 });
+
+    const get = peer.open({ kind: 'file_get', path: join(root, 'greeting') });
+    expect(await get.next('done')).toEqual({ t: 'done', size: 5, sha256: sha256(Buffer.from('hello')) });
+    expect(get.text).toBe('hello');
+    expect(await peer.open({ kind: 'file_get', path: '/etc/passwd' }).error()).toMatchObject({ code: 'PATH_OUTSIDE_ROOT' });
+    expect(await peer.open({ kind: 'file_put', path: join(root, 'big'), size: 11, sha256: '0'.repeat(64) }).error()).toMatchObject({ code: 'PAYLOAD_TOO_LARGE' });
+    await new Promise((r) => setTimeout(r, 200));
+    expect(subscriptionsOf(broker, 'pi-cli-off')).toEqual([`${P}/devices/pi-cli-off/command`]);
   });
 });
