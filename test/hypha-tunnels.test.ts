@@ -536,6 +536,15 @@ describe('tunnel protocol', () => {
 
     const off = await setup('pi-off', { tunnels: false });
     expect(subscriptionsOf(off.broker, 'pi-off')).toEqual([`${P}/devices/pi-off/command`]);
+
+    // Restarted with tunnels off on a session that has the filter: the agent drops it.
+    const { url, broker } = off;
+    const on = await startAgent({ url, id: 'pi-switch', logLevel: 'error' });
+    await waitFor(() => subscriptionsOf(broker, 'pi-switch').length === 2, { what: 'both filters' });
+    await on.stop();
+    const without = await startAgent({ url, id: 'pi-switch', logLevel: 'error', tunnels: false });
+    cleanup(() => without.stop());
+    await waitFor(() => subscriptionsOf(broker, 'pi-switch').join() === `${P}/devices/pi-switch/command`, { what: 'the tunnel filter gone' });
   });
 
   it('ends its tunnels silently when the connection drops, and answers them UNKNOWN_TUNNEL after reconnecting', async () => {

@@ -244,7 +244,7 @@ export class Agent extends EventEmitter<AgentEvents> {
     if (this.client.stream instanceof Socket) this.client.stream.setNoDelay(true);
     this.log.info('connected', { url: redactUrl(this.url), id: this.id, session: sessionPresent ? 'resumed' : 'new' });
     this.subscribeToCommands();
-    this.subscribeToTunnels();
+    this.subscribeToTunnels(sessionPresent);
     this.declareTags();
     this.settleFirstConnect.resolve();
     this.emit('connect', { sessionPresent });
@@ -267,8 +267,13 @@ export class Agent extends EventEmitter<AgentEvents> {
    * Also made on every connect. A hub that predates tunnels refuses the filter (SUBACK 0x80):
    * the agent then simply offers none, and says so once.
    */
-  private subscribeToTunnels(): void {
-    if (!this.tunnels) return;
+  private subscribeToTunnels(sessionPresent: boolean): void {
+    if (!this.tunnels) {
+      // A session kept from a run with tunnels on still holds the filter, and the hub would
+      // take it as an offer that nobody here answers.
+      if (sessionPresent) this.client.unsubscribe(this.tunnelsTopic, (err) => err && this.log.debug('unsubscribe failed', { topic: this.tunnelsTopic, error: err }));
+      return;
+    }
     this.client.subscribe(this.tunnelsTopic, { qos: 1 }, (err, granted) => {
       // MQTT.js reports a refused filter as an error that carries the SUBACK.
       const suback = (err as { packet?: { granted?: (number | { qos: number })[] } } | null)?.packet;
