@@ -410,6 +410,9 @@ describe('files', () => {
 
     const close = await waitFor(() => hub.stores.audit.query({ action: 'tunnel.close' })[0]);
     expect(close).toMatchObject({ outcome: 'ok', detail: { kind: 'file_put', path: '/srv/blob', size: file.length, sha256, bytesIn: file.length, bytesOut: 0, recording: null } });
+    // 160 DATA frames and more reached the device in order, numbered by the hub.
+    const tunnel = await device.tunnel();
+    expect(tunnel.frames.map((f) => f.seq)).toEqual(tunnel.frames.map((_f, i) => i));
     expect(device.tunnels.size).toBe(1);
   });
 
