@@ -149,6 +149,7 @@ export class Presence extends EventEmitter<PresenceEvents> {
       link.close('the device was removed');
     }
     this.entries.delete(id);
+    this.registry.drop(id);
     this.publishStatus(id, null);
     this.log.info({ device: id }, 'device removed');
   }

@@ -38,6 +38,14 @@ export class DeviceRegistry {
     this.timer.unref();
   }
 
+  /**
+   * A removed device: what was seen of it is not written, or the write would bring its row
+   * back (as a device without a token, which a cluster would replicate).
+   */
+  drop(id: string): void {
+    this.pending.delete(id);
+  }
+
   /** Writes pending changes now (also called on close). */
   flush(): void {
     if (this.timer) clearTimeout(this.timer);
