@@ -138,7 +138,9 @@ const MIGRATIONS: string[] = [
   // connection columns), users, tokens and sessions is logged by key, whoever makes it (the hub,
   // an admin command, even while the hub is down), so a node can push it to the cluster; one
   // row per key (the latest change). Changes applied from the cluster set `applying` inside
-  // their own transaction, so they are not logged back.
+  // their own transaction, so they are not logged back. A standalone hub pushes nothing: the
+  // log keeps one row per key (session rows go once past any session's lifetime), ready for a
+  // first join.
   `
   CREATE TABLE replication_state (
     id            INTEGER PRIMARY KEY CHECK (id = 1),
