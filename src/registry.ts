@@ -26,9 +26,10 @@ export class DeviceRegistry {
     return this.store.list();
   }
 
-  /** The tags selectors match for one device, from the database ([] for one it does not hold). */
-  tagsOf(id: string): string[] {
-    return this.store.get(id)?.tags ?? [];
+  /** The tags selectors match for one device, if the database holds it. */
+  lookup(id: string): { tags: string[] } | undefined {
+    const device = this.store.get(id);
+    return device ? { tags: device.tags } : undefined;
   }
 
   put(record: DeviceRecord): void {

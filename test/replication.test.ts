@@ -47,6 +47,16 @@ describe('the log of local changes (migration 6)', () => {
     stores.tokens.remove('t');
     expect(logged()).toEqual([{ tbl: 'tokens', key: 't' }]);
   });
+
+  it('a last-seen record of a device removed meanwhile does not bring its row back', () => {
+    const stores = openStores(tempDir());
+    cleanup(() => stores.close());
+    stores.devices.add('pi-1');
+    stores.devices.remove('pi-1');
+    const seen = { transport: 'mqtt' as const, remoteAddress: '10.0.0.1', connectedAt: 1, lastSeen: 2 };
+    stores.devices.recordSeen([{ id: 'pi-1', ...seen, stored: true }, { id: 'anon-1', ...seen }]);
+    expect(stores.devices.list().map((d) => d.id)).toEqual(['anon-1']);
+  });
 });
 
 describe.skipIf(!claimed)('replication through Redis', () => {
