@@ -270,7 +270,7 @@ export class Tunnel extends Emitter<TunnelEvents> {
 
 /** The SHA-256 of some bytes, as lowercase hex (WebCrypto: browsers and Node alike). */
 export async function sha256Hex(bytes: Uint8Array): Promise<string> {
-  const subtle = (globalThis as { crypto?: Crypto }).crypto?.subtle;
+  const subtle = (globalThis as { crypto?: typeof globalThis.crypto }).crypto?.subtle;
   if (!subtle) throw new ClientError('INTERNAL', 'SHA-256 needs WebCrypto (a secure context in browsers)');
   const digest = new Uint8Array(await subtle.digest('SHA-256', bytes as Uint8Array<ArrayBuffer>));
   let hex = '';
