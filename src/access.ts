@@ -122,8 +122,9 @@ export function createAccess({ topics, log, auth, certificateIdOf, onAuthenticat
         log.warn({ code: 'FORBIDDEN', clientId: client.id, topic: packet.topic }, `publish refused, connection closed: ${verdict.why}`);
         return callback(new Error(verdict.why));
       }
-      // Requests and Responses are never stored: a retained one would be replayed to every later subscriber.
-      if (device?.kind === 'response' || topics.parseClientTopic(packet.topic)?.kind === 'request') packet.retain = false;
+      // Requests, Responses and tunnel frames are never stored: a retained one would be replayed to every later subscriber.
+      const own = topics.parseClientTopic(packet.topic);
+      if (device?.kind === 'response' || device?.kind === 'tunnel' || own?.kind === 'request' || own?.kind === 'tunnel') packet.retain = false;
       callback(null);
     },
 

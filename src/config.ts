@@ -47,6 +47,9 @@ export const SETTINGS = {
     default: 16 * 1024 * 1024,
   },
   maxPublishRate: { flag: 'max-publish-rate', type: 'number', help: 'publishes a second one connection may keep up (bursts of twice that); 0 = no limit', default: 1000 },
+  maxFileBytes: { flag: 'max-file-bytes', type: 'number', help: 'largest file a tunnel may carry to or from a device (file_put, file_get)', default: 1024 * 1024 * 1024 },
+  maxTunnelsPerDevice: { flag: 'max-tunnels-per-device', type: 'number', help: 'tunnels open to one device before BUSY', default: 16 },
+  tunnelIdleMs: { flag: 'tunnel-idle-ms', type: 'number', help: 'a shell tunnel with no data either way for this long is closed with TIMEOUT', default: 30 * 60 * 1000 },
   readyMaxLagMs: { flag: 'ready-max-lag-ms', type: 'number', help: 'event-loop delay (p99 over the last seconds, in ms) above which GET /readyz answers 503', default: 1000 },
   allowedOrigins: { flag: 'allowed-origins', type: 'string', help: 'other web origins whose pages may open WebSockets to the hub, comma-separated (the hub\'s own always may)', default: '' },
   cluster: { flag: 'cluster', type: 'string', placeholder: 'URL', help: 'redis://HOST:PORT[/DB]: run as one node of a cluster of hubs sharing this Redis (empty = standalone)', default: '' },
@@ -106,6 +109,9 @@ export const ConfigSchema = z.strictObject({
   }),
   maxClientBufferBytes: positiveInt(64 * 1024),
   maxPublishRate: z.number({ error: () => 'must be a number' }).int({ error: 'must be a whole number' }).min(0, { error: 'must be 0 (no limit) or more' }),
+  maxFileBytes: positiveInt(1),
+  maxTunnelsPerDevice: positiveInt(1),
+  tunnelIdleMs: positiveInt(100),
   readyMaxLagMs: positiveInt(10),
   allowedOrigins: z.string({ error: () => 'must be a comma-separated list of origins' }).superRefine((value, ctx) => {
     for (const origin of splitList(value)) {

@@ -5,6 +5,7 @@
  */
 import { EventEmitter } from 'node:events';
 import { createServer as createTcpServer } from 'node:net';
+import { join } from 'node:path';
 import { Aedes, type Client } from 'aedes';
 import { indexedMemoryPersistence } from './retained-index.js';
 import { listen, stopListening, withinBudget } from './listen.js';
@@ -21,6 +22,7 @@ import { HubError, StartError } from './errors.js';
 import { JobRunner } from './jobs/runner.js';
 import { HandlerHost, HandlerStartError } from './handlers/loader.js';
 import { jobsRouter } from '../bridge/jobs-rest.js';
+import { recordingsRouter } from '../bridge/recordings-rest.js';
 import { consoleContentSecurityPolicy, mountConsole } from './console.js';
 import { createHttpFront, mqttOverWebSocket } from './http.js';
 import { PACKAGE_VERSION } from './package-root.js';
@@ -32,6 +34,7 @@ import { Presence, toDeviceInfo, type DeviceEntry, type DeviceInfo, type Offline
 import { idProblem } from './protocol/ids.js';
 import { ORDERS, type CommandResult, type Order, type Reply, type Status } from './protocol/schemas.js';
 import { Topics } from './protocol/topics.js';
+import { startTunnelRelay } from './tunnels/relay.js';
 import { Readiness } from './readiness.js';
 import { DeviceRegistry } from './registry.js';
 import { watchCredentials } from './revocation.js';
@@ -45,6 +48,8 @@ export { StartError };
 export interface HubOptions extends Partial<HubConfig> {
   /** A logger to use instead of one made from `logLevel`. */
   logger?: Logger;
+  /** How long a device has to answer a tunnel's open (default 10 s; shorter in tests). */
+  tunnelOpenTimeoutMs?: number;
 }
 
 export interface HubEvents {
@@ -225,7 +230,7 @@ async function startClusterNode(config: HubConfig, log: Logger): Promise<Cluster
  * with a TLS certificate, MQTT over TLS too, and HTTPS instead of HTTP.
  */
 export async function startHub(options: HubOptions = {}): Promise<Hub> {
-  const { logger, ...settings } = options;
+  const { logger, tunnelOpenTimeoutMs, ...settings } = options;
   const config = configFromOptions(settings);
   // Read before anything starts, so a bad certificate file leaves nothing to unwind.
   const tls = loadTls(config);
@@ -303,6 +308,20 @@ export async function startHub(options: HubOptions = {}): Promise<Hub> {
     const credentials = watchCredentials(stores, presence, broker, access.principalOf, auth, log);
     onClose(() => credentials.close());
     onClose(() => dispatcher.close());
+    const recordingsDir = join(config.dataDir, 'recordings');
+    // Registered after the broker's close, so it runs before it: tunnels end with their last frames delivered.
+    const tunnels = startTunnelRelay({
+      broker,
+      topics,
+      presence,
+      log,
+      audit: stores.audit,
+      principalOf: access.principalOf,
+      remoteOf: access.remoteOf,
+      recordingsDir,
+      limits: { maxFileBytes: config.maxFileBytes, maxTunnelsPerDevice: config.maxTunnelsPerDevice, idleMs: config.tunnelIdleMs, openTimeoutMs: tunnelOpenTimeoutMs },
+    });
+    onClose(() => tunnels.close());
     const clusterStart = cluster ? await cluster.start({ broker, topics, presence, dispatcher }) : null;
     // Before the broker closes (the first steps of close run last in this list).
     if (cluster) onClose(() => cluster.leave());
@@ -348,6 +367,7 @@ export async function startHub(options: HubOptions = {}): Promise<Hub> {
     };
     http.app.use('/api', sessionRouter({ auth, stores, log, endSessionConnections, secure: tls !== null }));
     http.app.use('/api', jobsRouter({ jobs, auth, stores, log }));
+    http.app.use('/api', recordingsRouter({ auth, stores, log, recordingsDir }));
     http.app.use(
       '/api',
       restRouter({

@@ -3,12 +3,15 @@
  * environment variable (flag over environment over default), which suits systemd units.
  * A bad flag or value ends the start with one line on stderr and exit status 2.
  */
+import { statSync } from 'node:fs';
+import { resolve as resolvePath } from 'node:path';
 import { parseArgs } from 'node:util';
 import { parseArgsProblem } from './args.js';
 import { startAgent, urlProblem, type Agent, type AgentOptions } from '../hypha/agent.js';
 import { resolveDeviceId, type ChosenIdSource } from '../hypha/identity.js';
 import { createLogger, isLogLevel, LOG_LEVELS, type Logger, type LogLevel } from '../hypha/log.js';
 import { DEFAULT_MAX_CONCURRENT, DEFAULT_MAX_QUEUE, DEFAULT_OUTPUT_CAP } from '../hypha/runner.js';
+import { DEFAULT_MAX_FILE_BYTES, DEFAULT_MAX_TUNNELS } from '../hypha/tunnels/index.js';
 import { MAX_DEVICE_TAGS, tagProblem } from '../protocol/tags.js';
 import { DEFAULT_TOPIC_PREFIX, topicPrefixProblem } from '../protocol/topics.js';
 import { loadOrCreateToken, readTokenFile } from '../hypha/token-file.js';
@@ -33,6 +36,9 @@ type FlagName =
   | 'ca'
   | 'cert'
   | 'key'
+  | 'file-root'
+  | 'max-file-bytes'
+  | 'max-tunnels'
   | 'log-level';
 
 /** Flags that may be given more than once; their environment variable holds a comma-separated list. */
@@ -60,12 +66,22 @@ const FLAGS: Record<FlagName, FlagSpec> = {
   ca: { env: 'HYPHA_CA', value: 'FILE', help: 'PEM file of the CA that signed the hub certificate (mqtts://, wss://)', default: 'system CAs' },
   cert: { env: 'HYPHA_CERT', value: 'FILE', help: 'PEM client certificate for mutual TLS; its CN must be the device id (with --key)' },
   key: { env: 'HYPHA_KEY', value: 'FILE', help: 'PEM private key of --cert (not encrypted)' },
+  'file-root': { env: 'HYPHA_FILE_ROOT', value: 'DIR', help: 'file tunnels may only read and write inside DIR (symbolic links followed)', default: 'any path this user may use' },
+  'max-file-bytes': { env: 'HYPHA_MAX_FILE_BYTES', value: 'BYTES', help: 'largest file a file tunnel moves; past that PAYLOAD_TOO_LARGE', default: String(DEFAULT_MAX_FILE_BYTES) },
+  'max-tunnels': { env: 'HYPHA_MAX_TUNNELS', value: 'N', help: 'tunnels open at once; past that BUSY', default: String(DEFAULT_MAX_TUNNELS) },
   'log-level': { env: 'HYPHA_LOG_LEVEL', value: 'LEVEL', help: `${LOG_LEVELS.join(', ')}`, default: 'info' },
 };
 
 const FLAG_NAMES = Object.keys(FLAGS) as FlagName[];
 
 class UsageError extends Error {}
+
+/** The switch --no-tunnels as an environment variable: 1, true or yes turn tunnels off. */
+const NO_TUNNELS_ENV = 'HYPHA_NO_TUNNELS';
+
+function isTrue(value: string | undefined): boolean {
+  return value !== undefined && /^(1|true|yes)$/i.test(value.trim());
+}
 
 function usage(): string {
   const rows = FLAG_NAMES.map((name) => {
@@ -74,17 +90,21 @@ function usage(): string {
     return `  ${`--${name} ${spec.value}`.padEnd(28)} ${spec.help}\n  ${''.padEnd(28)} ${more}`;
   });
   return [
-    'hypha — the rhizosphere device agent: connects out to the hub over MQTT and runs the',
-    'commands it receives with bash.',
+    'hypha — the rhizosphere device agent: connects out to the hub over MQTT, runs the',
+    'commands it receives with bash, and serves the tunnels the hub relays (terminals,',
+    'file transfers, TCP forwards).',
     '',
     'Usage: hypha --url URL [--id ID] [--token TOKEN] [flags]',
     '',
     'Flags (each also from its environment variable; a flag wins over the environment):',
     ...rows,
+    `  ${'--no-tunnels'.padEnd(28)} offer no tunnels (shells, file transfers, TCP forwards) to the hub`,
+    `  ${''.padEnd(28)} env ${NO_TUNNELS_ENV}=1`,
     `  ${'--help'.padEnd(28)} show this help`,
     '',
     'Logs go to stdout, one line per event. SIGTERM or SIGINT stops hypha: running commands',
-    'are killed, their answers sent, and the connection closed cleanly.',
+    'are killed, their answers sent, open tunnels ended (shells killed, unfinished uploads',
+    'deleted), and the connection closed cleanly.',
     '',
     `Exit status: 0 after a clean stop, 2 for a bad flag or value, ${EXIT_FORCED} when a stop took over ${FORCE_EXIT_AFTER_MS / 1000} s.`,
   ].join('\n');
@@ -98,10 +118,11 @@ interface Setting {
 }
 
 /** Each flag's value, else its environment variable's (an empty variable counts as unset). */
-function readSettings(argv: string[], env: NodeJS.ProcessEnv): { settings: Partial<Record<FlagName, Setting>>; help: boolean } {
+function readSettings(argv: string[], env: NodeJS.ProcessEnv): { settings: Partial<Record<FlagName, Setting>>; help: boolean; tunnels: boolean } {
   const options = Object.fromEntries([
     ...FLAG_NAMES.map((name) => [name, { type: 'string', multiple: REPEATABLE.has(name) }]),
     ['help', { type: 'boolean' }],
+    ['no-tunnels', { type: 'boolean' }],
   ]) as Record<string, { type: 'string' | 'boolean'; multiple?: boolean }>;
   let parsed;
   try {
@@ -117,7 +138,8 @@ function readSettings(argv: string[], env: NodeJS.ProcessEnv): { settings: Parti
     if (typeof flagValue === 'string') settings[name] = { value: flagValue, origin: `--${name}`, source: 'flag' };
     else if (envValue) settings[name] = { value: envValue, origin: FLAGS[name].env, source: 'env' };
   }
-  return { settings, help: parsed.values.help === true };
+  const noTunnels = parsed.values['no-tunnels'] === true || isTrue(env[NO_TUNNELS_ENV]);
+  return { settings, help: parsed.values.help === true, tunnels: !noTunnels };
 }
 
 function wholeNumber(setting: Setting | undefined, min: number, max = Number.MAX_SAFE_INTEGER): number | undefined {
@@ -160,7 +182,7 @@ function logLevelOf(setting: Setting | undefined): LogLevel {
 }
 
 /** Turns the settings into agent options, or throws a UsageError naming the first bad one. */
-function agentOptions(settings: Partial<Record<FlagName, Setting>>, log: Logger): AgentOptions {
+function agentOptions(settings: Partial<Record<FlagName, Setting>>, tunnels: boolean, log: Logger): AgentOptions {
   const url = checked(settings.url, urlProblem);
   if (url === undefined) throw new UsageError(`--url is required (or ${FLAGS.url.env}); see hypha --help`);
   const explicitId = settings.id;
@@ -183,11 +205,28 @@ function agentOptions(settings: Partial<Record<FlagName, Setting>>, log: Logger)
     maxQueue: wholeNumber(settings['max-queue'], 0),
     outputCap: wholeNumber(settings['output-cap'], 0),
     tags: tagList(settings.tag),
+    tunnels,
+    fileRoot: fileRoot(settings['file-root']),
+    maxFileBytes: wholeNumber(settings['max-file-bytes'], 0),
+    maxTunnels: wholeNumber(settings['max-tunnels'], 1),
     ...tlsFiles(settings),
     logger: log,
   };
   log.info('device id', { id: identity.id, from: identity.source === 'env' ? FLAGS.id.env : identity.source });
   return options;
+}
+
+/** --file-root must name an existing directory now, not fail every file tunnel later. */
+function fileRoot(setting: Setting | undefined): string | undefined {
+  if (setting === undefined) return undefined;
+  let info;
+  try {
+    info = statSync(setting.value);
+  } catch (err) {
+    throw new UsageError(`${setting.origin}: ${(err as Error).message}`);
+  }
+  if (!info.isDirectory()) throw new UsageError(`${setting.origin}: ${setting.value} is not a directory`);
+  return resolvePath(setting.value);
 }
 
 /** The declared tags: none unless given, so a restart without --tag withdraws earlier ones. */
@@ -242,13 +281,13 @@ function stopOnSignals(agent: Agent, log: Logger): void {
 }
 
 async function main(): Promise<void> {
-  const { settings, help } = readSettings(process.argv.slice(2), process.env);
+  const { settings, help, tunnels } = readSettings(process.argv.slice(2), process.env);
   if (help) {
     process.stdout.write(`${usage()}\n`);
     return;
   }
   const log = createLogger({ level: logLevelOf(settings['log-level']) });
-  const options = agentOptions(settings, log);
+  const options = agentOptions(settings, tunnels, log);
   let agent: Agent;
   try {
     agent = await startAgent(options);

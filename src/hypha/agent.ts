@@ -1,7 +1,8 @@
 /**
  * hypha, the device agent: connects out to the hub over MQTT (so a device behind NAT
  * needs no open port), receives Commands on its command topic, runs them with the
- * Runner and publishes each Response (PROTOCOL.md "Device topics").
+ * Runner and publishes each Response (PROTOCOL.md "Device topics"). It also serves the
+ * tunnels the hub relays to it (shells, file transfers, TCP forwards: src/hypha/tunnels).
  */
 import { EventEmitter } from 'node:events';
 import { readFileSync } from 'node:fs';
@@ -13,6 +14,7 @@ import { MAX_DEVICE_TAGS, tagProblem } from '../protocol/tags.js';
 import { DEFAULT_TOPIC_PREFIX, Topics } from '../protocol/topics.js';
 import { createLogger, type Logger, type LogLevel } from './log.js';
 import { failureResponse, monotonicNow, Runner, type CommandResponse } from './runner.js';
+import { TunnelManager } from './tunnels/index.js';
 
 export const DEFAULT_KEEPALIVE_S = 30;
 export const DEFAULT_BACKOFF_BASE_MS = 500;
@@ -59,6 +61,16 @@ export interface AgentOptions {
   keyFile?: string;
   /** Source of the backoff jitter, in [0, 1). */
   random?: () => number;
+  /** Serve tunnels (shell, file_put, file_get, tcp); default true. False: no tunnel subscription at all. */
+  tunnels?: boolean;
+  /** Confines file tunnels to this directory (symbolic links followed); unset: any path the agent's user may use. */
+  fileRoot?: string;
+  /** The largest file a file tunnel moves, in bytes; default 1 GiB. */
+  maxFileBytes?: number;
+  /** Tunnels open at once on this device; past that an `open` is answered BUSY. Default 32. */
+  maxTunnels?: number;
+  /** Loads node-pty for shell tunnels; replaceable in tests. */
+  loadPty?: () => Promise<unknown>;
 }
 
 export interface AgentEvents {
@@ -133,6 +145,10 @@ export class Agent extends EventEmitter<AgentEvents> {
   private readonly recentIds = new RecentIds(RECENT_IDS_KEPT);
   private readonly backoff: { baseMs: number; capMs: number; random: () => number };
   private readonly client: MqttClient;
+  /** Undefined when tunnels are switched off. */
+  private readonly tunnels: TunnelManager | undefined;
+  private readonly tunnelsTopic: string;
+  private tunnelsRefusalLogged = false;
   private attempt = 0;
   private lastError: string | undefined;
   private connectedAt: number | undefined;
@@ -155,6 +171,20 @@ export class Agent extends EventEmitter<AgentEvents> {
       capMs: options.backoffCapMs ?? DEFAULT_BACKOFF_CAP_MS,
       random: options.random ?? Math.random,
     };
+    this.tunnelsTopic = this.topics.deviceTunnelsIn(this.id);
+    this.tunnels =
+      options.tunnels === false
+        ? undefined
+        : new TunnelManager({
+            deviceId: this.id,
+            topics: this.topics,
+            log: this.log,
+            publish: (topic, payload) => this.publishFrame(topic, payload),
+            fileRoot: options.fileRoot,
+            maxFileBytes: options.maxFileBytes,
+            maxTunnels: options.maxTunnels,
+            loadPty: options.loadPty,
+          });
     this.firstConnect = new Promise<void>((resolve, reject) => (this.settleFirstConnect = { resolve, reject }));
     // Only callers who await firstConnect care that a stop came first.
     this.firstConnect.catch(() => {});
@@ -214,6 +244,7 @@ export class Agent extends EventEmitter<AgentEvents> {
     if (this.client.stream instanceof Socket) this.client.stream.setNoDelay(true);
     this.log.info('connected', { url: redactUrl(this.url), id: this.id, session: sessionPresent ? 'resumed' : 'new' });
     this.subscribeToCommands();
+    this.subscribeToTunnels(sessionPresent);
     this.declareTags();
     this.settleFirstConnect.resolve();
     this.emit('connect', { sessionPresent });
@@ -232,6 +263,40 @@ export class Agent extends EventEmitter<AgentEvents> {
     });
   }
 
+  /**
+   * Also made on every connect. A hub that predates tunnels refuses the filter (SUBACK 0x80):
+   * the agent then simply offers none, and says so once.
+   */
+  private subscribeToTunnels(sessionPresent: boolean): void {
+    if (!this.tunnels) {
+      // A session kept from a run with tunnels on still holds the filter, and the hub would
+      // take it as an offer that nobody here answers.
+      if (sessionPresent) this.client.unsubscribe(this.tunnelsTopic, (err) => err && this.log.debug('unsubscribe failed', { topic: this.tunnelsTopic, error: err }));
+      return;
+    }
+    this.client.subscribe(this.tunnelsTopic, { qos: 1 }, (err, granted) => {
+      // MQTT.js reports a refused filter as an error that carries the SUBACK.
+      const suback = (err as { packet?: { granted?: (number | { qos: number })[] } } | null)?.packet;
+      const codes = [...(granted ?? []).map((grant) => grant.qos), ...(suback?.granted ?? []).map((grant) => (typeof grant === 'number' ? grant : grant.qos))];
+      const refused = codes.some((code) => (code & 0x80) !== 0);
+      if (refused) {
+        if (!this.tunnelsRefusalLogged) this.log.warn('the hub refused the tunnel subscription: no tunnels on this connection', { topic: this.tunnelsTopic });
+        this.tunnelsRefusalLogged = true;
+      } else if (err) {
+        this.log.error('subscribe failed', { topic: this.tunnelsTopic, error: err });
+      } else {
+        this.log.debug('subscribed', { topic: this.tunnelsTopic });
+      }
+    });
+  }
+
+  /** Tunnel frames are QoS 1 like everything else: in order, and queued across a short drop. */
+  private publishFrame(topic: string, payload: Buffer): void {
+    this.client.publish(topic, payload, { qos: 1 }, (err) => {
+      if (err) this.log.debug('tunnel frame not delivered', { topic, error: err });
+    });
+  }
+
   private declareTags(): void {
     if (this.tags === undefined) return;
     this.client.publish(this.topics.deviceTags(this.id), JSON.stringify({ tags: this.tags }), { qos: 1 }, (err) => {
@@ -247,6 +312,9 @@ export class Agent extends EventEmitter<AgentEvents> {
 
   private onClose(): void {
     if (this.stopping) return;
+    // The hub ends a device's tunnels when its connection drops (DEVICE_OFFLINE), so nothing
+    // would ever reach them again: end them here too, without a word.
+    void this.tunnels?.endAll('disconnect');
     const delayMs = backoffDelay(this.attempt, this.backoff.baseMs, this.backoff.capMs, this.backoff.random);
     this.attempt += 1;
     this.retryIn(delayMs);
@@ -282,7 +350,7 @@ export class Agent extends EventEmitter<AgentEvents> {
   }
 
   private onMessage(topic: string, payload: Buffer): void {
-    if (topic !== this.commandTopic) return;
+    if (topic !== this.commandTopic) return this.onTunnelMessage(topic, payload);
     const receivedAt = monotonicNow();
     const parsed = parsePayload(CommandSchema, payload);
     const id = parsed.ok ? parsed.value.id : readableId(parsed.raw);
@@ -298,6 +366,13 @@ export class Agent extends EventEmitter<AgentEvents> {
     } else {
       this.log.warn('unreadable command dropped', { problem: parsed.message, bytes: payload.length });
     }
+  }
+
+  private onTunnelMessage(topic: string, payload: Buffer): void {
+    if (!this.tunnels) return;
+    const parsed = this.topics.parseDeviceTopic(topic);
+    if (parsed?.kind !== 'tunnel' || parsed.id !== this.id || parsed.direction !== 'in' || parsed.tunnel === undefined) return;
+    this.tunnels.handle(parsed.tunnel, payload);
   }
 
   private run(cmd: Command, receivedAt: number): void {
@@ -319,6 +394,8 @@ export class Agent extends EventEmitter<AgentEvents> {
     this.log.info('stopping', { running: this.runner.runningCount, waiting: this.runner.waitingCount });
     this.stopReconnecting();
     this.runner.killAll();
+    // Shells are killed and partial uploads deleted; each tunnel's `error` goes out before the disconnect.
+    await this.tunnels?.endAll('stop');
     if (!(await settlesWithin(this.runner.settled(), STOP_COMMANDS_WAIT_MS))) {
       this.log.warn('commands still ending at stop');
     }
@@ -382,6 +459,8 @@ function checkOptions(options: AgentOptions): void {
     wholeNumberProblem('backoffBaseMs', options.backoffBaseMs, 1),
     wholeNumberProblem('backoffCapMs', options.backoffCapMs, 1),
     wholeNumberProblem('outputCap', options.outputCap, 0),
+    wholeNumberProblem('maxFileBytes', options.maxFileBytes, 0),
+    wholeNumberProblem('maxTunnels', options.maxTunnels, 1),
     (options.certFile === undefined) !== (options.keyFile === undefined) ? 'certFile and keyFile go together' : null,
     options.tags === undefined ? null : options.tags.length > MAX_DEVICE_TAGS ? `tags: at most ${MAX_DEVICE_TAGS}` : prefixed('tags:', options.tags.map(tagProblem).find((p) => p !== null) ?? null),
   ].filter((problem) => problem !== null);
