@@ -39,6 +39,11 @@ async function typeLine(page: Page, text: string): Promise<void> {
 
 const current = (page: Page) => page.locator('.shell-session[data-current]');
 
+/** Waits until the shell shown has printed its prompt (a line ending in $ or #). */
+async function waitForPrompt(page: Page): Promise<void> {
+  await expect.poll(() => screenText(current(page)), { timeout: 10_000 }).toMatch(/[$#] ?$/m);
+}
+
 describe('web console: remote access', () => {
   it('operator: two terminals that follow the window, Ctrl-C, upload and download, a recording replayed; a viewer sees none of it', async () => {
     const hub = await startTestHub({ allowAnonymous: false });
@@ -47,6 +52,11 @@ describe('web console: remote access', () => {
     hub.stores.users.add('vera', 'viewer', 'vera-password');
     const page = await openPage();
     const url = hub.urls.http;
+    // xterm.js runs under the console's Content-Security-Policy without being refused anything.
+    const refusals: string[] = [];
+    page.on('console', (message) => {
+      if (/Content.Security.Policy/i.test(message.text())) refusals.push(message.text());
+    });
 
     // A link to a device's terminal survives the detour through the login page.
     await page.goto(`${url}/#/devices/pi-remote/terminal`);
@@ -58,6 +68,7 @@ describe('web console: remote access', () => {
     // The first visit to the tab opens a shell, sized to the terminal's box.
     await page.locator('.shell-session[data-current][data-state="connected"]').waitFor({ timeout: 15_000 });
     expect(await current(page).locator('.terminal-status').textContent()).toBe('connected');
+    await waitForPrompt(page);
     await typeLine(page, 'echo $((6*7))');
     await expect.poll(() => screenText(current(page)), { timeout: 10_000 }).toMatch(/^42$/m);
 
@@ -67,6 +78,15 @@ describe('web console: remote access', () => {
     await page.keyboard.press('Control+C');
     await typeLine(page, 'echo after-$((1+1))');
     await expect.poll(() => screenText(current(page)), { timeout: 5000 }).toMatch(/^after-2$/m);
+
+    // A pseudo-terminal; output past the flow-control window (256 KiB) arrives whole, paced by xterm.js.
+    await typeLine(page, 'tty -s && echo is-a-tty');
+    await expect.poll(() => screenText(current(page))).toMatch(/^is-a-tty$/m);
+    await typeLine(page, 'seq 1 60000; echo flood-done');
+    await expect.poll(() => screenText(current(page)), { timeout: 30_000 }).toMatch(/^60000\nflood-done$/m);
+    await typeLine(page, 'clear');
+    await expect.poll(() => screenText(current(page))).not.toMatch(/flood-done/);
+    await waitForPrompt(page);
 
     // The terminal follows the window; the shell learns its new size.
     await typeLine(page, 'echo wide=$(tput cols)');
@@ -86,8 +106,11 @@ describe('web console: remote access', () => {
     await page.click('.new-terminal');
     await expect.poll(() => page.locator('.terminal-tab').count()).toBe(2);
     await page.locator('.shell-session[data-current][data-state="connected"]').waitFor({ timeout: 15_000 });
-    await typeLine(page, 'echo second-$((2+3)); uname -s');
+    await waitForPrompt(page);
+    await typeLine(page, 'echo second-$((2+3)); uname -sm');
     await expect.poll(() => screenText(current(page))).toMatch(/^second-5$/m);
+    await typeLine(page, 'ls -F --color=always /usr');
+    await expect.poll(() => screenText(current(page))).toMatch(/\bbin\//);
     expect(await page.locator('.shell-session[data-state="connected"]').count()).toBe(2);
     await page.screenshot({ path: join(ROOT, 'docs', 'console-terminal.png') });
     await page.screenshot({ path: artifact('console-terminal.png') });
@@ -97,7 +120,7 @@ describe('web console: remote access', () => {
     await expect.poll(() => current(page).locator('.terminal-status').textContent()).toBe('exited with 3');
     expect(await current(page).getAttribute('data-state')).toBe('ended');
     await page.locator('.terminal-tab').first().click();
-    expect(await screenText(current(page))).toMatch(/^42$/m);
+    expect(await screenText(current(page))).toMatch(/^narrow=\d+$/m);
     // Close ends the shell and takes the terminal away.
     await current(page).locator('.terminal-close').click();
     await expect.poll(() => page.locator('.terminal-tab').count()).toBe(1);
@@ -146,10 +169,20 @@ describe('web console: remote access', () => {
     await page.waitForURL((u) => u.hash.startsWith('#/recordings/'));
     await page.locator('.recording-player[data-state]').waitFor();
     await page.selectOption('.player-speed', '4');
-    await expect.poll(() => screenText(page.locator('.player-screen')), { timeout: 30_000 }).toMatch(/^(42|second-5)$/m);
+    await expect.poll(() => screenText(page.locator('.player-screen')), { timeout: 30_000 }).toMatch(/^(narrow=\d+|second-5)$/m);
     await page.locator('.recording-player[data-state="ended"]').waitFor({ timeout: 30_000 });
     expect(await page.textContent('.player-play')).toBe('Replay');
     await page.screenshot({ path: artifact('console-recording.png') });
+
+    // The admin's audit trail links a terminal session's end to its recording.
+    await page.click('#logout');
+    await page.waitForURL((u) => u.pathname === '/login');
+    await logInToConsole(page, 'admin', hub.initialAdminPassword!);
+    await page.evaluate(() => (location.hash = '#/admin/audit?device=pi-remote'));
+    await expect.poll(() => page.locator('tr[data-action="tunnel.close"] .audit-recording').count(), { timeout: 10_000 }).toBe(2);
+    await page.locator('tr[data-action="tunnel.close"] .audit-recording').first().click();
+    await page.waitForURL((u) => u.hash.startsWith('#/recordings/'));
+    await page.locator('.recording-player[data-state]').waitFor();
 
     // A viewer has the commands only: no tabs, no terminal, no files, no web page, no recordings.
     await page.click('#logout');
@@ -161,5 +194,6 @@ describe('web console: remote access', () => {
     expect(await page.locator('.device-tabs, .terminal, .terminals, .files, .web-page').count()).toBe(0);
     expect(await page.isVisible('#recordings-link')).toBe(false);
     expect(await page.evaluate(() => fetch('/api/recordings').then((r) => r.status))).toBe(403);
+    expect(refusals).toEqual([]);
   }, 180_000);
 });
