@@ -84,6 +84,11 @@ describe('web console: remote access', () => {
     await expect.poll(() => screenText(current(page))).toMatch(/^is-a-tty$/m);
     await typeLine(page, 'seq 1 60000; echo flood-done');
     await expect.poll(() => screenText(current(page)), { timeout: 30_000 }).toMatch(/^60000\nflood-done$/m);
+    // A full-screen program draws the whole screen, reads single keys, and quits on q.
+    await typeLine(page, 'top -d 1');
+    await expect.poll(() => screenText(current(page)), { timeout: 10_000 }).toMatch(/load average/);
+    await page.keyboard.press('q');
+    await expect.poll(async () => (await screenText(current(page))).trimEnd()).toMatch(/[$#]$/);
     await typeLine(page, 'clear');
     await expect.poll(() => screenText(current(page))).not.toMatch(/flood-done/);
     await waitForPrompt(page);
