@@ -23,6 +23,7 @@ import { JobRunner } from './jobs/runner.js';
 import { HandlerHost, HandlerStartError } from './handlers/loader.js';
 import { jobsRouter } from '../bridge/jobs-rest.js';
 import { recordingsRouter } from '../bridge/recordings-rest.js';
+import { deviceHttpRouter } from '../bridge/device-http.js';
 import { consoleContentSecurityPolicy, mountConsole } from './console.js';
 import { createHttpFront, mqttOverWebSocket } from './http.js';
 import { PACKAGE_VERSION } from './package-root.js';
@@ -368,6 +369,7 @@ export async function startHub(options: HubOptions = {}): Promise<Hub> {
     http.app.use('/api', sessionRouter({ auth, stores, log, endSessionConnections, secure: tls !== null }));
     http.app.use('/api', jobsRouter({ jobs, auth, stores, log }));
     http.app.use('/api', recordingsRouter({ auth, stores, log, recordingsDir }));
+    http.app.use('/api', deviceHttpRouter({ auth, relay: tunnels, log }));
     http.app.use(
       '/api',
       restRouter({

@@ -10,7 +10,7 @@ import { basename, dirname, join } from 'node:path';
 import { pipeline } from 'node:stream/promises';
 import { ClientError, type HubClient } from '../client/index.js';
 import { isValidId } from '../protocol/ids.js';
-import { tunnelDuplex } from './tunnel-duplex.js';
+import { tunnelDuplex } from '../tunnels/duplex.js';
 
 export interface RemoteIo {
   out: (text: string) => void;

@@ -58,9 +58,24 @@ export interface TunnelRelayOptions {
   limits: TunnelLimits;
 }
 
+/**
+ * A client inside the hub (the HTTP proxy to a device's web page): it sends and receives the
+ * frames a client would publish and read on its topics, and acts as `principal`.
+ */
+export interface LocalTunnelClient {
+  /** A frame from this client on its tunnel `clientTunnel`. */
+  send(clientTunnel: string, frame: Uint8Array): void;
+  /** Frames for this client, by its tunnel id. */
+  onFrame: (clientTunnel: string, frame: Uint8Array) => void;
+  /** Ends its tunnels, as a client that disconnects. */
+  close(): void;
+}
+
 export interface TunnelRelay {
   /** Tunnels open (or opening) now. */
   readonly size: number;
+  /** A client inside the hub acting as `principal` (audited as it). */
+  localClient(principal: Principal, remote: string | null): LocalTunnelClient;
   /** Ends every tunnel (the hub is closing) and stops listening; resolves once recordings are written. */
   close(): Promise<void>;
 }
@@ -73,8 +88,16 @@ interface Actor {
   remote: string | null;
 }
 
+/** The client's end as the relay sees it: an MQTT connection, or a local client. */
+interface Endpoint {
+  readonly id: string;
+  who(): Actor & { principal: Principal | undefined };
+  /** A frame for this client's tunnel `clientTunnel`. */
+  deliver(clientTunnel: string, frame: Uint8Array): void;
+}
+
 interface Tunnel extends Actor {
-  readonly client: Client;
+  readonly endpoint: Endpoint;
   readonly clientTunnel: string;
   readonly device: string;
   readonly id: string;
@@ -129,13 +152,26 @@ export function startTunnelRelay(options: TunnelRelayOptions): TunnelRelay {
 
   const publish = (topic: string, bytes: Uint8Array) =>
     broker.publish({ cmd: 'publish', topic, payload: asBuffer(bytes), qos: 1, retain: false, dup: false }, () => {});
-  const toClient = (t: Tunnel, control: Control) => publish(topics.clientTunnel(t.clientId, t.clientTunnel, 'out'), t.toClient.control(control));
+  const toClient = (t: Tunnel, control: Control) => t.endpoint.deliver(t.clientTunnel, t.toClient.control(control));
   const toDevice = (t: Tunnel, control: Control) => publish(topics.deviceTunnel(t.device, t.id, 'in'), t.toDevice.control(control));
 
-  const who = (client: Client): Actor & { principal: Principal | undefined } => {
-    const principal = principalOf(client);
-    const { actor, kind } = principal ? actorOf(principal) : { actor: client.id, kind: 'unknown' };
-    return { principal, clientId: client.id, actor, actorKind: kind, remote: remoteOf(client) };
+  const actorFor = (principal: Principal | undefined, clientId: string, remote: string | null): Actor & { principal: Principal | undefined } => {
+    const { actor, kind } = principal ? actorOf(principal) : { actor: clientId, kind: 'unknown' };
+    return { principal, clientId, actor, actorKind: kind, remote };
+  };
+  // One endpoint per MQTT connection, so a disconnect finds the tunnels it held.
+  const mqttEndpoints = new WeakMap<Client, Endpoint>();
+  const mqttEndpoint = (client: Client): Endpoint => {
+    let endpoint = mqttEndpoints.get(client);
+    if (!endpoint) {
+      endpoint = {
+        id: client.id,
+        who: () => actorFor(principalOf(client), client.id, remoteOf(client)),
+        deliver: (clientTunnel, frame) => publish(topics.clientTunnel(client.id, clientTunnel, 'out'), frame),
+      };
+      mqttEndpoints.set(client, endpoint);
+    }
+    return endpoint;
   };
 
   const fileDetail = (open: Partial<ClientOpen>) => ({
@@ -151,11 +187,11 @@ export function startTunnelRelay(options: TunnelRelayOptions): TunnelRelay {
    * publisher's own `…/out` for the tunnel id it used (a fresh numbering: no tunnel holds it).
    * A refused `open` is audited as `tunnel.refused`.
    */
-  const refuse = (client: Client, clientTunnel: string, code: ErrorCode, message: string, frame?: Frame, device?: string) => {
-    const actor = who(client);
+  const refuse = (client: Endpoint, clientTunnel: string, code: ErrorCode, message: string, frame?: Frame, device?: string) => {
+    const actor = client.who();
     const isOpen = frame?.type === 'control' && frame.control.t === 'open';
     log.info({ code, clientId: client.id, tunnel: clientTunnel, device }, `tunnel frame refused: ${message}`);
-    publish(topics.clientTunnel(client.id, clientTunnel, 'out'), new FrameWriter().control({ t: 'error', code, message }));
+    client.deliver(clientTunnel, new FrameWriter().control({ t: 'error', code, message }));
     if (!isOpen) return;
     const open = frame.control as Partial<ClientOpen>;
     audit.record({
@@ -259,7 +295,7 @@ export function startTunnelRelay(options: TunnelRelayOptions): TunnelRelay {
     }
   };
 
-  const openTunnel = (client: Client, clientTunnel: string, frame: Frame & { type: 'control' }) => {
+  const openTunnel = (client: Endpoint, clientTunnel: string, frame: Frame & { type: 'control' }) => {
     const refused = (code: ErrorCode, message: string, device?: string) => refuse(client, clientTunnel, code, message, frame, device);
     const checked = validateOpen(frame.control);
     if (!checked.ok) return refused('BAD_REQUEST', checked.message);
@@ -276,9 +312,9 @@ export function startTunnelRelay(options: TunnelRelayOptions): TunnelRelay {
     if (count >= limits.maxTunnelsPerDevice) return refused('BUSY', `device ${device} has ${count} tunnels open (limit ${limits.maxTunnelsPerDevice})`, device);
     if (!offersTunnels(device)) return refused('UNSUPPORTED', `device ${device} offers no tunnels (its agent has not subscribed to ${topics.deviceTunnelsIn(device)})`, device);
 
-    const actor = who(client);
+    const actor = client.who();
     const t: Tunnel = {
-      client,
+      endpoint: client,
       clientId: client.id,
       actor: actor.actor,
       actorKind: actor.actorKind,
@@ -395,12 +431,16 @@ export function startTunnelRelay(options: TunnelRelayOptions): TunnelRelay {
     if (!client) return;
     const target = topics.parseClientTopic(packet.topic);
     if (target?.kind !== 'tunnel' || target.direction !== 'in') return;
-    const clientTunnel = target.tunnel!;
-    const own = target.id === client.id;
+    fromEndpoint(mqttEndpoint(client), target.id, target.tunnel!, bytesOf(packet.payload));
+  };
+
+  /** A frame a client sent, on the tunnel topic of client `topicClientId`. */
+  const fromEndpoint = (client: Endpoint, topicClientId: string, clientTunnel: string, payload: Uint8Array) => {
+    const own = topicClientId === client.id;
     const t = own ? byClient.get(clientKey(client.id, clientTunnel)) : undefined;
     let frame: Frame;
     try {
-      frame = decodeFrame(bytesOf(packet.payload));
+      frame = decodeFrame(payload);
     } catch (error) {
       if (!(error instanceof FrameError)) throw error;
       if (t) return fail(t, error.code, error.message, 'client');
@@ -411,7 +451,7 @@ export function startTunnelRelay(options: TunnelRelayOptions): TunnelRelay {
     }
     const idProblem = tunnelIdProblem(clientTunnel);
     if (idProblem) return refuse(client, clientTunnel, 'BAD_REQUEST', `tunnel id ${idProblem}`, frame);
-    const { principal, actor } = who(client);
+    const { principal, actor } = client.who();
     if (!principal || !canRunCommands(principal)) {
       return refuse(client, clientTunnel, 'FORBIDDEN', `${actor} may not open tunnels (role ${principal && 'role' in principal ? principal.role : 'none'})`, frame);
     }
@@ -432,7 +472,7 @@ export function startTunnelRelay(options: TunnelRelayOptions): TunnelRelay {
       t.hash?.update(frame.data);
       t.recorder?.out(frame.data);
       t.idleTimer?.refresh();
-      return publish(topics.clientTunnel(t.clientId, t.clientTunnel, 'out'), t.toClient.data(frame.data));
+      return t.endpoint.deliver(t.clientTunnel, t.toClient.data(frame.data));
     }
     const control = frame.control;
     switch (control.t) {
@@ -479,11 +519,15 @@ export function startTunnelRelay(options: TunnelRelayOptions): TunnelRelay {
 
   // ---- connections that end -----------------------------------------------------------
 
-  const onClientDisconnect = (client: Client) => {
+  const endpointGone = (endpoint: Endpoint | undefined) => {
+    if (!endpoint) return;
     for (const t of [...byId.values()]) {
-      if (t.client === client) end(t, { outcome: 'disconnected', by: 'client', toDevice: { t: 'close' } });
+      if (t.endpoint === endpoint) end(t, { outcome: 'disconnected', by: 'client', toDevice: { t: 'close' } });
     }
   };
+  const onClientDisconnect = (client: Client) => endpointGone(mqttEndpoints.get(client));
+
+  let localClients = 0;
 
   const onOffline = (device: { id: string }) => {
     for (const t of [...(byDevice.get(device.id) ?? [])]) {
@@ -500,6 +544,22 @@ export function startTunnelRelay(options: TunnelRelayOptions): TunnelRelay {
   return {
     get size() {
       return byId.size;
+    },
+    localClient(principal, remote) {
+      // '@' is not a character of client ids: no MQTT client can share these tunnel keys.
+      const id = `@local-${++localClients}`;
+      const local: LocalTunnelClient = {
+        send: (clientTunnel, frame) => fromEndpoint(endpoint, id, clientTunnel, frame),
+        onFrame: () => {},
+        close: () => endpointGone(endpoint),
+      };
+      const endpoint: Endpoint = {
+        id,
+        who: () => actorFor(principal, id, remote),
+        // Later, in order: the local client may answer at once without re-entering the relay.
+        deliver: (clientTunnel, frame) => queueMicrotask(() => local.onFrame(clientTunnel, frame)),
+      };
+      return local;
     },
     async close() {
       broker.off('publish', onClientPublish);

@@ -1,5 +1,6 @@
 /**
- * A tunnel as a Node Duplex stream, with both sides' flow control joined up: what the device
+ * The client end of a tunnel as a Node Duplex stream (for the CLI's forwards and the hub's
+ * proxy to a device's web page), with both sides' flow control joined up: what the device
  * sends waits (the tunnel is paused) while the reader is behind, and writes wait for the
  * device's window. `eof` from the device ends the readable side; `end()` sends `eof`.
  */
