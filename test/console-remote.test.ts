@@ -3,15 +3,17 @@
  * on) and a real hypha agent on this machine: terminals (typing, Ctrl-C, following the
  * window's size, two at once, how a shell ended), uploading and downloading a file, replaying
  * a terminal recording, the device's web page link; a viewer sees none of these controls.
- * Screenshots land in test-artifacts/, and the terminal's in docs/console-terminal.png.
+ * Screenshots land in test-artifacts/ (console-terminal.png is the README's).
  */
 import { readFileSync } from 'node:fs';
+import { createServer } from 'node:http';
+import type { AddressInfo } from 'node:net';
 import { join } from 'node:path';
 import type { Locator, Page } from 'playwright-core';
 import { describe, expect, it } from 'vitest';
 import type { Hub } from '../src/index.js';
 import { artifact, openPage } from './browser.js';
-import { ROOT, startAgents, startTestHub, tempDir } from './helpers.js';
+import { cleanup, startAgents, startTestHub, tempDir } from './helpers.js';
 
 async function logInToConsole(page: Page, name: string, password: string): Promise<void> {
   await page.fill('#name', name);
@@ -117,7 +119,7 @@ describe('web console: remote access', () => {
     await typeLine(page, 'ls -F --color=always /usr');
     await expect.poll(() => screenText(current(page))).toMatch(/\bbin\//);
     expect(await page.locator('.shell-session[data-state="connected"]').count()).toBe(2);
-    await page.screenshot({ path: join(ROOT, 'docs', 'console-terminal.png') });
+    // The README's docs/console-terminal.png is this one.
     await page.screenshot({ path: artifact('console-terminal.png') });
 
     // The shell's end shows how it ended.
@@ -160,11 +162,20 @@ describe('web console: remote access', () => {
     await page.click('.download-send');
     await expect.poll(() => page.locator('.download-result .error-code').textContent(), { timeout: 10_000 }).toBe('NOT_FOUND');
 
-    // The device's web page, through the hub, in a new tab.
+    // The device's web page, through the hub, in a new tab: a local HTTP service of the agent's machine.
     expect(await page.getAttribute('.web-page-open', 'href')).toBe('/api/devices/pi-remote/http/80/');
     expect(await page.getAttribute('.web-page-open', 'target')).toBe('_blank');
-    await page.fill('.web-page-port', '8080');
-    expect(await page.getAttribute('.web-page-open', 'href')).toBe('/api/devices/pi-remote/http/8080/');
+    const web = createServer((_req, res) => res.writeHead(200, { 'content-type': 'text/html' }).end('<!doctype html><title>device</title><p id="hello">served by the device</p>'));
+    await new Promise<void>((resolve) => web.listen(0, '127.0.0.1', resolve));
+    cleanup(() => new Promise((resolve) => web.close(resolve)));
+    const webPort = (web.address() as AddressInfo).port;
+    await page.fill('.web-page-port', String(webPort));
+    expect(await page.getAttribute('.web-page-open', 'href')).toBe(`/api/devices/pi-remote/http/${webPort}/`);
+    const [tab] = await Promise.all([page.context().waitForEvent('page'), page.click('.web-page-open')]);
+    await tab.waitForLoadState();
+    expect(tab.url()).toBe(`${url}/api/devices/pi-remote/http/${webPort}/`);
+    expect(await tab.textContent('#hello')).toBe('served by the device');
+    await tab.close();
 
     // Recordings: the device's tab lists both sessions; the player replays one.
     await page.click('.device-tab-link[data-tab="recordings"]');
