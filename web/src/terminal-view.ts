@@ -174,6 +174,7 @@ class TerminalSession {
   }
 
   private output(tunnel: Tunnel, bytes: Uint8Array): void {
+    if (this.disposed) return;
     // Paused before the listener returns, this chunk is acknowledged only once it is drawn.
     if (this.drawing++ === 0) tunnel.pause();
     this.term.write(bytes, () => {
