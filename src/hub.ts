@@ -323,7 +323,9 @@ export async function startHub(options: HubOptions = {}): Promise<Hub> {
       limits: { maxFileBytes: config.maxFileBytes, maxTunnelsPerDevice: config.maxTunnelsPerDevice, idleMs: config.tunnelIdleMs, openTimeoutMs: tunnelOpenTimeoutMs },
     });
     onClose(() => tunnels.close());
-    const clusterStart = cluster ? await cluster.start({ broker, topics, presence, dispatcher }) : null;
+    const clusterStart = cluster
+      ? await cluster.start({ broker, topics, presence, dispatcher, db: stores.db, auth, credentialsApplied: () => credentials.check() })
+      : null;
     // Before the broker closes (the first steps of close run last in this list).
     if (cluster) onClose(() => cluster.leave());
     // The retained statuses of the fleet: a standalone hub's broker starts with none; in a
@@ -432,7 +434,9 @@ export async function startHub(options: HubOptions = {}): Promise<Hub> {
     }
     // Only now that the hub is up: a start that fails (a port in use) must not use up the
     // first start, whose admin password would then be shown to no one.
-    hub.initialAdminPassword = ensureFirstAdmin(stores, log);
+    // In a cluster, after the join: a node joining others finds their users (their admin).
+    const mayCreateAdmin = stores.users.count() === 0 && (!cluster || (await cluster.claimFirstAdmin()));
+    hub.initialAdminPassword = mayCreateAdmin ? ensureFirstAdmin(stores, log) : null;
     // Ready only now; and not ready from the first step of close on.
     readiness.serving();
     onClose(() => readiness.stop());

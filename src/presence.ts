@@ -94,6 +94,11 @@ interface MutableEntry {
   clients: Map<string, number>;
   tags: string[];
   node?: string;
+  /**
+   * The database held the device when presence learned of it: what is seen of it then only
+   * updates its row, and a row removed meanwhile (by an admin, another node) stays removed.
+   */
+  stored: boolean;
 }
 
 const iso = (ms: number | null) => (ms === null ? null : new Date(ms).toISOString());
@@ -113,8 +118,8 @@ export function toDeviceInfo(entry: DeviceEntry): DeviceInfo {
 
 const sameTags = (a: readonly string[], b: readonly string[]) => a.length === b.length && a.every((tag, i) => tag === b[i]);
 
-function blankEntry(id: string, tags: string[] = []): MutableEntry {
-  return { id, online: false, transport: null, remoteAddress: null, connectedAt: null, lastSeen: null, link: null, clients: new Map(), tags };
+function blankEntry(id: string, tags: string[], stored: boolean): MutableEntry {
+  return { id, online: false, transport: null, remoteAddress: null, connectedAt: null, lastSeen: null, link: null, clients: new Map(), tags, stored };
 }
 
 export class Presence extends EventEmitter<PresenceEvents> {
@@ -134,7 +139,7 @@ export class Presence extends EventEmitter<PresenceEvents> {
   /** A device registered while the hub runs (an admin command): known, offline until it connects. */
   know(id: string, tags: string[] = []): void {
     if (this.entries.has(id)) return;
-    const entry = blankEntry(id, tags);
+    const entry = blankEntry(id, tags, true);
     this.entries.set(id, entry);
     this.publishStatus(id, this.statusOf(entry));
   }
@@ -149,6 +154,7 @@ export class Presence extends EventEmitter<PresenceEvents> {
       link.close('the device was removed');
     }
     this.entries.delete(id);
+    this.registry.drop(id);
     this.publishStatus(id, null);
     this.log.info({ device: id }, 'device removed');
   }
@@ -167,7 +173,7 @@ export class Presence extends EventEmitter<PresenceEvents> {
 
   private fromRecord(record: KnownDevice): MutableEntry {
     return {
-      ...blankEntry(record.id, record.tags),
+      ...blankEntry(record.id, record.tags, true),
       transport: record.transport,
       remoteAddress: record.remoteAddress,
       connectedAt: record.connectedAt,
@@ -203,7 +209,8 @@ export class Presence extends EventEmitter<PresenceEvents> {
     let entry = this.entries.get(id);
     if (!entry) {
       // First seen now (anonymous access, or registered a moment ago, before the credential watch noticed).
-      entry = blankEntry(id, this.registry.tagsOf(id));
+      const stored = this.registry.lookup(id);
+      entry = blankEntry(id, stored?.tags ?? [], stored !== undefined);
       this.entries.set(id, entry);
     }
     const previous = entry.link;
@@ -267,7 +274,8 @@ export class Presence extends EventEmitter<PresenceEvents> {
   attachRemote(id: string, hold: RemoteHold): boolean {
     let entry = this.entries.get(id);
     if (!entry) {
-      entry = blankEntry(id, this.registry.tagsOf(id));
+      const stored = this.registry.lookup(id);
+      entry = blankEntry(id, stored?.tags ?? [], stored !== undefined);
       this.entries.set(id, entry);
     }
     if (entry.link && !this.isRemote(entry)) return false;
@@ -353,6 +361,7 @@ export class Presence extends EventEmitter<PresenceEvents> {
       remoteAddress: entry.remoteAddress,
       connectedAt: entry.connectedAt,
       lastSeen: entry.lastSeen,
+      stored: entry.stored,
     });
   }
 }

@@ -26,9 +26,10 @@ export class DeviceRegistry {
     return this.store.list();
   }
 
-  /** The tags selectors match for one device, from the database ([] for one it does not hold). */
-  tagsOf(id: string): string[] {
-    return this.store.get(id)?.tags ?? [];
+  /** The tags selectors match for one device, if the database holds it. */
+  lookup(id: string): { tags: string[] } | undefined {
+    const device = this.store.get(id);
+    return device ? { tags: device.tags } : undefined;
   }
 
   put(record: DeviceRecord): void {
@@ -36,6 +37,14 @@ export class DeviceRegistry {
     if (this.timer) return;
     this.timer = setTimeout(() => this.flush(), SAVE_DELAY_MS);
     this.timer.unref();
+  }
+
+  /**
+   * A removed device: what was seen of it is not written, or the write would bring its row
+   * back (as a device without a token, which a cluster would replicate).
+   */
+  drop(id: string): void {
+    this.pending.delete(id);
   }
 
   /** Writes pending changes now (also called on close). */

@@ -1,10 +1,11 @@
 /**
  * Changes to credentials take effect at once, whoever makes them: an admin command in another
- * process or another hub of a cluster (noticed through the credentials' change counter, which
- * database triggers bump and this polls twice a second) or the hub's own
+ * process (noticed through the credentials' change counter, which database triggers bump and
+ * this polls twice a second), another node of a cluster (its changes are replicated into this
+ * node's database, src/cluster/replication.ts, which then calls `check()`) or the hub's own
  * REST API (which calls `check()` directly). A removed or rotated device, a removed token
- * or user loses its live connections; a newly registered device appears in the table; new
- * tags reach the table (and the retained statuses).
+ * or user, an ended browser session loses its live connections; a newly registered device
+ * appears in the table; new tags reach the table (and the retained statuses).
  */
 import type { Aedes, Client } from 'aedes';
 import type { Authenticator } from './auth/authenticator.js';
@@ -37,12 +38,16 @@ export function watchCredentials(
   const currentVersion = credentialsVersion(stores.db);
   let version = currentVersion();
 
-  const dropClients = (stillValid: (principal: Principal) => boolean) => {
+  const dropClients = (stillValid: (principal: Principal) => boolean, userHolds: (name: string, role: Role) => boolean) => {
     for (const client of Object.values((broker as unknown as { clients: Record<string, Client> }).clients)) {
       const principal = principalOf(client);
       if (!principal || stillValid(principal)) continue;
       log.info({ clientId: client.id, principal: principal.kind }, 'credentials gone or changed: connection dropped');
-      if (principal.kind === 'user') auth.revokeConsoleTokens(principal.name);
+      if (principal.kind === 'user') {
+        // The user is gone or has another role: every console token of theirs; else only the session ended.
+        if (!userHolds(principal.name, principal.role)) auth.revokeConsoleTokens(principal.name);
+        else if (principal.session !== undefined) auth.revokeSessionTokens(principal.session);
+      }
       client.close();
     }
   };
@@ -65,7 +70,11 @@ export function watchCredentials(
 
     const tokens: Map<string, Role> = stores.tokens.roleMap();
     const users = new Map(stores.users.list().map((u) => [u.name, u.role]));
-    dropClients((p) => (p.kind === 'token' ? tokens.get(p.name) === p.role : p.kind === 'user' ? users.get(p.name) === p.role : true));
+    const userHolds = (name: string, role: Role) => users.get(name) === role;
+    // A console connection also ends with its browser session (logged out, perhaps on another node).
+    const stillValid = (p: Principal) =>
+      p.kind === 'token' ? tokens.get(p.name) === p.role : p.kind === 'user' ? userHolds(p.name, p.role) && (p.session === undefined || stores.sessions.exists(p.session)) : true;
+    dropClients(stillValid, userHolds);
   };
 
   const timer = setInterval(() => {

@@ -4,41 +4,19 @@
  * (15 down to 1, never 0), flushes it before each test and when done.
  */
 import { createConnection, createServer, type Server, type Socket } from 'node:net';
-import { Redis } from 'ioredis';
 import { afterAll, beforeEach, describe, expect, it } from 'vitest';
 import type { Hub } from '../src/index.js';
 import type { DeviceInfo } from '../src/presence.js';
 import { openPage } from './browser.js';
+import { claimDatabase, REDIS_BASE_URL } from './redis-claim.js';
 import { cleanup, connectMqtt, freePort, RequestClient, spawnHub, spawnHypha, startTestHub, tempDir, waitFor } from './helpers.js';
 
-const BASE_URL = (process.env.REDIS_URL ?? 'redis://127.0.0.1:6379').replace(/\/\d*$/, '');
-const CLAIM_KEY = 'rhizosphere-test:claim';
-
-/** An empty database of the test Redis, claimed for this run; null when Redis is unreachable. */
-async function claimDatabase(): Promise<{ db: number; redis: Redis } | null> {
-  for (let db = 15; db >= 1; db--) {
-    const redis = new Redis(`${BASE_URL}/${db}`, { lazyConnect: true, connectTimeout: 2000, maxRetriesPerRequest: 0, retryStrategy: () => null });
-    redis.on('error', () => {});
-    try {
-      await redis.connect();
-      if ((await redis.dbsize()) === 0 && (await redis.set(CLAIM_KEY, String(process.pid), 'EX', 1800, 'NX')) === 'OK') return { db, redis };
-    } catch {
-      redis.disconnect();
-      return null;
-    }
-    redis.disconnect();
-  }
-  return null;
-}
-
 const claimed = await claimDatabase();
-if (!claimed) console.warn(`cluster tests skipped: no Redis at ${BASE_URL} (set REDIS_URL), or no empty database 1-15 in it`);
-const CLUSTER_URL = claimed ? `${BASE_URL}/${claimed.db}` : '';
+if (!claimed) console.warn(`cluster tests skipped: no Redis at ${REDIS_BASE_URL} (set REDIS_URL), or no empty database 1-15 in it`);
+const CLUSTER_URL = claimed?.url ?? '';
 
 async function freshDatabase(): Promise<void> {
-  if (!claimed || claimed.db === 0) return;
-  await claimed.redis.flushdb();
-  await claimed.redis.set(CLAIM_KEY, String(process.pid), 'EX', 1800);
+  await claimed?.fresh();
 }
 
 /** A TCP load balancer in front of the nodes: round robin, skipping a node that refuses. */
@@ -91,9 +69,7 @@ const percentile = (values: number[], p: number) => [...values].sort((a, b) => a
 describe.skipIf(!claimed)('cluster', () => {
   beforeEach(freshDatabase);
   afterAll(async () => {
-    if (!claimed) return;
-    await claimed.redis.flushdb();
-    claimed.redis.disconnect();
+    await claimed?.release();
   });
 
   const inProcessNode = (dataDir: string, nodeId: string) => startTestHub({ dataDir, cluster: CLUSTER_URL, nodeId });

@@ -5,6 +5,7 @@
  */
 import type { DeviceStore } from '../store/devices.js';
 import type { SessionStore, TokenStore } from '../store/people.js';
+import { createHmac, timingSafeEqual } from 'node:crypto';
 import { hashToken, newToken } from './secrets.js';
 import type { Principal, Role } from './roles.js';
 
@@ -26,6 +27,12 @@ export interface AuthenticatorOptions {
 export class Authenticator {
   /** Console MQTT tokens live in memory: they are short-lived and re-issued by /api/session. */
   private readonly consoleTokens = new Map<string, { name: string; role: Role; session: string | undefined; expiresAt: number }>();
+  /**
+   * In a cluster, the secret all nodes share: console tokens are signed with it instead, so the
+   * console's WebSocket may land on any node. Such a token holds while its browser session
+   * (replicated) does and the user keeps the role: logout, removal or a new password end it everywhere.
+   */
+  private clusterSecret: Buffer | null = null;
 
   constructor(
     private readonly devices: DeviceStore,
@@ -33,6 +40,11 @@ export class Authenticator {
     private readonly sessions: SessionStore,
     private readonly options: AuthenticatorOptions,
   ) {}
+
+  /** Signs console tokens from now on (cluster mode). */
+  useClusterSecret(secret: Buffer): void {
+    this.clusterSecret = secret;
+  }
 
   get allowAnonymous(): boolean {
     return this.options.allowAnonymous;
@@ -128,8 +140,12 @@ export class Authenticator {
   issueConsoleToken(user: { name: string; role: Role; session?: string }): { username: string; password: string; expiresAt: number } {
     const now = Date.now();
     for (const [token, entry] of this.consoleTokens) if (entry.expiresAt < now) this.consoleTokens.delete(token);
-    const password = newToken();
     const expiresAt = now + CONSOLE_TOKEN_TTL_MS;
+    if (this.clusterSecret && user.session) {
+      const payload = Buffer.from(JSON.stringify({ n: user.name, r: user.role, s: user.session, e: expiresAt })).toString('base64url');
+      return { username: CONSOLE_USERNAME, password: `${SIGNED_PREFIX}${payload}.${this.sign(payload)}`, expiresAt };
+    }
+    const password = newToken();
     this.consoleTokens.set(password, { name: user.name, role: user.role, session: user.session, expiresAt });
     return { username: CONSOLE_USERNAME, password, expiresAt };
   }
@@ -144,9 +160,35 @@ export class Authenticator {
     for (const [token, entry] of this.consoleTokens) if (entry.session === session) this.consoleTokens.delete(token);
   }
 
+  private sign(payload: string): string {
+    return createHmac('sha256', this.clusterSecret!).update(payload).digest('base64url');
+  }
+
   private consoleToken(secret: string): AuthResult {
+    if (this.clusterSecret && secret.startsWith(SIGNED_PREFIX)) return this.signedConsoleToken(secret.slice(SIGNED_PREFIX.length));
     const entry = this.consoleTokens.get(secret);
     if (!entry || entry.expiresAt < Date.now()) return { ok: false, returnCode: 4, reason: 'console token unknown or expired (log in again)' };
     return { ok: true, principal: { kind: 'user', name: entry.name, role: entry.role, session: entry.session } };
   }
+
+  private signedConsoleToken(token: string): AuthResult {
+    const refused: AuthResult = { ok: false, returnCode: 4, reason: 'console token unknown or expired (log in again)' };
+    const [payload = '', mac = ''] = token.split('.');
+    const [given, expected] = [Buffer.from(mac), Buffer.from(this.sign(payload))];
+    if (given.length !== expected.length || !timingSafeEqual(given, expected)) return refused;
+    let claims: { n?: unknown; r?: unknown; s?: unknown; e?: unknown };
+    try {
+      claims = JSON.parse(Buffer.from(payload, 'base64url').toString('utf8')) as typeof claims;
+    } catch {
+      return refused;
+    }
+    if (typeof claims.e !== 'number' || claims.e < Date.now() || typeof claims.s !== 'string') return refused;
+    // The session still exists (no logout, no new password) and its user still has that role.
+    const user = this.sessions.byHash(claims.s);
+    if (!user || user.name !== claims.n || user.role !== claims.r) return refused;
+    return { ok: true, principal: { kind: 'user', name: user.name, role: user.role, session: claims.s } };
+  }
 }
+
+/** Marks a signed console token ('.' never occurs in a random one). */
+const SIGNED_PREFIX = 'rzc.';

@@ -1,17 +1,29 @@
 /**
- * `--cluster redis://…`: several hub processes act as one hub (README "Cluster"). What the
- * composition root wires in: broker options (Redis emitter and persistence), a start step
- * once presence and the dispatcher exist, a handover check for presence, and the stop steps.
+ * `--cluster redis://…`: several hub processes, on one machine or many, act as one hub (README
+ * "Cluster"). Each node has its own --data-dir; devices, users, API tokens and browser sessions
+ * are replicated through Redis (replication.ts), the audit trail, jobs and handler storage stay
+ * per node. What the composition root wires in: broker options (Redis emitter and persistence),
+ * a start step once presence and the dispatcher exist (replication joins first), a handover
+ * check for presence, the first-admin claim, and the stop steps.
  */
+import { randomBytes } from 'node:crypto';
 import { hostname } from 'node:os';
 import type { Aedes } from 'aedes';
+import type { Authenticator } from '../auth/authenticator.js';
 import type { Dispatcher } from '../dispatcher.js';
 import type { Logger } from '../log.js';
 import type { Presence, RemoteHold } from '../presence.js';
 import type { Topics } from '../protocol/topics.js';
+import type { Db } from '../store/db.js';
 import { DEFAULT_TIMING, Membership, type MembershipTiming } from './membership.js';
 import { connectClusterRedis, displayUrl, probeRedis, type ClusterEmitter } from './redis.js';
 import { watchRemoteDevices, type RemoteDevices } from './remote-devices.js';
+import { Replication } from './replication.js';
+
+/** The secret console tokens are signed with, the same on every node (set by the first node). */
+const CONSOLE_SECRET_KEY = 'rhizosphere:console-secret';
+/** Taken by the node that creates the first admin, so two empty nodes starting at once do not both. */
+const FIRST_ADMIN_KEY = 'rhizosphere:first-admin';
 
 export { DEFAULT_TIMING, type MembershipTiming } from './membership.js';
 
@@ -34,6 +46,11 @@ export interface ClusterParts {
   topics: Topics;
   presence: Presence;
   dispatcher: Dispatcher;
+  /** This node's database, whose credentials are replicated. */
+  db: Db;
+  auth: Authenticator;
+  /** Rows changed by another node were applied here (the credential watch's `check`). */
+  credentialsApplied: () => void;
 }
 
 export interface ClusterNode {
@@ -46,6 +63,11 @@ export interface ClusterNode {
    * fleet jobs an earlier run left unfinished).
    */
   start(parts: ClusterParts): Promise<{ alone: boolean }>;
+  /**
+   * With no user in the cluster (after the join): whether this node may create the first
+   * admin (only one node gets a yes).
+   */
+  claimFirstAdmin(): Promise<boolean>;
   /** For presence: whether another node just took over a device whose local link ended. */
   handover(id: string): RemoteHold | undefined;
   /** A clean stop, before the broker closes: this node's devices are announced offline and the node leaves. */
@@ -63,10 +85,18 @@ export async function openCluster(url: string, nodeId: string, log: Logger, timi
   const redis = connectClusterRedis(url, log);
   const membership = new Membership(redis.commands, nodeId, log, timing);
   let remote: RemoteDevices | null = null;
+  let replication: Replication | null = null;
   return {
     nodeId,
     brokerOptions: { id: nodeId, ...redis.brokerOptions },
     async start(parts) {
+      // Credentials first: this node serves nothing before it has the cluster's.
+      replication = new Replication({ db: parts.db, redis: redis.commands, reader: redis.reader, nodeId, log, onApplied: parts.credentialsApplied });
+      await replication.join();
+      await redis.commands.set(CONSOLE_SECRET_KEY, randomBytes(32).toString('base64url'), 'NX');
+      const secret = await redis.commands.get(CONSOLE_SECRET_KEY);
+      if (secret && secret.length >= 32) parts.auth.useClusterSecret(Buffer.from(secret));
+      else log.error({ key: CONSOLE_SECRET_KEY }, 'cluster: no usable console secret in Redis; console tokens are valid only on the node that issued them');
       const others = await membership.join();
       remote = watchRemoteDevices({ ...parts, membership, log });
       await remote.load();
@@ -74,11 +104,17 @@ export async function openCluster(url: string, nodeId: string, log: Logger, timi
       return { alone: others.length === 0 };
     },
     handover: (id) => remote?.handover(id),
+    async claimFirstAdmin() {
+      return (await redis.commands.set(FIRST_ADMIN_KEY, nodeId, 'EX', 60, 'NX')) === 'OK';
+    },
     async leave() {
+      // The last local changes (made in the last quarter second) reach the others.
+      await replication?.push().catch((error: Error) => log.warn({ err: error.message }, 'cluster: last local changes not pushed (pushed at the next start)'));
       if (remote) await remote.leave();
       else await membership.leave();
     },
     close() {
+      void replication?.close();
       membership.stop();
       remote?.close();
       redis.close();

@@ -1,7 +1,8 @@
 /**
  * The Redis side of a cluster: Aedes' own Redis-backed emitter (every publish reaches every
  * node) and persistence (retained messages, sessions and their queues, wills), plus one
- * connection for the hub's own bookkeeping (node heartbeats). The two libraries are
+ * connection for the hub's own bookkeeping (node heartbeats, replication) and one for the
+ * blocking read of the replication stream. The two libraries are
  * CommonJS without types, hence `createRequire` and the small interfaces below.
  */
 import { createRequire } from 'node:module';
@@ -58,8 +59,10 @@ export async function probeRedis(url: string, timeoutMs = 3000): Promise<void> {
 export interface ClusterRedis {
   /** For `Aedes.createBroker`. */
   brokerOptions: { mq: ClusterEmitter; persistence: unknown };
-  /** The hub's own connection: heartbeats. */
+  /** The hub's own connection: heartbeats, replication pushes. */
   commands: Redis;
+  /** Blocks on the stream of replicated changes (src/cluster/replication.ts). */
+  reader: Redis;
   /** Closes what the broker does not close itself (it closes the emitter). */
   close(): void;
 }
@@ -88,6 +91,7 @@ export function connectClusterRedis(url: string, log: Logger): ClusterRedis {
   const pubConn = open('pub', { enableAutoPipelining: true });
   const store = open('persistence');
   const commands = open('commands');
+  const reader = open('replication');
   // Redis pub/sub ignores the database number: the prefix keeps clusters on different
   // databases of one Redis apart (Aedes' own $SYS topics included).
   const mq = new MQEmitterRedisPrefix(`rhizosphere:${databaseOf(url)}:`, { subConn, pubConn, matchEmptyLevels: true });
@@ -97,9 +101,11 @@ export function connectClusterRedis(url: string, log: Logger): ClusterRedis {
   return {
     brokerOptions: { mq, persistence },
     commands,
+    reader,
     close() {
       store.disconnect();
       commands.disconnect();
+      reader.disconnect();
       // The broker closes the emitter (its two connections); disconnect them too when it could not.
       subConn.disconnect();
       pubConn.disconnect();

@@ -134,6 +134,63 @@ const MIGRATIONS: string[] = [
   CREATE TRIGGER users_changed AFTER UPDATE OF role ON users
     BEGIN UPDATE change_counters SET version = version + 1 WHERE name = 'credentials'; END;
   `,
+  // 6: cluster replication (src/cluster/replication.ts). Every local write to devices (not the
+  // connection columns), users, tokens and sessions is logged by key, whoever makes it (the hub,
+  // an admin command, even while the hub is down), so a node can push it to the cluster; one
+  // row per key (the latest change). Changes applied from the cluster set `applying` inside
+  // their own transaction, so they are not logged back. A standalone hub pushes nothing: the
+  // log keeps one row per key (session rows go once past any session's lifetime), ready for a
+  // first join.
+  `
+  CREATE TABLE replication_state (
+    id            INTEGER PRIMARY KEY CHECK (id = 1),
+    applying      INTEGER NOT NULL DEFAULT 0
+  );
+  INSERT INTO replication_state (id, applying) VALUES (1, 0);
+  CREATE TABLE local_changes (
+    seq           INTEGER PRIMARY KEY AUTOINCREMENT,
+    tbl           TEXT NOT NULL,
+    key           TEXT NOT NULL,
+    at            INTEGER NOT NULL,
+    UNIQUE (tbl, key)
+  );
+  CREATE TRIGGER devices_logged_add AFTER INSERT ON devices WHEN (SELECT applying FROM replication_state) = 0
+    BEGIN DELETE FROM local_changes WHERE tbl = 'devices' AND key = NEW.id;
+      INSERT INTO local_changes (tbl, key, at) VALUES ('devices', NEW.id, CAST(unixepoch('subsec') * 1000 AS INTEGER)); END;
+  CREATE TRIGGER devices_logged_remove AFTER DELETE ON devices WHEN (SELECT applying FROM replication_state) = 0
+    BEGIN DELETE FROM local_changes WHERE tbl = 'devices' AND key = OLD.id;
+      INSERT INTO local_changes (tbl, key, at) VALUES ('devices', OLD.id, CAST(unixepoch('subsec') * 1000 AS INTEGER)); END;
+  CREATE TRIGGER devices_logged_change AFTER UPDATE OF id, token_hash, state, tags, declared_tags, created_at ON devices WHEN (SELECT applying FROM replication_state) = 0
+    BEGIN DELETE FROM local_changes WHERE tbl = 'devices' AND key = NEW.id;
+      INSERT INTO local_changes (tbl, key, at) VALUES ('devices', NEW.id, CAST(unixepoch('subsec') * 1000 AS INTEGER)); END;
+  CREATE TRIGGER users_logged_add AFTER INSERT ON users WHEN (SELECT applying FROM replication_state) = 0
+    BEGIN DELETE FROM local_changes WHERE tbl = 'users' AND key = NEW.name;
+      INSERT INTO local_changes (tbl, key, at) VALUES ('users', NEW.name, CAST(unixepoch('subsec') * 1000 AS INTEGER)); END;
+  CREATE TRIGGER users_logged_remove AFTER DELETE ON users WHEN (SELECT applying FROM replication_state) = 0
+    BEGIN DELETE FROM local_changes WHERE tbl = 'users' AND key = OLD.name;
+      INSERT INTO local_changes (tbl, key, at) VALUES ('users', OLD.name, CAST(unixepoch('subsec') * 1000 AS INTEGER)); END;
+  CREATE TRIGGER users_logged_change AFTER UPDATE ON users WHEN (SELECT applying FROM replication_state) = 0
+    BEGIN DELETE FROM local_changes WHERE tbl = 'users' AND key = NEW.name;
+      INSERT INTO local_changes (tbl, key, at) VALUES ('users', NEW.name, CAST(unixepoch('subsec') * 1000 AS INTEGER)); END;
+  CREATE TRIGGER tokens_logged_add AFTER INSERT ON tokens WHEN (SELECT applying FROM replication_state) = 0
+    BEGIN DELETE FROM local_changes WHERE tbl = 'tokens' AND key = NEW.name;
+      INSERT INTO local_changes (tbl, key, at) VALUES ('tokens', NEW.name, CAST(unixepoch('subsec') * 1000 AS INTEGER)); END;
+  CREATE TRIGGER tokens_logged_remove AFTER DELETE ON tokens WHEN (SELECT applying FROM replication_state) = 0
+    BEGIN DELETE FROM local_changes WHERE tbl = 'tokens' AND key = OLD.name;
+      INSERT INTO local_changes (tbl, key, at) VALUES ('tokens', OLD.name, CAST(unixepoch('subsec') * 1000 AS INTEGER)); END;
+  CREATE TRIGGER tokens_logged_change AFTER UPDATE ON tokens WHEN (SELECT applying FROM replication_state) = 0
+    BEGIN DELETE FROM local_changes WHERE tbl = 'tokens' AND key = NEW.name;
+      INSERT INTO local_changes (tbl, key, at) VALUES ('tokens', NEW.name, CAST(unixepoch('subsec') * 1000 AS INTEGER)); END;
+  CREATE TRIGGER sessions_logged_add AFTER INSERT ON sessions WHEN (SELECT applying FROM replication_state) = 0
+    BEGIN DELETE FROM local_changes WHERE tbl = 'sessions' AND key = NEW.id_hash;
+      INSERT INTO local_changes (tbl, key, at) VALUES ('sessions', NEW.id_hash, CAST(unixepoch('subsec') * 1000 AS INTEGER)); END;
+  CREATE TRIGGER sessions_logged_remove AFTER DELETE ON sessions WHEN (SELECT applying FROM replication_state) = 0
+    BEGIN DELETE FROM local_changes WHERE tbl = 'sessions' AND key = OLD.id_hash;
+      INSERT INTO local_changes (tbl, key, at) VALUES ('sessions', OLD.id_hash, CAST(unixepoch('subsec') * 1000 AS INTEGER)); END;
+  CREATE TRIGGER sessions_logged_change AFTER UPDATE ON sessions WHEN (SELECT applying FROM replication_state) = 0
+    BEGIN DELETE FROM local_changes WHERE tbl = 'sessions' AND key = NEW.id_hash;
+      INSERT INTO local_changes (tbl, key, at) VALUES ('sessions', NEW.id_hash, CAST(unixepoch('subsec') * 1000 AS INTEGER)); END;
+  `,
 ];
 
 /** The version of the credentials (devices, their tags, tokens, users): it changes with each of them. */

@@ -38,6 +38,11 @@ export interface SeenRecord {
   remoteAddress: string | null;
   connectedAt: number | null;
   lastSeen: number | null;
+  /**
+   * The row existed when the hub learned of the device: only update it. A row removed since
+   * (by an admin command, another node) must not come back as a device without a token.
+   */
+  stored?: boolean;
 }
 
 /** What a hub watches of each device to apply changes made elsewhere: its credential and its tags. */
@@ -92,6 +97,7 @@ export class DeviceStore {
   private readonly all;
   private readonly credentials;
   private readonly seen;
+  private readonly seenUpdate;
 
   constructor(private readonly db: Db) {
     this.byId = db.prepare<[string], Row>('SELECT * FROM devices WHERE id = ?');
@@ -102,6 +108,9 @@ export class DeviceStore {
        VALUES (@id, @now, @transport, @remoteAddress, @connectedAt, @lastSeen)
        ON CONFLICT(id) DO UPDATE SET transport = excluded.transport, remote_address = excluded.remote_address,
          connected_at = excluded.connected_at, last_seen = excluded.last_seen`,
+    );
+    this.seenUpdate = db.prepare(
+      `UPDATE devices SET transport = @transport, remote_address = @remoteAddress, connected_at = @connectedAt, last_seen = @lastSeen WHERE id = @id`,
     );
   }
 
@@ -227,7 +236,10 @@ export class DeviceStore {
   recordSeen(records: Iterable<SeenRecord>): void {
     const now = Date.now();
     this.db.transaction((list: Iterable<SeenRecord>) => {
-      for (const r of list) this.seen.run({ ...r, now });
+      for (const { stored, ...r } of list) {
+        if (stored) this.seenUpdate.run(r);
+        else this.seen.run({ ...r, now });
+      }
     })(records);
   }
 

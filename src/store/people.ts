@@ -128,6 +128,8 @@ export class SessionStore {
     const id = newToken();
     const now = Date.now();
     this.db.prepare('DELETE FROM sessions WHERE expires_at < ?').run(now);
+    // Their log for cluster replication too: a session older than any session's lifetime is moot.
+    this.db.prepare(`DELETE FROM local_changes WHERE tbl = 'sessions' AND at < ?`).run(now - SESSION_TTL_MS);
     this.db.prepare('INSERT INTO sessions (id_hash, user, created_at, expires_at) VALUES (?, ?, ?, ?)').run(hashToken(id), user, now, now + ttlMs);
     return id;
   }
@@ -138,6 +140,20 @@ export class SessionStore {
         'SELECT u.name AS name, u.role AS role FROM sessions s JOIN users u ON u.name = s.user WHERE s.id_hash = ? AND s.expires_at > ?',
       )
       .get(hashToken(id), Date.now());
+  }
+
+  /** The user of a live session, by the session's hash (what a console token refers to). */
+  byHash(idHash: string): { name: string; role: Role } | undefined {
+    return this.db
+      .prepare<[string, number], { name: string; role: Role }>(
+        'SELECT u.name AS name, u.role AS role FROM sessions s JOIN users u ON u.name = s.user WHERE s.id_hash = ? AND s.expires_at > ?',
+      )
+      .get(idHash, Date.now());
+  }
+
+  /** Whether a session (by hash) still exists: a logout or a new password ends it. */
+  exists(idHash: string): boolean {
+    return this.db.prepare<[string], { one: number }>('SELECT 1 AS one FROM sessions WHERE id_hash = ?').get(idHash) !== undefined;
   }
 
   end(id: string): void {
