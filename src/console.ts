@@ -32,8 +32,24 @@ export const SDK_MODULES = [
 ] as const;
 
 /**
+ * xterm.js for the console's terminals and recording player, from node_modules like the MQTT
+ * bundle: its ES module, the fit addon and its stylesheet, each at a fixed URL.
+ */
+const XTERM_FILES = {
+  '/vendor/xterm.mjs': '@xterm/xterm/lib/xterm.mjs',
+  '/vendor/addon-fit.mjs': '@xterm/addon-fit/lib/addon-fit.mjs',
+  '/vendor/xterm.css': '@xterm/xterm/css/xterm.css',
+} as const;
+
+/**
  * The Content-Security-Policy of the console: its own scripts only, plus the one inline
  * import map of index.html, allowed by its hash; Web Worker timers come from blob: URLs.
+ *
+ * Styles are the one relaxation, for xterm.js: its renderer injects <style> elements (the
+ * cell size measured from the font, the theme's colours) and sets a style attribute on cells
+ * with 24-bit colours, so it needs 'unsafe-inline' for styles. Scripts stay as strict as
+ * before, and the console never builds markup from the hub's data (textContent only), so no
+ * injected markup exists to be styled.
  */
 export function consoleContentSecurityPolicy(): string {
   const html = readFileSync(join(PACKAGE_ROOT, 'web', 'index.html'), 'utf8');
@@ -42,7 +58,7 @@ export function consoleContentSecurityPolicy(): string {
   return [
     "default-src 'self'",
     `script-src 'self' 'sha256-${hash}'`,
-    "style-src 'self'",
+    "style-src 'self' 'unsafe-inline'",
     "img-src 'self' data:",
     "connect-src 'self' ws: wss:",
     "worker-src 'self' blob:",
@@ -86,4 +102,11 @@ export function mountConsole(app: Express): void {
     res.setHeader('cache-control', 'public, max-age=3600');
     res.type('text/javascript').sendFile(mqttBundle);
   });
+  for (const [path, file] of Object.entries(XTERM_FILES)) {
+    const resolved = require.resolve(file);
+    app.get(path, (_req, res) => {
+      res.setHeader('cache-control', 'public, max-age=3600');
+      res.type(path.endsWith('.css') ? 'text/css' : 'text/javascript').sendFile(resolved);
+    });
+  }
 }

@@ -50,6 +50,22 @@ export async function callApi<T>(method: 'GET' | 'POST' | 'DELETE', path: string
   return { ok: false, ...problemOf(parsed, res.status) };
 }
 
+/** GETs a text resource (a recording); a refusal becomes `{ ok: false, code, message }` like callApi's. */
+export async function getText(path: string): Promise<ApiResult<string>> {
+  let res: Response;
+  try {
+    res = await fetch(path);
+  } catch {
+    return { ok: false, code: 'NOT_CONNECTED', message: 'cannot reach the hub' };
+  }
+  if (res.status === 401) {
+    goToLogin();
+    return { ok: false, code: 'FORBIDDEN', message: 'the session has ended: log in again' };
+  }
+  if (res.ok) return { ok: true, value: await res.text() };
+  return { ok: false, ...problemOf(await res.json().catch(() => null), res.status) };
+}
+
 function problemOf(body: unknown, status: number): ApiProblem {
   const { code, message } = (body ?? {}) as Partial<ApiProblem>;
   return {

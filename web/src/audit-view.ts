@@ -132,7 +132,7 @@ function auditRow(entry: AuditEntry): HTMLTableRowElement {
     cell('cell-time', time),
     cell('cell-actor', actor, ' ', kind),
     titled(cell('cell-remote', shortAddress(entry.remote)), entry.remote ?? ''),
-    cell('cell-action', entry.action),
+    actionCell(entry),
     cell('cell-device', entry.device ? deviceLink(entry.device) : ''),
     cell('cell-order', entry.order ?? ''),
     commandCell(entry.cmdStr),
@@ -147,6 +147,19 @@ function auditRow(entry: AuditEntry): HTMLTableRowElement {
 function outcomeClass(outcome: string): string {
   if (outcome === 'ok') return 'outcome-ok';
   return /^[A-Z][A-Z_]+$/.test(outcome) ? 'outcome-error' : 'outcome-other';
+}
+
+/** A tunnel.close of a recorded shell links to the recording's player. */
+function actionCell(entry: AuditEntry): HTMLTableCellElement {
+  const td = cell('cell-action', entry.action);
+  const recording = (entry.detail as { recording?: unknown } | null | undefined)?.recording;
+  if (entry.action === 'tunnel.close' && typeof recording === 'string' && recording) {
+    const link = el('a', 'audit-recording', 'replay');
+    link.href = links.recording(recording);
+    link.title = `replay the terminal session ${recording}`;
+    td.append(' ', link);
+  }
+  return td;
 }
 
 function commandCell(cmd: string | null): HTMLTableCellElement {

@@ -3,13 +3,29 @@
  * of this session's commands and the history of commands sent from this browser.
  * Device output is untrusted: it is only ever set as textContent, never parsed as HTML.
  * Viewers see everything but the form is disabled: the hub would refuse their commands.
+ * Operators and admins also have the remote-access tabs (Terminal, Files, Recordings) and a
+ * link to the device's own web page through the hub; a device's terminals stay open while
+ * the console shows other devices and views.
  */
 import { copyButton } from './clipboard.js';
+import { FilesPanel } from './files-panel.js';
 import { clockTime, duration, el, relativeTime } from './format.js';
 import { loadHistory, remember, type HistoryEntry } from './history.js';
 import type { HubClient } from './hub-client.js';
-import { canRunCommands } from './roles.js';
+import { RecordingsList } from './recordings-view.js';
+import { canRunCommands, canUseTunnels } from './roles.js';
+import { links, type DeviceTab } from './router.js';
+import { TerminalsPanel } from './terminal-view.js';
 import { ORDERS, type Device, type Order, type Reply } from './types.js';
+
+const TAB_TITLES: Record<DeviceTab, string> = { commands: 'Commands', terminal: 'Terminal', files: 'Files', recordings: 'Recordings' };
+
+/** A device's remote-access tools, made on the first visit and kept for the page's life. */
+interface RemoteTools {
+  terminals: TerminalsPanel;
+  files: FilesPanel;
+  recordings: RecordingsList;
+}
 
 interface Run {
   cmd: string;
@@ -28,18 +44,27 @@ export class DeviceView {
   /** Position while walking the history with the arrow keys; -1 = not walking. */
   private recall = -1;
   private draft = '';
+  private tab: DeviceTab = 'commands';
+  private readonly tools = new Map<string, RemoteTools>();
 
   constructor(
     private readonly root: HTMLElement,
     private readonly hub: HubClient,
   ) {}
 
-  show(id: string | null): void {
-    if (id === this.deviceId) return;
-    this.deviceId = id;
-    this.history = id ? loadHistory(id) : [];
-    this.recall = -1;
-    this.render();
+  show(id: string | null, tab: DeviceTab = 'commands'): void {
+    // Viewers have the commands only.
+    const next = canUseTunnels(this.hub.session) ? tab : 'commands';
+    if (id !== this.deviceId) {
+      this.deviceId = id;
+      this.history = id ? loadHistory(id) : [];
+      this.recall = -1;
+      this.tab = next;
+      this.render();
+    } else if (next !== this.tab) {
+      this.tab = next;
+      this.showTab();
+    }
   }
 
   /** Devices changed: `ids`, or any of them when null. */
@@ -92,11 +117,59 @@ export class DeviceView {
     const results = el('section', 'results');
     results.setAttribute('aria-label', 'results');
     const history = el('section', 'history');
-    this.root.replaceChildren(header, banner, form, ...(readOnly ? [this.readOnlyNote()] : []), results, history);
+    const commands = el('div', 'device-tab commands-panel');
+    commands.dataset.tab = 'commands';
+    commands.append(form, ...(readOnly ? [this.readOnlyNote()] : []), results, history);
+    if (canUseTunnels(this.hub.session)) {
+      const tools = this.toolsOf(id);
+      header.append(webPageLink(id));
+      this.root.replaceChildren(header, banner, this.tabBar(id), commands, tabPanel('terminal', tools.terminals.root), tabPanel('files', tools.files.root), tabPanel('recordings', tools.recordings.root));
+    } else {
+      this.root.replaceChildren(header, banner, commands);
+    }
     this.renderState();
     this.renderResults();
     this.renderHistory();
-    if (!readOnly) input.focus();
+    this.showTab();
+  }
+
+  private toolsOf(id: string): RemoteTools {
+    let tools = this.tools.get(id);
+    if (!tools) {
+      tools = { terminals: new TerminalsPanel(this.hub, id), files: new FilesPanel(this.hub, id), recordings: new RecordingsList() };
+      this.tools.set(id, tools);
+    }
+    return tools;
+  }
+
+  private tabBar(id: string): HTMLElement {
+    const bar = el('nav', 'device-tabs');
+    bar.setAttribute('aria-label', 'device tabs');
+    for (const tab of Object.keys(TAB_TITLES) as DeviceTab[]) {
+      const link = el('a', 'device-tab-link', TAB_TITLES[tab]);
+      link.href = links.device(id, tab);
+      link.dataset.tab = tab;
+      bar.append(link);
+    }
+    return bar;
+  }
+
+  /** Shows the current tab's panel; a tab's tools learn they are on screen. */
+  private showTab(): void {
+    const id = this.deviceId;
+    if (!id) return;
+    for (const panel of this.root.querySelectorAll<HTMLElement>('.device-tab')) panel.hidden = panel.dataset.tab !== this.tab;
+    for (const link of this.root.querySelectorAll<HTMLAnchorElement>('.device-tab-link')) {
+      if (link.dataset.tab === this.tab) link.setAttribute('aria-current', 'page');
+      else link.removeAttribute('aria-current');
+    }
+    this.root.dataset.tab = this.tab;
+    const tools = this.tools.get(id);
+    if (this.tab === 'commands') {
+      const input = this.root.querySelector<HTMLInputElement>('.command-input');
+      if (input && !input.disabled) input.focus();
+    } else if (this.tab === 'terminal') tools?.terminals.shown();
+    else if (this.tab === 'recordings') void tools?.recordings.load(id);
   }
 
   private disableForm(form: HTMLFormElement, controls: (HTMLInputElement | HTMLSelectElement | HTMLButtonElement)[]): void {
@@ -243,4 +316,44 @@ export class DeviceView {
     }
     section.replaceChildren(title, this.history.length ? list : el('p', 'history-empty', 'No commands sent to this device yet.'));
   }
+}
+
+function tabPanel(tab: DeviceTab, content: HTMLElement): HTMLElement {
+  const panel = el('div', `device-tab ${tab}-panel`);
+  panel.dataset.tab = tab;
+  panel.append(content);
+  return panel;
+}
+
+/**
+ * The device's own web page (a local HTTP service on `port`), which the hub proxies at
+ * `/api/devices/ID/http/PORT/`, opened in a new tab.
+ */
+function webPageLink(id: string): HTMLElement {
+  const form = el('form', 'web-page');
+  const port = el('input', 'web-page-port');
+  port.type = 'number';
+  port.min = '1';
+  port.max = '65535';
+  port.value = '80';
+  port.setAttribute('aria-label', 'port of the web page');
+  const open = el('a', 'web-page-open', 'Open web page');
+  open.target = '_blank';
+  open.rel = 'noopener';
+  const update = () => {
+    const value = Number(port.value);
+    const valid = Number.isInteger(value) && value >= 1 && value <= 65535;
+    open.href = `/api/devices/${encodeURIComponent(id)}/http/${valid ? value : 80}/`;
+    open.title = `the device's web page on port ${valid ? value : 80}, through the hub, in a new tab`;
+  };
+  update();
+  port.addEventListener('input', update);
+  form.addEventListener('submit', (event) => {
+    event.preventDefault();
+    window.open(open.href, '_blank', 'noopener');
+  });
+  const label = el('label', 'web-page-label', 'port');
+  label.append(port);
+  form.append(open, label);
+  return form;
 }

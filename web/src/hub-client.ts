@@ -1,10 +1,11 @@
 /**
  * The console's link to the hub: the device list from REST, then live statuses, the command
- * round trip and job statuses through the client SDK (docs/sdk.md), like any other client.
+ * round trip, job statuses and tunnels (terminals, file transfers) through the client SDK
+ * (docs/sdk.md), like any other client.
  * What is the console's own stays here: the connection badge, the session's short-lived MQTT
  * token, and 'devices' events batched per animation frame.
  */
-import { ClientError, connect, type Credentials, type DeviceStatus, type ExecResult, type HubClient as SdkClient } from 'rhizosphere/client';
+import { ClientError, connect, type Credentials, type DeviceStatus, type ExecResult, type HubClient as SdkClient, type TransferResult, type Tunnel } from 'rhizosphere/client';
 import { getJson, goToLogin, LOGIN_NEEDED } from './api.js';
 import type { Device, HubInfo, JobStatus, Order, Reply, Session } from './types.js';
 
@@ -169,6 +170,44 @@ export class HubClient extends EventTarget {
         (error: unknown) => entry.settle(error instanceof ClientError ? errorReply(device, error.code, error.message) : errorReply(device, 'INTERNAL', String(error))),
       );
     });
+  }
+
+  /** Resolves once the console is connected to the hub: at once when it is. */
+  whenConnected(): Promise<void> {
+    const ready = () => this.state === 'connected' && this.sdk?.connected === true;
+    if (ready()) return Promise.resolve();
+    return new Promise((resolve) => {
+      const check = () => {
+        if (!ready()) return;
+        this.removeEventListener('state', check);
+        resolve();
+      };
+      this.addEventListener('state', check);
+    });
+  }
+
+  /**
+   * A shell in a pseudo-terminal on the device, `cols`×`rows`: resolves once the device has
+   * opened it; rejects with a ClientError (FORBIDDEN, DEVICE_OFFLINE, UNSUPPORTED, …).
+   */
+  async shell(device: string, cols: number, rows: number): Promise<Tunnel> {
+    return this.connectedSdk().device(device).shell({ cols, rows });
+  }
+
+  /** Writes a file on the device (checked by size and SHA-256 there); rejects with a ClientError. */
+  async upload(device: string, path: string, bytes: Uint8Array, onProgress: (done: number, total: number) => void): Promise<TransferResult> {
+    return this.connectedSdk().device(device).upload(path, bytes, { onProgress });
+  }
+
+  /** Reads a file of the device, checked against the device's SHA-256; rejects with a ClientError. */
+  async download(device: string, path: string, onProgress: (done: number, total: number) => void): Promise<TransferResult & { bytes: Uint8Array }> {
+    const result = await this.connectedSdk().device(device).download(path, { onProgress });
+    return { size: result.size, sha256: result.sha256, bytes: result.bytes ?? new Uint8Array(0) };
+  }
+
+  private connectedSdk(): SdkClient {
+    if (!this.sdk?.connected) throw new ClientError('NOT_CONNECTED', 'the console is not connected to the hub');
+    return this.sdk;
   }
 
   private setState(state: ConnectionState): void {

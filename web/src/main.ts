@@ -7,7 +7,8 @@ import { DeviceView } from './device-view.js';
 import { el } from './format.js';
 import { HubClient, type ConnectionState } from './hub-client.js';
 import { JobsView } from './jobs-view.js';
-import { isAdmin } from './roles.js';
+import { RecordingsView } from './recordings-view.js';
+import { canUseTunnels, isAdmin } from './roles.js';
 import { links, parseRoute, type Route } from './router.js';
 import type { Session } from './types.js';
 
@@ -49,6 +50,7 @@ async function main(): Promise<void> {
   const devicesAdmin = new DevicesAdmin(hub);
   const audit = new AuditView();
   const jobs = new JobsView(hub);
+  const recordings = new RecordingsView();
 
   const showRoute = (route: Route) => {
     const onConsole = route.view === 'console';
@@ -57,13 +59,16 @@ async function main(): Promise<void> {
     markCurrentView(route);
     if (route.view !== 'admin-devices') devicesAdmin.hide();
     if (route.view !== 'jobs') jobs.hide();
+    if (route.view !== 'recordings') recordings.hide();
     if (route.view === 'console') {
       // Back from an admin view, the Console link returns to the device that was open.
       for (const link of consoleLinks) link.href = route.device ? links.device(route.device) : links.console;
       list.select(route.device);
-      view.show(route.device);
+      view.show(route.device, route.tab);
     } else if (route.view === 'jobs') {
       jobs.show(adminRoot, route.job);
+    } else if (route.view === 'recordings') {
+      recordings.show(adminRoot, route.tunnel);
     } else if (!isAdmin(hub.session)) {
       adminRoot.replaceChildren(adminsOnly(hub.session));
     } else if (route.view === 'admin-devices') {
@@ -113,6 +118,7 @@ function showSession(session: Session): void {
   who.dataset.role = session.role;
   byId('views').hidden = !isAdmin(session);
   byId('console-link-shared').hidden = isAdmin(session);
+  byId('recordings-link').hidden = !canUseTunnels(session);
   const logout = byId<HTMLButtonElement>('logout');
   // Anonymous access (--allow-anonymous) has no session to end.
   logout.hidden = session.mqtt === null;

@@ -12,3 +12,8 @@ export function canRunCommands(session: Session | null): boolean {
 export function isAdmin(session: Session | null): boolean {
   return session?.role === 'admin';
 }
+
+/** Terminals, file transfers and recordings: operators and admins, like commands. */
+export function canUseTunnels(session: Session | null): boolean {
+  return canRunCommands(session);
+}

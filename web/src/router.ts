@@ -1,12 +1,18 @@
 /**
  * The console's views, one per URL hash, so that each can be bookmarked and the back
- * button works: `#/devices/ID` (a device), `#/jobs`, `#/jobs/ID` (a job), `#/admin/devices`,
- * `#/admin/audit?device=ID`.
+ * button works: `#/devices/ID` (a device), `#/devices/ID/terminal`, `…/files` and
+ * `…/recordings` (its remote-access tabs), `#/jobs`, `#/jobs/ID` (a job), `#/recordings`,
+ * `#/recordings/TUNNEL` (the player), `#/admin/devices`, `#/admin/audit?device=ID`.
  */
 
+/** The tabs of a device's page: commands, terminals, file transfers, its recordings. */
+export const DEVICE_TABS = ['commands', 'terminal', 'files', 'recordings'] as const;
+export type DeviceTab = (typeof DEVICE_TABS)[number];
+
 export type Route =
-  | { view: 'console'; device: string | null }
+  | { view: 'console'; device: string | null; tab: DeviceTab }
   | { view: 'jobs'; job: string | null }
+  | { view: 'recordings'; tunnel: string | null }
   | { view: 'admin-devices' }
   | { view: 'audit'; device: string | null };
 
@@ -18,17 +24,29 @@ export function parseRoute(hash: string): Route {
     const id = safeDecode(job[1]);
     if (id) return { view: 'jobs', job: id };
   }
+  if (hash === '#/recordings' || hash === '#/recordings/') return { view: 'recordings', tunnel: null };
+  const recording = /^#\/recordings\/(.+)$/.exec(hash);
+  if (recording?.[1]) {
+    const tunnel = safeDecode(recording[1]);
+    if (tunnel) return { view: 'recordings', tunnel };
+  }
   const audit = /^#\/admin\/audit(?:\?(.*))?$/.exec(hash);
   if (audit) return { view: 'audit', device: new URLSearchParams(audit[1] ?? '').get('device') || null };
+  // Device ids have no '/': a last segment that names a tab is the tab.
+  const tabbed = /^#\/devices\/([^/]+)\/([a-z]+)$/.exec(hash);
+  const tab = DEVICE_TABS.find((name) => name === tabbed?.[2]);
+  if (tabbed?.[1] && tab) return { view: 'console', device: safeDecode(tabbed[1]), tab };
   const device = /^#\/devices\/(.+)$/.exec(hash);
-  return { view: 'console', device: device?.[1] ? safeDecode(device[1]) : null };
+  return { view: 'console', device: device?.[1] ? safeDecode(device[1]) : null, tab: 'commands' };
 }
 
 export const links = {
   console: '#/',
-  device: (id: string) => `#/devices/${encodeURIComponent(id)}`,
+  device: (id: string, tab: DeviceTab = 'commands') => `#/devices/${encodeURIComponent(id)}${tab === 'commands' ? '' : `/${tab}`}`,
   jobs: '#/jobs',
   job: (id: string) => `#/jobs/${encodeURIComponent(id)}`,
+  recordings: '#/recordings',
+  recording: (tunnel: string) => `#/recordings/${encodeURIComponent(tunnel)}`,
   adminDevices: '#/admin/devices',
   audit: (device?: string) => (device ? `#/admin/audit?${new URLSearchParams({ device }).toString()}` : '#/admin/audit'),
 };
