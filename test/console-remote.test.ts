@@ -190,6 +190,10 @@ describe('web console: remote access', () => {
     expect(await page.textContent('.player-play')).toBe('Replay');
     await page.screenshot({ path: artifact('console-recording.png') });
 
+    // Everything the operator did from the browser is in the audit trail, in the operator's name.
+    const opened = hub.stores.audit.query({ device: 'pi-remote', action: 'tunnel.open', limit: 100 }).filter((entry) => entry.actor === 'otto');
+    expect(new Set(opened.map((entry) => (entry.detail as { kind: string }).kind))).toEqual(new Set(['shell', 'file_put', 'file_get', 'tcp']));
+
     // The admin's audit trail links a terminal session's end to its recording.
     await page.click('#logout');
     await page.waitForURL((u) => u.pathname === '/login');
