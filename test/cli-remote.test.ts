@@ -111,3 +111,42 @@ describe('rhizosphere shell, cp and forward', () => {
     expect(actions.some((a) => a.startsWith('tunnel.refused') && a.endsWith(':dash'))).toBe(true);
   }, 90_000);
 });
+
+describe('rhizosphere shell in a terminal', () => {
+  it('puts the local terminal in raw mode: keystrokes, Ctrl-C and the window size reach the device', async () => {
+    const pty = await import('node-pty');
+    const hub = await startTestHub({ allowAnonymous: false });
+    const token = hub.stores.devices.add('pi-tty');
+    const home = process.env.HOME;
+    process.env.HOME = tempDir('rhizo-home-');
+    try {
+      await startAgents(hub, ['pi-tty'], hub.urls.mqtt, ['--token', token]);
+    } finally {
+      process.env.HOME = home;
+    }
+    const env = { ...process.env, RHIZOSPHERE_URL: hub.urls.mqtt, RHIZOSPHERE_TOKEN_NAME: 'ops', RHIZOSPHERE_TOKEN: hub.stores.tokens.add('ops', 'operator'), TERM: 'xterm-256color' } as Record<string, string>;
+    // The operator's own terminal, as a pseudo-terminal this test reads and types into.
+    const local = pty.spawn(process.execPath, [HUB_BIN, 'shell', 'pi-tty'], { cols: 100, rows: 30, env });
+    cleanup(() => local.kill('SIGKILL'));
+    let screen = '';
+    local.onData((data) => (screen += data));
+    const exited = new Promise<number>((resolve) => local.onExit(({ exitCode }) => resolve(exitCode)));
+    const type = (text: string) => local.write(text);
+
+    type('echo $((6*7))-$(tput cols)\r');
+    await waitFor(() => screen.includes('42-100'), { what: '42-100 on the screen', timeoutMs: 15_000 });
+    local.resize(57, 20);
+    await new Promise((resolve) => setTimeout(resolve, 300));
+    type('echo cols=$(tput cols)\r');
+    await waitFor(() => screen.includes('cols=57'), { what: 'cols=57 on the screen' });
+    // Ctrl-C reaches the device's foreground process, not this one.
+    type('sleep 30; echo NOT-$((2+2))\r');
+    await new Promise((resolve) => setTimeout(resolve, 500));
+    type('\u0003');
+    type('echo after-$((1+1))\r');
+    await waitFor(() => screen.includes('after-2'), { what: 'the shell after Ctrl-C' });
+    expect(screen).not.toContain('NOT-4');
+    type('exit 4\r');
+    expect(await exited).toBe(4);
+  }, 60_000);
+});
