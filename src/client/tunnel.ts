@@ -15,6 +15,7 @@ import {
   type DoneControl,
   type ExitControl,
   type Frame,
+  type OpenControl,
   type OpenedControl,
   type TunnelKind,
 } from '../protocol/tunnel.js';
@@ -23,19 +24,8 @@ import { ClientError, codeOf } from './errors.js';
 
 export type { TunnelKind } from '../protocol/tunnel.js';
 
-/** What to open: the kind and its fields (docs/protocol.md "Kinds"). */
-export interface TunnelSpec {
-  kind: TunnelKind;
-  cols?: number;
-  rows?: number;
-  term?: string;
-  path?: string;
-  size?: number;
-  sha256?: string;
-  mode?: number;
-  host?: string;
-  port?: number;
-}
+/** What to open: the kind and its fields (docs/protocol.md "Kinds"); the SDK adds the rest of the `open`. */
+export type TunnelSpec = Omit<OpenControl, 't' | 'device' | 'window' | 'actor'>;
 
 /** How a tunnel ended: `closed` normally, or `error` with a code. `exit` is the shell's, when there was one. */
 export interface TunnelEnd {

@@ -31,7 +31,7 @@ import {
   type Frame,
 } from '../protocol/tunnel.js';
 import type { AuditLog } from '../store/audit.js';
-import { validateOpen, type ClientOpen } from './open-schema.js';
+import { validateClientOpen, type ClientOpen } from '../protocol/tunnel-open.js';
 import { CastRecorder, recordingPath } from './recorder.js';
 
 /** How long a device has to answer an `open` with `opened` or `error`. */
@@ -297,7 +297,7 @@ export function startTunnelRelay(options: TunnelRelayOptions): TunnelRelay {
 
   const openTunnel = (client: Endpoint, clientTunnel: string, frame: Frame & { type: 'control' }) => {
     const refused = (code: ErrorCode, message: string, device?: string) => refuse(client, clientTunnel, code, message, frame, device);
-    const checked = validateOpen(frame.control);
+    const checked = validateClientOpen(frame.control);
     if (!checked.ok) return refused('BAD_REQUEST', checked.message);
     const open = checked.value;
     const { device } = open;
