@@ -109,7 +109,8 @@ export async function cpCommand(hub: HubClient, from: string, to: string, io: Re
   if (localInfo?.isDirectory() || to.endsWith('/')) local = join(to, basename(remote.path));
   const temp = join(dirname(local), `.${basename(local)}.rz-${randomBytes(4).toString('hex')}.part`);
   const hash = createHash('sha256');
-  const out = createWriteStream(temp, { flags: 'wx' });
+  // Room for a whole window of chunks, so a write seldom waits (and holds back the device).
+  const out = createWriteStream(temp, { flags: 'wx', highWaterMark: 1024 * 1024 });
   const progress = new TransferProgress(io, `${remote.device}:${remote.path} → ${local}`);
   let written = 0;
   try {
