@@ -65,6 +65,8 @@ describe('client SDK', () => {
   it('lists devices from the retained statuses and reports presence changes', async () => {
     const hub = await startTestHub({ allowAnonymous: false });
     const tokens = Object.fromEntries(['d-1', 'd-2', 'd-3'].map((id) => [id, hub.stores.devices.add(id)]));
+    // A registered device is in the table (offline) once the hub has seen the registration.
+    await waitFor(() => hub.device('d-3'), { what: 'd-3 registered' });
     const d1 = await scriptedDevice(hub, 'd-1', tokens['d-1']!);
     await scriptedDevice(hub, 'd-2', tokens['d-2']!);
     await d1.client.endAsync(true);
@@ -75,6 +77,7 @@ describe('client SDK', () => {
     expect(all.map((d) => [d.id, d.online])).toEqual([
       ['d-1', false],
       ['d-2', true],
+      ['d-3', false],
     ]);
     expect(all[1]).toMatchObject({ transport: 'mqtt' });
     expect(Date.parse(all[1]!.since)).toBeGreaterThan(0);
