@@ -25,6 +25,7 @@ export const SDK_MODULES = [
   'client/rest.js',
   'client/types.js',
   'client/tunnel.js',
+  'client/sha256.js',
   'protocol/ids.js',
   'protocol/topics.js',
   'protocol/tunnel.js',

@@ -8,6 +8,7 @@ import { existsSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { createServer } from 'node:http';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
+import { connect } from '../src/client/index.js';
 import { HUB_BIN, cleanup, startAgents, startTestHub, tempDir, waitFor } from './helpers.js';
 
 interface Run {
@@ -110,6 +111,24 @@ describe('rhizosphere shell, cp and forward', () => {
     expect(actions).toEqual(expect.arrayContaining(['tunnel.open:shell:ops', 'tunnel.close:shell:ops', 'tunnel.open:file_put:ops', 'tunnel.open:file_get:ops', 'tunnel.open:tcp:ops']));
     expect(actions.some((a) => a.startsWith('tunnel.refused') && a.endsWith(':dash'))).toBe(true);
   }, 90_000);
+});
+
+describe('uploading a Blob from the SDK', () => {
+  it('hashes it slice by slice, sends it, and the device has the same bytes', async () => {
+    const hub = await startTestHub({ allowAnonymous: false });
+    const token = hub.stores.devices.add('pi-blob');
+    const root = tempDir('rhizo-files-');
+    await startAgents(hub, ['pi-blob'], hub.urls.mqtt, ['--token', token, '--file-root', root]);
+    const sdk = await connect(hub.urls.mqtt, { tokenName: 'ops', token: hub.stores.tokens.add('ops', 'operator'), reconnectPeriodMs: 0 });
+    cleanup(() => sdk.close());
+    // Three and a half slices of the SDK's 1 MiB reads, so the last one is short.
+    const bytes = randomBytes(3.5 * 1024 * 1024);
+    const seen: number[] = [];
+    const result = await sdk.device('pi-blob').upload(`${root}/blob.bin`, new Blob([bytes]), { onProgress: (done) => seen.push(done) });
+    expect(result).toEqual({ size: bytes.length, sha256: sha256(bytes) });
+    expect(sha256(readFileSync(join(root, 'blob.bin')))).toBe(sha256(bytes));
+    expect(seen.at(-1)).toBe(bytes.length);
+  }, 30_000);
 });
 
 describe('rhizosphere shell in a terminal', () => {

@@ -15,7 +15,8 @@ import { Emitter } from './emitter.js';
 import { ClientError, codeOf } from './errors.js';
 import { httpUrlFromMqttUrl, Rest } from './rest.js';
 import { decodeFrame, FrameError } from '../protocol/tunnel.js';
-import { sha256Hex, Tunnel, type TunnelEnd, type TunnelSpec } from './tunnel.js';
+import { Sha256 } from './sha256.js';
+import { Tunnel, type TunnelEnd, type TunnelSpec } from './tunnel.js';
 import {
   isJobFinished,
   type ConnectOptions,
@@ -35,6 +36,7 @@ import {
 
 export { ClientError, type ClientErrorCode } from './errors.js';
 export { httpUrlFromMqttUrl } from './rest.js';
+export { Sha256 } from './sha256.js';
 export { Tunnel, sha256Hex, type TunnelEnd, type TunnelEvents, type TunnelKind, type TunnelSpec } from './tunnel.js';
 export * from './types.js';
 
@@ -576,16 +578,18 @@ export class DeviceHandle {
   }
 
   /**
-   * Writes a file on the device at `path` (absolute). The bytes are given whole, or as chunks
-   * with their size and SHA-256 known beforehand (a file read twice, say). The device writes a
+   * Writes a file on the device at `path` (absolute). The bytes are given whole, as a Blob (a
+   * browser's File: read twice, slice by slice, to hash it and then to send it, so it is never
+   * all in memory), or as chunks with their size and SHA-256 known beforehand. The device writes a
    * temporary file and renames it over `path` only when size and SHA-256 match; resolves with
    * what it wrote, rejects with the ClientError of the failure (CHECKSUM_MISMATCH, NOT_FOUND,
    * PATH_OUTSIDE_ROOT, PAYLOAD_TOO_LARGE, …).
    */
-  async upload(path: string, source: Uint8Array | UploadSource, options: TransferOptions & { mode?: number } = {}): Promise<TransferResult> {
+  async upload(path: string, source: Uint8Array | Blob | UploadSource, options: TransferOptions & { mode?: number } = {}): Promise<TransferResult> {
+    if (isBlob(source)) source = { size: source.size, sha256: await blobSha256(source), chunks: blobSlices(source) };
     const whole = source instanceof Uint8Array ? source : null;
     const size = whole ? whole.byteLength : (source as UploadSource).size;
-    const sha256 = whole ? await sha256Hex(whole) : (source as UploadSource).sha256;
+    const sha256 = whole ? new Sha256().update(whole).hex() : (source as UploadSource).sha256;
     const tunnel = await this.hub.openTunnel(this.id, { kind: 'file_put', path, size, sha256, ...(options.mode !== undefined ? { mode: options.mode } : {}) });
     try {
       let sent = 0;
@@ -615,12 +619,16 @@ export class DeviceHandle {
     const opened = await tunnel.opened;
     const size = opened.size ?? 0;
     const parts: Uint8Array[] = [];
+    const hash = new Sha256();
     let received = 0;
     let failure: unknown = null;
     tunnel.on('data', (chunk) => {
       received += chunk.byteLength;
       options.onProgress?.(received, size);
-      if (!options.onData) return void parts.push(chunk.slice());
+      if (!options.onData) {
+        hash.update(chunk);
+        return void parts.push(chunk.slice());
+      }
       const pending = options.onData(chunk);
       if (pending && typeof (pending as Promise<void>).then === 'function') {
         tunnel.pause();
@@ -643,12 +651,31 @@ export class DeviceHandle {
       bytes.set(part, offset);
       offset += part.byteLength;
     }
-    const actual = await sha256Hex(bytes);
+    const actual = hash.hex();
     if (actual !== result.sha256 || received !== result.size) {
       throw new ClientError('CHECKSUM_MISMATCH', `received ${received} bytes with SHA-256 ${actual}; the device sent ${result.size} with ${result.sha256}`, { device: this.id });
     }
     return { ...result, bytes, mode: opened.mode };
   }
+}
+
+/** Blob slices read at a time: big enough to keep the tunnel busy, small enough to hold. */
+const BLOB_SLICE_BYTES = 1024 * 1024;
+
+function isBlob(value: unknown): value is Blob {
+  return typeof Blob !== 'undefined' && value instanceof Blob;
+}
+
+async function* blobSlices(blob: Blob): AsyncIterable<Uint8Array> {
+  for (let offset = 0; offset < blob.size; offset += BLOB_SLICE_BYTES) {
+    yield new Uint8Array(await blob.slice(offset, offset + BLOB_SLICE_BYTES).arrayBuffer());
+  }
+}
+
+async function blobSha256(blob: Blob): Promise<string> {
+  const hash = new Sha256();
+  for await (const slice of blobSlices(blob)) hash.update(slice);
+  return hash.hex();
 }
 
 /** An upload given as chunks, with what they add up to. */

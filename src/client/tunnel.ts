@@ -20,6 +20,7 @@ import {
   type TunnelKind,
 } from '../protocol/tunnel.js';
 import { Emitter } from './emitter.js';
+import { Sha256 } from './sha256.js';
 import { ClientError, codeOf } from './errors.js';
 
 export type { TunnelKind } from '../protocol/tunnel.js';
@@ -258,12 +259,10 @@ export class Tunnel extends Emitter<TunnelEvents> {
   }
 }
 
-/** The SHA-256 of some bytes, as lowercase hex (WebCrypto: browsers and Node alike). */
+/**
+ * The SHA-256 of some bytes, as lowercase hex. Not WebCrypto: browsers offer it only in secure
+ * contexts, and a console on plain HTTP in a LAN must hash too.
+ */
 export async function sha256Hex(bytes: Uint8Array): Promise<string> {
-  const subtle = (globalThis as { crypto?: typeof globalThis.crypto }).crypto?.subtle;
-  if (!subtle) throw new ClientError('INTERNAL', 'SHA-256 needs WebCrypto (a secure context in browsers)');
-  const digest = new Uint8Array(await subtle.digest('SHA-256', bytes as Uint8Array<ArrayBuffer>));
-  let hex = '';
-  for (const byte of digest) hex += byte.toString(16).padStart(2, '0');
-  return hex;
+  return new Sha256().update(bytes).hex();
 }

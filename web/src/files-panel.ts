@@ -79,8 +79,8 @@ export class FilesPanel {
     this.uploadResult.replaceChildren(el('span', 'transfer-running', `uploading ${file.name} to ${path}…`));
     showProgress(this.uploadProgress, 0, file.size);
     try {
-      const bytes = new Uint8Array(await file.arrayBuffer());
-      const result = await this.hub.upload(this.device, path, bytes, (done, total) => showProgress(this.uploadProgress, done, total));
+      // The File itself: the SDK reads it slice by slice, never whole.
+      const result = await this.hub.upload(this.device, path, file, (done, total) => showProgress(this.uploadProgress, done, total));
       complete(this.uploadProgress);
       this.uploadResult.replaceChildren(outcome(`wrote ${path}`, result.size, result.sha256));
     } catch (error) {

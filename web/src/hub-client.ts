@@ -195,7 +195,7 @@ export class HubClient extends EventTarget {
   }
 
   /** Writes a file on the device (checked by size and SHA-256 there); rejects with a ClientError. */
-  async upload(device: string, path: string, bytes: Uint8Array, onProgress: (done: number, total: number) => void): Promise<TransferResult> {
+  async upload(device: string, path: string, bytes: Uint8Array | Blob, onProgress: (done: number, total: number) => void): Promise<TransferResult> {
     return this.connectedSdk().device(device).upload(path, bytes, { onProgress });
   }
 
