@@ -3,7 +3,12 @@
  * (REDIS_URL, default redis://127.0.0.1:6379); each run claims an empty logical database
  * (15 down to 1, never 0), flushes it before each test and when done.
  */
+import { randomBytes } from 'node:crypto';
+import { readFileSync } from 'node:fs';
+import { createServer as createWebServer } from 'node:http';
 import { createConnection, createServer, type Server, type Socket } from 'node:net';
+import { join } from 'node:path';
+import { connect } from '../src/client/index.js';
 import { afterAll, beforeEach, describe, expect, it } from 'vitest';
 import type { Hub } from '../src/index.js';
 import type { DeviceInfo } from '../src/presence.js';
@@ -205,6 +210,56 @@ describe.skipIf(!claimed)('cluster', () => {
     const card = page.locator('.result').last();
     await card.locator('.result-foot, .result-status.error').first().waitFor();
     expect(await card.locator('.output.stdout pre').textContent()).toBe('held by 21');
+  }, 60_000);
+
+  it('a tunnel from a client on one node reaches a device held by another: a shell, a file both ways, a TCP connection; the client\'s node audits and records', async () => {
+    const dataDir = tempDir('rhizo-cluster-');
+    const a = await inProcessNode(dataDir, 'node-a');
+    const b = await inProcessNode(dataDir, 'node-b');
+    const root = tempDir('rhizo-files-');
+    const home = process.env.HOME;
+    process.env.HOME = tempDir('rhizo-home-');
+    try {
+      spawnHypha(a.urls.mqtt, 'far-away', ['--file-root', root]);
+    } finally {
+      process.env.HOME = home;
+    }
+    await waitFor(() => a.device('far-away')?.online && b.device('far-away')?.online, { timeoutMs: 20_000, what: 'the agent online on both nodes' });
+    const web = createWebServer((req, res) => res.end(`device page ${req.url}`));
+    await new Promise<void>((resolve) => web.listen(0, '127.0.0.1', resolve));
+    cleanup(() => web.close());
+
+    const client = await connect(b.urls.mqtt, { reconnectPeriodMs: 0 });
+    cleanup(() => client.close());
+    const device = client.device('far-away');
+    const shell = await device.shell({ cols: 90, rows: 20 });
+    let screen = '';
+    shell.on('data', (bytes) => (screen += new TextDecoder().decode(bytes)));
+    await shell.write('echo $((6*7))-$(tput cols)\nexit 5\n');
+    const end = await shell.ended;
+    expect(screen).toContain('42-90');
+    expect(end.exit?.code).toBe(5);
+
+    const bytes = randomBytes(2 * 1024 * 1024 + 17);
+    const put = await device.upload(`${root}/crossed.bin`, bytes);
+    const got = await device.download(`${root}/crossed.bin`);
+    expect(got.sha256).toBe(put.sha256);
+    expect(Buffer.compare(Buffer.from(got.bytes!), bytes)).toBe(0);
+
+    const tcp = await device.connectTcp((web.address() as { port: number }).port, '127.0.0.1');
+    let page = '';
+    tcp.on('data', (chunk) => (page += new TextDecoder().decode(chunk)));
+    await tcp.write('GET /x HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n');
+    // Both halves closed (ours with eof, the server's after its answer) end the tunnel.
+    await tcp.eof();
+    await tcp.ended;
+    expect(page).toMatch(/device page \/x$/);
+
+    // The tunnels lived on node B: its relay audited them and recorded the shell.
+    const closes = b.stores.audit.query({ device: 'far-away', action: 'tunnel.close', limit: 10 });
+    expect(closes.map((entry) => (entry.detail as { kind: string }).kind).sort()).toEqual(['file_get', 'file_put', 'shell', 'tcp']);
+    const recording = (closes.find((entry) => (entry.detail as { kind: string }).kind === 'shell')!.detail as { recording: string }).recording;
+    expect(readFileSync(join(dataDir, 'recordings', `${recording}.cast`), 'utf8')).toContain('42-90');
   }, 60_000);
 
   it('a node that only stalled comes back with its devices online on every node', async () => {
