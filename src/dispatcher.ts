@@ -77,6 +77,11 @@ export class Dispatcher {
     private readonly onSettled?: SettledHook,
     /** Registered devices that presence has not seen yet (never connected) are offline, not unknown. */
     private readonly isRegistered: (device: string) => boolean = () => false,
+    /**
+     * Starts every command id (in a cluster: `{node}~`, so the node holding the device knows
+     * where to send the Response: src/cluster/response-routes.ts).
+     */
+    private readonly idPrefix = '',
   ) {
     presence.on('offline', (device) => this.failDevice(device.id, 'DEVICE_OFFLINE', `device ${device.id} disconnected before it answered`));
   }
@@ -125,7 +130,7 @@ export class Dispatcher {
       return refuse('BUSY', `device ${device} has ${forDevice.size} commands in flight (limit ${this.limits.maxInflightPerDevice})`);
     }
 
-    const hubId = `${this.bootId}-${(++this.sequence).toString(36)}`;
+    const hubId = `${this.idPrefix}${this.bootId}-${(++this.sequence).toString(36)}`;
     const timeoutMs = request.timeout_ms ?? TIMEOUT_MS_DEFAULT;
     const command: Command = { type: 'command', id: hubId, order: request.order, cmd_str: request.cmd_str, timeout_ms: timeoutMs };
     const link = entry.link;
@@ -248,7 +253,8 @@ export class Dispatcher {
 }
 
 /** The `id` of an oversized JSON response, read from its head without parsing the whole. */
-function peekId(payload: Buffer | string): string | null {
+/** The `id` of a JSON Response, read off its first bytes without parsing it all. */
+export function peekId(payload: Buffer | string): string | null {
   const head = (typeof payload === 'string' ? payload.slice(0, 512) : payload.subarray(0, 512).toString('utf8'));
   const match = /"id"\s*:\s*"([^"\\]{1,256})"/.exec(head);
   return match?.[1] ?? null;

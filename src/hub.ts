@@ -15,6 +15,7 @@ import { bridgeMqttRequests } from '../bridge/mqtt-requests.js';
 import { restRouter, type HubInfo } from '../bridge/rest.js';
 import { createAccess } from './access.js';
 import { ClusterUnreachable, defaultNodeId, openCluster, type ClusterNode } from './cluster/index.js';
+import { commandIdPrefix } from './cluster/response-routes.js';
 import { Authenticator } from './auth/authenticator.js';
 import { configFromOptions, splitList, type HubConfig } from './config.js';
 import { Dispatcher, type CommandRequest, type Origin, type SettledHook } from './dispatcher.js';
@@ -282,13 +283,25 @@ export async function startHub(options: HubOptions = {}): Promise<Hub> {
       broker.publish({ cmd: 'publish', topic: topics.deviceStatus(id), payload, qos: 1, retain: true, dup: false }, () => {});
     };
     const presence = new Presence(registry, publishStatus, log, cluster ? { nodeId: cluster.nodeId, handover: (id) => cluster.handover(id) } : {});
-    const dispatcher = new Dispatcher(presence, config, log, allOf(metrics.commandSettled, auditCommands(stores)), (id) => stores.devices.get(id) !== undefined);
+    const dispatcher = new Dispatcher(
+      presence,
+      config,
+      log,
+      allOf(metrics.commandSettled, auditCommands(stores)),
+      (id) => stores.devices.get(id) !== undefined,
+      cluster ? commandIdPrefix(cluster.nodeId) : '',
+    );
     const mqttDevices = watchMqttDevices(
       broker,
       topics,
       presence,
       log,
-      { response: (device, payload) => dispatcher.handleResponse(device, payload), declaredTags: declaredTagsListener(stores.devices, presence, log) },
+      {
+        // In a cluster, the Response to another node's command goes to that node alone.
+        response: (device, payload) => {
+          if (!cluster?.routeResponse(device, payload)) dispatcher.handleResponse(device, payload);
+        },
+        declaredTags: declaredTagsListener(stores.devices, presence, log) },
       access.principalOf,
     );
     noteAuthenticated = mqttDevices.noteAuthenticated;

@@ -3,11 +3,13 @@
  * (REDIS_URL, default redis://127.0.0.1:6379); each run claims an empty logical database
  * (15 down to 1, never 0), flushes it before each test and when done.
  */
+import { execFile } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { createServer as createWebServer } from 'node:http';
 import { createConnection, createServer, type Server, type Socket } from 'node:net';
 import { join } from 'node:path';
+import WebSocket from 'ws';
 import { connect } from '../src/client/index.js';
 import { afterAll, beforeEach, describe, expect, it } from 'vitest';
 import type { Hub } from '../src/index.js';
@@ -260,6 +262,25 @@ describe.skipIf(!claimed)('cluster', () => {
     expect(closes.map((entry) => (entry.detail as { kind: string }).kind).sort()).toEqual(['file_get', 'file_put', 'shell', 'tcp']);
     const recording = (closes.find((entry) => (entry.detail as { kind: string }).kind === 'shell')!.detail as { recording: string }).recording;
     expect(readFileSync(join(dataDir, 'recordings', `${recording}.cast`), 'utf8')).toContain('42-90');
+  }, 60_000);
+
+  it('a device on the original agent held by one node runs the commands another node sends it', async () => {
+    const dataDir = tempDir('rhizo-cluster-');
+    const a = await inProcessNode(dataDir, 'node-a');
+    const b = await inProcessNode(dataDir, 'node-b');
+    // The original agent's protocol: one command at a time, {"order":"response","result","error"} back.
+    const ws = new WebSocket(`${a.urls.ws.replace(/\/mqtt$/, '')}/device`, { headers: { 'x-custome-id': 'old-pi', Authorization: 'Bearer 0000' } });
+    ws.on('error', () => {});
+    cleanup(() => ws.terminate());
+    ws.on('message', (data) => {
+      const { cmd_str: cmd } = JSON.parse(data.toString()) as { cmd_str: string };
+      execFile('/bin/sh', ['-c', cmd], (_error, stdout, stderr) => ws.send(JSON.stringify({ order: 'response', result: stdout.trim(), error: stderr.trim() })));
+    });
+    await waitFor(() => b.device('old-pi')?.online, { timeoutMs: 20_000, what: 'the legacy device online on node B' });
+    const client = await RequestClient.connect(b.urls.mqtt, 'ops-legacy');
+    const replies = await Promise.all([1, 2, 3].map((n) => client.request({ device: 'old-pi', order: 'exec_bash', cmd_str: `echo legacy-$((${n}*7))` })));
+    expect(replies.map((reply) => (reply as { result: string }).result)).toEqual(['legacy-7', 'legacy-14', 'legacy-21']);
+    expect(await client.request({ device: 'old-pi', order: 'exec_bash_ret_okng_only', cmd_str: 'false' })).toMatchObject({ status: 'ok', result: 'ng' });
   }, 60_000);
 
   it('a node that only stalled comes back with its devices online on every node', async () => {

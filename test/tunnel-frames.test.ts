@@ -115,4 +115,10 @@ describe('tunnel topics', () => {
     expect(mayPublish(anonymous, 'c1', 'rhizosphere/clients/c1/tunnels/t/in', topics).ok).toBe(true);
     expect(mayPublish(anonymous, 'pi-01', 'rhizosphere/devices/pi-01/tunnels/t/out', topics).ok).toBe(true);
   });
+  it('keep the routes of a cluster\'s Responses to its hubs', () => {
+    const topic = topics.nodeResponse('node-a', 'pi-01');
+    expect(topic).toBe('rhizosphere/cluster/nodes/node-a/responses/pi-01');
+    for (const who of [anonymous, operator, viewer, device]) expect(mayPublish(who, 'pi-01', topic, topics).ok).toBe(false);
+    for (const who of [operator, viewer, device]) expect(maySubscribe(who, 'c1', topics.nodeResponses('node-a'), topics).ok).toBe(false);
+  });
 });

@@ -75,6 +75,7 @@ export function mayPublish(principal: Principal, clientId: string, topic: string
       if (device?.kind === 'tunnel' && device.direction === 'in') return deny('tunnel frames reach devices through the hub (publish on your clients/{id}/tunnels/{tunnel}/in topic)');
       if (device && device.id !== clientId) return deny(`only device ${device.id} may publish its ${device.kind}`);
       if (client?.kind === 'response') return deny('replies are published by the hub alone');
+      if (topic.startsWith(`${topics.prefix}/cluster/`)) return deny('the cluster\'s own topics are published by its hubs alone');
       if (client?.kind === 'tunnel' && client.direction === 'out') return deny('a client\'s tunnel frames are published by the hub alone');
       return ALLOW;
     default:

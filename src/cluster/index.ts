@@ -70,6 +70,8 @@ export interface ClusterNode {
   claimFirstAdmin(): Promise<boolean>;
   /** For presence: whether another node just took over a device whose local link ended. */
   handover(id: string): RemoteHold | undefined;
+  /** For the node holding `device`: sends a Response to the node whose command it answers; false when it is this node's own. */
+  routeResponse(device: string, payload: Buffer | string): boolean;
   /** A clean stop, before the broker closes: this node's devices are announced offline and the node leaves. */
   leave(): Promise<void>;
   /** After the broker closed: the Redis connections. */
@@ -104,6 +106,7 @@ export async function openCluster(url: string, nodeId: string, log: Logger, timi
       return { alone: others.length === 0 };
     },
     handover: (id) => remote?.handover(id),
+    routeResponse: (device, payload) => remote?.routeResponse(device, payload) ?? false,
     async claimFirstAdmin() {
       return (await redis.commands.set(FIRST_ADMIN_KEY, nodeId, 'EX', 60, 'NX')) === 'OK';
     },

@@ -89,7 +89,10 @@ export function connectClusterRedis(url: string, log: Logger): ClusterRedis {
   };
   const subConn = open('sub');
   const pubConn = open('pub', { enableAutoPipelining: true });
-  const store = open('persistence');
+  // Sessions' QoS 1 queues cost several commands per delivery (enqueue, update, clear): those
+  // issued in one event-loop turn go out in one write. Redis CPU per 10000 round trips over
+  // three nodes: 1.21-1.42 s without, 0.63-0.76 s with; the hubs' own CPU is the same within noise.
+  const store = open('persistence', { enableAutoPipelining: true });
   const commands = open('commands');
   const reader = open('replication');
   // Redis pub/sub ignores the database number: the prefix keeps clusters on different

@@ -18,6 +18,7 @@ import type { DeviceLink, NodeStatus, Presence, RemoteHold } from '../presence.j
 import type { Command, Response, Transport } from '../protocol/schemas.js';
 import type { Topics } from '../protocol/topics.js';
 import type { Membership } from './membership.js';
+import { responseRouter } from './response-routes.js';
 
 const TRANSPORTS: readonly Transport[] = ['mqtt', 'mqtt-ws', 'legacy-ws'];
 /** How long a "this client connected on node N" notice counts as a takeover in progress. */
@@ -55,6 +56,8 @@ export interface RemoteDevicesOptions {
 }
 
 export interface RemoteDevices {
+  /** For the node holding `device`: sends a Response to the node whose command it answers; false when it is this node's own. */
+  routeResponse(device: string, payload: Buffer | string): boolean;
   /** For presence: whether another node has just taken over a device whose local link ended. */
   handover(id: string): RemoteHold | undefined;
   /** Reads the retained statuses already in Redis (at start, before this node announces anything). */
@@ -155,16 +158,21 @@ export function watchRemoteDevices({ broker, topics, presence, dispatcher, membe
     done();
   };
 
-  // Responses of devices held elsewhere to commands sent from here. A device held here reaches
-  // the dispatcher through the broker's own 'publish' event: packets from this broker are skipped.
-  const onResponse: Handler = (packet, done) => {
-    const parsed = topics.parseDeviceTopic(packet.topic);
-    if (parsed?.kind === 'response' && (packet as { brokerId?: string }).brokerId !== broker.id) dispatcher.handleResponse(parsed.id, packet.payload);
+  const routeResponse = responseRouter(broker, topics, self);
+  const routedPrefix = topics.nodeResponses(self).slice(0, -1);
+
+  // Responses of devices held elsewhere to commands sent from here, routed here by their node.
+  // A device held here reaches the dispatcher through the broker's own 'publish' event.
+  const onRoutedResponse: Handler = (packet, done) => {
+    const device = packet.topic.startsWith(routedPrefix) ? packet.topic.slice(routedPrefix.length) : '';
+    if (device) dispatcher.handleResponse(device, packet.payload);
     done();
   };
 
   // A command from another node for a device held here over the legacy WebSocket, which
-  // subscribes to nothing: run it here and publish its Response where that node listens.
+  // subscribes to nothing: run it here and send its Response to that node. Subscribed per
+  // such device while it is here (a subscription to every device's command topic would have
+  // every node decode every command of the fleet).
   const onCommand: Handler = (packet, done) => {
     done();
     const parsed = topics.parseDeviceTopic(packet.topic);
@@ -189,7 +197,19 @@ export function watchRemoteDevices({ broker, topics, presence, dispatcher, membe
       reply.status === 'ok'
         ? { type: 'response', id: command.id, result: reply.result, error: reply.error, exit_code: reply.exit_code, duration_ms: reply.duration_ms, truncated: reply.truncated }
         : ({ type: 'response', id: command.id, code: reply.code, message: reply.message } as Response);
-    broker.publish({ cmd: 'publish', topic: topics.deviceResponse(device), payload: Buffer.from(JSON.stringify(response)), qos: 1, retain: false, dup: false }, () => {});
+    routeResponse(device, Buffer.from(JSON.stringify(response)));
+  };
+  const legacyHere = new Set<string>();
+  const followLegacy = (device: { id: string }) => {
+    const here = presence.holdsLocally(device.id) && presence.get(device.id)?.transport === 'legacy-ws';
+    if (here === legacyHere.has(device.id)) return;
+    if (here) {
+      legacyHere.add(device.id);
+      broker.subscribe(topics.deviceCommand(device.id), onCommand, () => {});
+    } else {
+      legacyHere.delete(device.id);
+      if (!broker.closed) broker.unsubscribe(topics.deviceCommand(device.id), onCommand, () => {});
+    }
   };
 
   // Aedes announces every new connection on `$SYS/{broker}/new/clients`; the same id on another
@@ -246,16 +266,18 @@ export function watchRemoteDevices({ broker, topics, presence, dispatcher, membe
 
   const subscriptions: [topic: string, handler: Handler][] = [
     [topics.allDeviceStatuses, onStatus],
-    [topics.allDeviceResponses, onResponse],
-    [`${topics.prefix}/devices/+/command`, onCommand],
+    [topics.nodeResponses(self), onRoutedResponse],
     ['$SYS/+/new/clients', onNewClient],
   ];
   for (const [topic, handler] of subscriptions) broker.subscribe(topic, handler, () => {});
   membership.on('live', onLive);
   membership.on('lapsed', onLapsed);
   membership.on('rejoined', onRejoined);
+  presence.on('online', followLegacy);
+  presence.on('offline', followLegacy);
 
   return {
+    routeResponse,
     handover,
     async load() {
       const persistence = (broker as unknown as { persistence: unknown }).persistence as { createRetainedStream(pattern: string): AsyncIterable<AedesPublishPacket> };
@@ -278,8 +300,11 @@ export function watchRemoteDevices({ broker, topics, presence, dispatcher, membe
       membership.off('live', onLive);
       membership.off('lapsed', onLapsed);
       membership.off('rejoined', onRejoined);
+      presence.off('online', followLegacy);
+      presence.off('offline', followLegacy);
       if (broker.closed) return;
       for (const [topic, handler] of subscriptions) broker.unsubscribe(topic, handler, () => {});
+      for (const id of legacyHere) broker.unsubscribe(topics.deviceCommand(id), onCommand, () => {});
     },
   };
 }

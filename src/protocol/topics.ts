@@ -99,6 +99,17 @@ export class Topics {
   clientTunnelsOut(id: string): string {
     return `${this.clientsPrefix}${id}/tunnels/+/out`;
   }
+  /**
+   * In a cluster: where the node holding a device sends the Responses to commands another node
+   * sent (`{node}` is that node's id). Under the prefix, so only the hub publishes there.
+   */
+  nodeResponse(node: string, device: string): string {
+    return `${this.prefix}/cluster/nodes/${node}/responses/${device}`;
+  }
+  /** What a node subscribes to for the Responses routed to it. */
+  nodeResponses(node: string): string {
+    return `${this.prefix}/cluster/nodes/${node}/responses/+`;
+  }
   /** Retained status of a fleet job. */
   jobStatus(id: string): string {
     return `${this.prefix}/jobs/${id}/status`;
