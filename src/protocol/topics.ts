@@ -119,9 +119,6 @@ export class Topics {
   get allDeviceStatuses(): string {
     return `${this.devicesPrefix}+/status`;
   }
-  get allDeviceResponses(): string {
-    return `${this.devicesPrefix}+/response`;
-  }
   get allClientRequests(): string {
     return `${this.clientsPrefix}+/request`;
   }

@@ -10,6 +10,8 @@
  * Uint8Array, DataView and TextEncoder only.
  */
 
+import { isValidId } from './ids.js';
+
 export const FRAME_DATA = 0;
 export const FRAME_CONTROL = 1;
 export const FRAME_HEADER_BYTES = 5;
@@ -25,6 +27,13 @@ export const MAX_CONTROL_BYTES = 4096;
 export const DEFAULT_WINDOW_BYTES = 262_144;
 /** A tunnel id chosen by a client: the characters of a device id, 1 to 64 of them. */
 export const TUNNEL_ID_MAX_LENGTH = 64;
+
+/** Null for a usable tunnel id, else what is wrong with it (for "tunnel id …"). */
+export function tunnelIdProblem(id: string): string | null {
+  if (id.length > TUNNEL_ID_MAX_LENGTH) return `must be at most ${TUNNEL_ID_MAX_LENGTH} characters (got ${id.length})`;
+  if (!isValidId(id)) return 'may contain only A-Z a-z 0-9 . _ : -';
+  return null;
+}
 
 export const TUNNEL_KINDS = ['shell', 'file_put', 'file_get', 'tcp'] as const;
 export type TunnelKind = (typeof TUNNEL_KINDS)[number];

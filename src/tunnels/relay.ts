@@ -19,13 +19,12 @@ import { actorOf, canRunCommands, type Principal } from '../auth/roles.js';
 import type { ErrorCode } from '../errors.js';
 import type { Logger } from '../log.js';
 import type { Presence } from '../presence.js';
-import { isValidId } from '../protocol/ids.js';
 import type { Topics } from '../protocol/topics.js';
 import {
   FrameError,
   FrameSequence,
   FrameWriter,
-  TUNNEL_ID_MAX_LENGTH,
+  tunnelIdProblem,
   decodeFrame,
   type Control,
   type Frame,
@@ -133,12 +132,6 @@ const asBuffer = (bytes: Uint8Array): Buffer => Buffer.from(bytes.buffer, bytes.
 const clientKey = (clientId: string, tunnel: string) => `${clientId}\u0000${tunnel}`;
 const isCount = (value: unknown): value is number => typeof value === 'number' && Number.isSafeInteger(value) && value >= 0;
 const isTerminalSize = (value: unknown): value is number => typeof value === 'number' && Number.isInteger(value) && value >= 1 && value <= 1000;
-
-function tunnelIdProblem(id: string): string | null {
-  if (id.length > TUNNEL_ID_MAX_LENGTH) return `must be at most ${TUNNEL_ID_MAX_LENGTH} characters (got ${id.length})`;
-  if (!isValidId(id)) return 'may contain only A-Z a-z 0-9 . _ : -';
-  return null;
-}
 
 export function startTunnelRelay(options: TunnelRelayOptions): TunnelRelay {
   const { broker, topics, presence, log, audit, principalOf, remoteOf, recordingsDir, limits } = options;

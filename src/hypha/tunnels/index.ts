@@ -4,7 +4,7 @@
  * opens and routes each tunnel to its kind's handler, and publishes the answers on `…/out`.
  * Bad input ends one tunnel with an `error` frame; it never throws into the agent.
  */
-import { FrameError, FrameSequence, FrameWriter, decodeFrame, type Control } from '../../protocol/tunnel.js';
+import { FrameError, FrameSequence, FrameWriter, decodeFrame, tunnelIdProblem, type Control } from '../../protocol/tunnel.js';
 import type { Topics } from '../../protocol/topics.js';
 import type { Logger } from '../log.js';
 import { Channel, TunnelError } from './channel.js';
@@ -20,8 +20,6 @@ export const DEFAULT_MAX_FILE_BYTES = 1024 * 1024 * 1024;
 const ENDED_KEPT = 256;
 /** On stop: how long handlers get to kill shells and delete partial uploads. */
 const DISPOSE_WAIT_MS = 3000;
-/** The hub's tunnel ids are 16 hex digits; anything a topic level can hold that looks like an id is answered. */
-const TUNNEL_ID = /^[A-Za-z0-9._:-]{1,64}$/;
 
 export interface TunnelManagerOptions {
   deviceId: string;
@@ -70,7 +68,8 @@ export class TunnelManager {
   /** One message from a tunnel's `…/in` topic. */
   handle(tunnelId: string, payload: Buffer): void {
     if (this.stopped) return;
-    if (!TUNNEL_ID.test(tunnelId)) {
+    // The hub's tunnel ids are 16 hex digits; any usable id is answered, anything else dropped.
+    if (tunnelIdProblem(tunnelId)) {
       this.options.log.warn('tunnel frame with an unusable tunnel id dropped', { tunnel: tunnelId });
       return;
     }

@@ -20,15 +20,19 @@ const INPUT_POLL_MS = 10;
  * acknowledged only once that queue is empty, so a paste into a busy shell holds the client
  * back instead of piling up in hypha. Where the internals differ, input counts as written.
  */
-function inputQueued(pty: IPty): boolean {
+function writeQueue(pty: IPty): unknown[] | null {
   const queue = (pty as unknown as { _writeStream?: { _writeQueue?: unknown } })._writeStream?._writeQueue;
-  return Array.isArray(queue) && queue.length > 0;
+  return Array.isArray(queue) ? queue : null;
+}
+
+function inputQueued(pty: IPty): boolean {
+  return (writeQueue(pty)?.length ?? 0) > 0;
 }
 
 /** Input still queued when the shell is killed would only be reported as a failed write to a closed PTY. */
 function dropQueuedInput(pty: IPty): void {
-  const queue = (pty as unknown as { _writeStream?: { _writeQueue?: unknown } })._writeStream?._writeQueue;
-  if (Array.isArray(queue)) queue.length = 0;
+  const queue = writeQueue(pty);
+  if (queue) queue.length = 0;
 }
 
 type Spawn = typeof import('node-pty').spawn;
