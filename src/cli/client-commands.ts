@@ -8,6 +8,7 @@ import { parseArgs } from 'node:util';
 import { ClientError, connect, httpUrlFromMqttUrl, type ConnectOptions, type DeviceSelector, type HubClient, type JobCounts, type JobStatus, type JobView, type Order } from '../client/index.js';
 import { TIMEOUT_MS_MAX, TIMEOUT_MS_MIN } from '../protocol/schemas.js';
 import { parseArgsProblem } from './args.js';
+import { ProgressLine } from './progress.js';
 import { cpCommand, forwardCommand, parseForward, RemoteUsageError, shellCommand } from './remote-access.js';
 
 export const CLIENT_COMMANDS = ['exec', 'devices', 'run', 'shell', 'cp', 'forward'] as const;
@@ -253,38 +254,27 @@ function summaryLine(counts: JobCounts, total: number): string {
   return `${total} device${total === 1 ? '' : 's'}: ${parts.join(', ')}`;
 }
 
-/** Progress on stderr: a redrawn bar on a terminal, else a plain line at most every 2 s. */
+/** A job's progress on stderr (src/cli/progress.ts). */
 class Progress {
-  private lastLineAt = 0;
-  private lastText = '';
-  private drawn = false;
+  private readonly line: ProgressLine;
 
   constructor(
-    private readonly io: ClientIo,
+    io: ClientIo,
     private readonly total: number,
-  ) {}
+  ) {
+    this.line = new ProgressLine(io);
+  }
 
   update(status: JobStatus): void {
     const c = status.counts;
     const done = c.succeeded + c.failed + c.timed_out + c.canceled;
     const text = `${done}/${this.total} done: ${c.succeeded} ok, ${c.failed} failed, ${c.timed_out} timed out, ${c.canceled} canceled; ${c.sent} running, ${c.queued} queued`;
-    if (this.io.errIsTty) {
-      const width = 30;
-      const filled = this.total === 0 ? width : Math.round((done / this.total) * width);
-      this.io.err(`\r[${'#'.repeat(filled)}${'-'.repeat(width - filled)}] ${text}\u001b[K`);
-      this.drawn = true;
-      return;
-    }
-    const now = Date.now();
     const finished = status.state !== 'running' && c.queued === 0 && c.sent === 0;
-    if (text === this.lastText || (!finished && now - this.lastLineAt < 2000)) return;
-    this.lastLineAt = now;
-    this.lastText = text;
-    this.io.err(`rhizosphere: ${text}\n`);
+    this.line.show(this.total === 0 ? 1 : done / this.total, text, finished);
   }
 
   end(): void {
-    if (this.drawn) this.io.err('\n');
+    this.line.end();
   }
 }
 

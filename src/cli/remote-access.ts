@@ -11,6 +11,7 @@ import { pipeline } from 'node:stream/promises';
 import { ClientError, type HubClient } from '../client/index.js';
 import { isValidId } from '../protocol/ids.js';
 import { tunnelDuplex } from '../tunnels/duplex.js';
+import { ProgressLine } from './progress.js';
 
 export interface RemoteIo {
   out: (text: string) => void;
@@ -157,30 +158,21 @@ function summary(size: number, sha256: string, started: number): string {
   return `${size} bytes, sha256 ${sha256} (${seconds.toFixed(1)} s, ${(size / seconds / 1048576).toFixed(1)} MiB/s)`;
 }
 
-/** A bar on a terminal, else a line every 2 s. */
+/** A transfer's progress on stderr (src/cli/progress.ts); the first plain line after 2 s. */
 class TransferProgress {
-  private drawn = false;
-  private lastLineAt = Date.now();
+  private readonly line: ProgressLine;
   constructor(
-    private readonly io: RemoteIo,
+    io: RemoteIo,
     private readonly label: string,
-  ) {}
+  ) {
+    this.line = new ProgressLine(io, Date.now());
+  }
   update(done: number, total: number): void {
     const percent = total > 0 ? Math.floor((done / total) * 100) : 100;
-    if (this.io.errIsTty) {
-      const width = 30;
-      const filled = Math.round((percent / 100) * width);
-      this.io.err(`\r[${'#'.repeat(filled)}${'-'.repeat(width - filled)}] ${percent}% ${done}/${total} ${this.label}\u001b[K`);
-      this.drawn = true;
-      return;
-    }
-    if (Date.now() - this.lastLineAt < 2000) return;
-    this.lastLineAt = Date.now();
-    this.io.err(`rhizosphere: ${percent}% (${done}/${total} bytes) ${this.label}\n`);
+    this.line.show(percent / 100, `${percent}% (${done}/${total} bytes) ${this.label}`);
   }
   end(): void {
-    if (this.drawn) this.io.err('\n');
-    this.drawn = false;
+    this.line.end();
   }
 }
 
