@@ -159,6 +159,18 @@ describe('client SDK', () => {
     await expect(connect(`mqtt://127.0.0.1:${mqttPort}`, { waitForConnection: false, reconnectPeriodMs: 0 })).rejects.toMatchObject({ code: 'BAD_REQUEST' });
   });
 
+  it('closes at once when the hub is gone, even with a request waiting to be sent', async () => {
+    const hub = await startTestHub();
+    const ops = await connect(hub.urls.mqtt, { reconnectPeriodMs: 100 });
+    await hub.close();
+    await waitFor(() => !ops.connected, { what: 'the SDK disconnected' });
+    const pending = ops.exec('somewhere', 'true').catch((error: { code: string }) => error.code);
+    const started = Date.now();
+    await ops.close();
+    expect(Date.now() - started).toBeLessThan(2000);
+    expect(await pending).toBe('NOT_CONNECTED');
+  });
+
   it('creates, watches and cancels fleet jobs', async () => {
     const hub = await startTestHub({ allowAnonymous: false });
     const ids = ['k-1', 'k-2', 'k-3'];

@@ -370,7 +370,9 @@ export class HubClient extends Emitter<HubClientEvents> {
       entry.reject(new ClientError('NOT_CONNECTED', 'the client was closed before the reply came', { device: entry.device }));
       this.pending.delete(id);
     }
-    await new Promise<void>((resolve) => this.client.end(false, {}, () => resolve()));
+    // While connected, what is being sent is finished first; a hub that is gone would never
+    // acknowledge it, and MQTT.js would wait for it forever.
+    await new Promise<void>((resolve) => this.client.end(!this.client.connected, {}, () => resolve()));
   }
 
   /**
