@@ -41,14 +41,15 @@ export function mayMatchUnder(filter: string, prefix: string): boolean {
 /** What everyone who is not a device may read: statuses, telemetry, job progress, what server-side handlers publish, and its own replies. */
 function readablePatterns(topics: Topics, clientId: string): string[] {
   const P = topics.prefix;
-  return [`${P}/devices/+/status`, `${P}/devices/+/telemetry/#`, `${P}/jobs/+/status`, `${P}/handlers/#`, topics.clientResponse(clientId), topics.clientTunnelsOut(clientId)];
+  return [`${P}/devices/+/status`, `${P}/devices/+/presence`, `${P}/devices/+/telemetry/#`, `${P}/jobs/+/status`, `${P}/handlers/#`, topics.clientResponse(clientId), topics.clientTunnelsOut(clientId)];
 }
 
 export function maySubscribe(principal: Principal, clientId: string, filter: string, topics: Topics): Verdict {
   switch (principal.kind) {
     case 'device':
-      if (filter === topics.deviceCommand(principal.id) || filter === topics.deviceTunnelsIn(principal.id)) return ALLOW;
-      return deny(`device ${principal.id} may subscribe only to ${topics.deviceCommand(principal.id)} and ${topics.deviceTunnelsIn(principal.id)}`);
+      // Its own presence too: an agent that finds a stale will there (an older connection's) publishes its birth again.
+      if (filter === topics.deviceCommand(principal.id) || filter === topics.deviceTunnelsIn(principal.id) || filter === topics.devicePresence(principal.id)) return ALLOW;
+      return deny(`device ${principal.id} may subscribe only to ${topics.deviceCommand(principal.id)}, ${topics.deviceTunnelsIn(principal.id)} and ${topics.devicePresence(principal.id)}`);
     case 'anonymous':
       return ALLOW;
     default: {
@@ -65,9 +66,9 @@ export function mayPublish(principal: Principal, clientId: string, topic: string
   const client = topics.parseClientTopic(topic);
   switch (principal.kind) {
     case 'device':
-      if (device && device.id === principal.id && (device.kind === 'response' || device.kind === 'telemetry')) return ALLOW;
+      if (device && device.id === principal.id && (device.kind === 'response' || device.kind === 'telemetry' || device.kind === 'presence')) return ALLOW;
       if (device && device.id === principal.id && device.kind === 'tunnel' && device.direction === 'out') return ALLOW;
-      return deny(`device ${principal.id} may publish only on its own response, telemetry and tunnels/{tunnel}/out topics`);
+      return deny(`device ${principal.id} may publish only on its own response, presence, telemetry and tunnels/{tunnel}/out topics`);
     case 'anonymous':
       // Development mode: any topic but those the hub owns or another device's.
       if (device?.kind === 'status') return deny('the status topic is published by the hub alone');

@@ -116,6 +116,24 @@ export type Reply = OkReply | ErrorReply;
 
 export type Transport = 'mqtt' | 'mqtt-ws' | 'legacy-ws';
 
+export const PRESENCE_NONCE_PATTERN = /^[A-Za-z0-9_-]{8,64}$/;
+
+/**
+ * Birth and will, device → everyone on `P/devices/{id}/presence`, retained (docs/protocol.md
+ * "Presence messages"). The nonce is new on every connect: a will with another nonce than the
+ * current birth's is an older connection's, and changes nothing.
+ */
+export const PresenceMessageSchema = z.object({
+  online: z.boolean({ error: expect('must be true or false') }),
+  nonce: z.string({ error: expect('must be a string') }).regex(PRESENCE_NONCE_PATTERN, { error: 'must be 8 to 64 characters of A-Z a-z 0-9 _ -' }),
+  transport: z.enum(['mqtt', 'mqtt-ws'], { error: expect('must be "mqtt" or "mqtt-ws"') }).optional(),
+  /** Birth only: the device serves tunnels (it subscribes to `P/devices/{id}/tunnels/+/in`). */
+  tunnels: z.boolean({ error: expect('must be true or false') }).optional(),
+  /** The agent and its version, e.g. "hypha/0.1.0". */
+  agent: z.string({ error: expect('must be a string') }).max(64, { error: 'must be at most 64 characters' }).optional(),
+});
+export type PresenceMessage = z.infer<typeof PresenceMessageSchema>;
+
 /** Retained on `P/devices/{id}/status`. `tags` is an addition to the v1 fields (docs/protocol.md). */
 export interface Status {
   online: boolean;

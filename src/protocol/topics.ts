@@ -9,7 +9,7 @@ export const DECLARED_TAGS_SUBTOPIC = 'tags';
 
 export const DEFAULT_TOPIC_PREFIX = 'rhizosphere';
 
-export type DeviceTopicKind = 'command' | 'response' | 'status' | 'telemetry' | 'tunnel';
+export type DeviceTopicKind = 'command' | 'response' | 'status' | 'presence' | 'telemetry' | 'tunnel';
 export type ClientTopicKind = 'request' | 'response' | 'tunnel';
 /** A tunnel's topics: `in` carries frames towards the device, `out` frames from it. */
 export type TunnelDirection = 'in' | 'out';
@@ -70,6 +70,13 @@ export class Topics {
   deviceStatus(id: string): string {
     return `${this.devicesPrefix}${id}/status`;
   }
+  /**
+   * The device's own birth and will (docs/protocol.md "Presence messages"): retained, with a
+   * nonce per connection. A hub on an external broker derives presence from them.
+   */
+  devicePresence(id: string): string {
+    return `${this.devicesPrefix}${id}/presence`;
+  }
   deviceTelemetry(id: string, sub = ''): string {
     return `${this.devicesPrefix}${id}/telemetry${sub ? `/${sub}` : ''}`;
   }
@@ -122,6 +129,18 @@ export class Topics {
   get allClientRequests(): string {
     return `${this.clientsPrefix}+/request`;
   }
+  get allDevicePresences(): string {
+    return `${this.devicesPrefix}+/presence`;
+  }
+  get allDeviceResponses(): string {
+    return `${this.devicesPrefix}+/response`;
+  }
+  get allDeclaredTags(): string {
+    return `${this.devicesPrefix}+/telemetry/${DECLARED_TAGS_SUBTOPIC}`;
+  }
+  get allDeviceTunnelsOut(): string {
+    return `${this.devicesPrefix}+/tunnels/+/out`;
+  }
 
   /** `P/devices/{id}/{kind}[/...]`, or null for any other topic (or an invalid id). */
   parseDeviceTopic(topic: string): ParsedDeviceTopic | null {
@@ -132,7 +151,7 @@ export class Topics {
     const id = rest.slice(0, slash);
     const tail = rest.slice(slash + 1);
     if (!isValidId(id)) return null;
-    if (tail === 'command' || tail === 'response' || tail === 'status') return { id, kind: tail };
+    if (tail === 'command' || tail === 'response' || tail === 'status' || tail === 'presence') return { id, kind: tail };
     if (tail === 'telemetry' || tail.startsWith('telemetry/')) return { id, kind: 'telemetry' };
     if (tail.startsWith('tunnels/')) {
       const parsed = parseTunnelTail(tail.slice('tunnels/'.length));
