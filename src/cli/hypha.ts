@@ -23,6 +23,7 @@ const FORCE_EXIT_AFTER_MS = 5000;
 
 type FlagName =
   | 'url'
+  | 'mqtt-version'
   | 'id'
   | 'token'
   | 'token-file'
@@ -42,7 +43,7 @@ type FlagName =
   | 'log-level';
 
 /** Flags that may be given more than once; their environment variable holds a comma-separated list. */
-const REPEATABLE: ReadonlySet<FlagName> = new Set(['tag']);
+const REPEATABLE: ReadonlySet<FlagName> = new Set(['tag', 'url']);
 
 interface FlagSpec {
   env: string;
@@ -52,7 +53,12 @@ interface FlagSpec {
 }
 
 const FLAGS: Record<FlagName, FlagSpec> = {
-  url: { env: 'HYPHA_URL', value: 'URL', help: 'the hub: mqtt://HOST:1883, mqtts://HOST:8883, ws://HOST:8080/mqtt or wss://HOST/mqtt (required)' },
+  url: {
+    env: 'HYPHA_URL',
+    value: 'URL',
+    help: 'the hub or broker: mqtt://HOST:1883, mqtts://HOST:8883, ws://HOST:8080/mqtt or wss://HOST/mqtt (required; repeat it, or a comma-separated env var, for brokers of one cluster, tried in turn)',
+  },
+  'mqtt-version': { env: 'HYPHA_MQTT_VERSION', value: 'V', help: 'auto (MQTT 5, else 3.1.1 where the broker refuses 5), 5 or 3.1.1', default: 'auto' },
   id: { env: 'HYPHA_ID', value: 'ID', help: 'device id, 1-128 of A-Z a-z 0-9 . _ : -', default: 'Raspberry Pi serial, else /etc/machine-id, else hostname' },
   token: { env: 'HYPHA_TOKEN', value: 'TOKEN', help: 'device token (sent as MQTT password, the id as username); prefer the env var, flags show in ps' },
   'token-file': { env: 'HYPHA_TOKEN_FILE', value: 'FILE', help: 'read the token from FILE; with --enroll-key, made and kept there on first start' },
@@ -183,8 +189,8 @@ function logLevelOf(setting: Setting | undefined): LogLevel {
 
 /** Turns the settings into agent options, or throws a UsageError naming the first bad one. */
 function agentOptions(settings: Partial<Record<FlagName, Setting>>, tunnels: boolean, log: Logger): AgentOptions {
-  const url = checked(settings.url, urlProblem);
-  if (url === undefined) throw new UsageError(`--url is required (or ${FLAGS.url.env}); see hypha --help`);
+  const urls = urlList(settings.url);
+  if (urls.length === 0) throw new UsageError(`--url is required (or ${FLAGS.url.env}); see hypha --help`);
   const explicitId = settings.id;
   let identity;
   try {
@@ -193,7 +199,8 @@ function agentOptions(settings: Partial<Record<FlagName, Setting>>, tunnels: boo
     throw new UsageError((err as Error).message);
   }
   const options: AgentOptions = {
-    url,
+    urls,
+    mqttVersion: mqttVersionOf(settings['mqtt-version']),
     id: identity.id,
     token: credential(settings, log),
     topicPrefix: checked(settings['topic-prefix'], (value) => {
@@ -214,6 +221,23 @@ function agentOptions(settings: Partial<Record<FlagName, Setting>>, tunnels: boo
   };
   log.info('device id', { id: identity.id, from: identity.source === 'env' ? FLAGS.id.env : identity.source });
   return options;
+}
+
+function urlList(setting: Setting | undefined): string[] {
+  if (setting === undefined) return [];
+  const urls = setting.value.split(',').map((url) => url.trim()).filter(Boolean);
+  for (const url of urls) {
+    const problem = urlProblem(url);
+    if (problem) throw new UsageError(`${setting.origin}: ${problem}`);
+  }
+  return urls;
+}
+
+function mqttVersionOf(setting: Setting | undefined): AgentOptions['mqttVersion'] {
+  if (setting === undefined) return 'auto';
+  const version = ({ auto: 'auto', '5': 5, '5.0': 5, '3.1.1': 4, '4': 4 } as const)[setting.value.trim() as 'auto'];
+  if (version === undefined) throw new UsageError(`${setting.origin}: ${JSON.stringify(setting.value)} must be auto, 5 or 3.1.1`);
+  return version;
 }
 
 /** --file-root must name an existing directory now, not fail every file tunnel later. */

@@ -2,24 +2,31 @@
  * hypha, the device agent: connects out to the hub over MQTT (so a device behind NAT
  * needs no open port), receives Commands on its command topic, runs them with the
  * Runner and publishes each Response (PROTOCOL.md "Device topics"). It also serves the
- * tunnels the hub relays to it (shells, file transfers, TCP forwards: src/hypha/tunnels).
+ * tunnels the hub relays to it (shells, file transfers, TCP forwards: src/hypha/tunnels),
+ * and announces itself with a birth and a will on its presence topic (src/hypha/presence.ts),
+ * which is all a hub attached to someone else's broker learns of its connections.
  */
 import { EventEmitter } from 'node:events';
 import { readFileSync } from 'node:fs';
 import { Socket } from 'node:net';
 import { connect, type IClientOptions, type MqttClient } from 'mqtt';
 import { idProblem } from '../protocol/ids.js';
-import { CommandSchema, parsePayload, type Command } from '../protocol/schemas.js';
+import { CommandSchema, parsePayload, PresenceMessageSchema, type Command } from '../protocol/schemas.js';
 import { MAX_DEVICE_TAGS, tagProblem } from '../protocol/tags.js';
 import { DEFAULT_TOPIC_PREFIX, Topics } from '../protocol/topics.js';
+import { applyTarget, brokerTarget, urlProblem, type BrokerTarget } from './broker-urls.js';
 import { createLogger, type Logger, type LogLevel } from './log.js';
+import { birthPayload, judgePresence, newPresenceNonce, offlinePayload } from './presence.js';
 import { failureResponse, monotonicNow, Runner, type CommandResponse } from './runner.js';
 import { TunnelManager } from './tunnels/index.js';
 
 export const DEFAULT_KEEPALIVE_S = 30;
 export const DEFAULT_BACKOFF_BASE_MS = 500;
 export const DEFAULT_BACKOFF_CAP_MS = 30_000;
-export const SUPPORTED_URL_SCHEMES = ['mqtt:', 'mqtts:', 'ws:', 'wss:'] as const;
+export { SUPPORTED_URL_SCHEMES, urlProblem } from './broker-urls.js';
+export const MQTT_VERSIONS = ['auto', 5, 4] as const;
+/** 'auto': MQTT 5, or 3.1.1 with a broker that refuses 5 (Aedes, NATS). */
+export type MqttVersionSetting = (typeof MQTT_VERSIONS)[number];
 /** Command ids remembered to drop QoS 1 redeliveries; the hub never reuses an id, so a short memory suffices. */
 const RECENT_IDS_KEPT = 1000;
 /** On stop: how long killed commands get to end and have their answers published. */
@@ -28,11 +35,25 @@ const STOP_COMMANDS_WAIT_MS = 3000;
 const STOP_DISCONNECT_WAIT_MS = 2000;
 /** A connection that ends sooner than this without an error hints at a duplicate client id. */
 const QUICK_CLOSE_MS = 2000;
-const OFFLINE_STATUS = '{"online":false}';
+/** MQTT 5 ends a session at disconnect unless told otherwise; this keeps it like 3.1.1's clean = false. */
+const SESSION_NEVER_EXPIRES = 0xffffffff;
+/** CONNACK codes for "not this protocol version": 3.1.1's 1 (Aedes and NATS answer an MQTT 5 CONNECT so), MQTT 5's 0x84. */
+const PROTOCOL_VERSION_REFUSED = new Set([1, 0x84]);
+/** Session takeover (MQTT 5 DISCONNECT reason): another connection logged in with this client id. */
+const SESSION_TAKEN_OVER = 0x8e;
+/** Nonces of earlier connections remembered, to know this agent's own stale births. */
+const PAST_NONCES_KEPT = 64;
 
 export interface AgentOptions {
-  /** mqtt://, mqtts://, ws://…/mqtt or wss://…/mqtt */
-  url: string;
+  /** mqtt://, mqtts://, ws://…/mqtt or wss://…/mqtt; or `urls`. */
+  url?: string;
+  /**
+   * Several brokers (of one cluster, say), each like `url`: a failed attempt or a lost
+   * connection moves on to the next, round robin. TLS files apply to all of them.
+   */
+  urls?: string[];
+  /** Default 'auto'. */
+  mqttVersion?: MqttVersionSetting;
   id: string;
   /** The device credential; sent as password with the id as username. */
   token?: string;
@@ -76,8 +97,8 @@ export interface AgentOptions {
 export interface AgentEvents {
   /** Every successful connection, the first and each reconnect. */
   connect: [{ sessionPresent: boolean }];
-  /** Each retry scheduled after the connection was lost or could not be made. */
-  retry: [{ attempt: number; delayMs: number; reason: string }];
+  /** Each retry scheduled after the connection was lost or could not be made; `url` is the one tried next. */
+  retry: [{ attempt: number; delayMs: number; reason: string; url: string }];
   /** Each Response handed to MQTT for publishing. */
   response: [CommandResponse];
 }
@@ -91,6 +112,16 @@ export function backoffDelay(attempt: number, baseMs: number, capMs: number, ran
   return Math.floor(random() * ceiling);
 }
 
+/**
+ * The delay after `failures` failed attempts in a row over `urlCount` brokers: moving on to
+ * the next broker takes a short jittered delay below the base, and each full round of the list
+ * counts as one attempt of the exponential backoff (with one URL: the backoff itself).
+ */
+export function retryDelay(failures: number, urlCount: number, baseMs: number, capMs: number, random: () => number = Math.random): number {
+  if (failures % urlCount !== 0) return backoffDelay(0, baseMs, capMs, random);
+  return backoffDelay(failures / urlCount - 1, baseMs, capMs, random);
+}
+
 /** The URL as fit for a log line: any password in it is masked. */
 export function redactUrl(url: string): string {
   try {
@@ -100,20 +131,6 @@ export function redactUrl(url: string): string {
   } catch {
     return url;
   }
-}
-
-/** Why an agent URL is refused, or null. */
-export function urlProblem(url: string): string | null {
-  let parsed: URL;
-  try {
-    parsed = new URL(url);
-  } catch {
-    return `${JSON.stringify(url)} is not a URL`;
-  }
-  if (!(SUPPORTED_URL_SCHEMES as readonly string[]).includes(parsed.protocol)) {
-    return `${JSON.stringify(url)} must start with mqtt://, mqtts://, ws:// or wss://`;
-  }
-  return null;
 }
 
 export async function startAgent(options: AgentOptions): Promise<Agent> {
@@ -133,7 +150,6 @@ interface ReconnectInternals {
 
 export class Agent extends EventEmitter<AgentEvents> {
   readonly id: string;
-  readonly url: string;
   /** Resolves on the first successful connection; rejects if stop() comes first. */
   readonly firstConnect: Promise<void>;
   private readonly topics: Topics;
@@ -145,6 +161,20 @@ export class Agent extends EventEmitter<AgentEvents> {
   private readonly recentIds = new RecentIds(RECENT_IDS_KEPT);
   private readonly backoff: { baseMs: number; capMs: number; random: () => number };
   private readonly client: MqttClient;
+  /** The brokers to try, in turn (one unless several `urls` were given). */
+  private readonly targets: BrokerTarget[];
+  private targetIndex = 0;
+  private readonly mqttVersion: MqttVersionSetting;
+  /** With 'auto': the brokers (by index) that refused MQTT 5, so they get 3.1.1 from then on. */
+  private readonly speaksOnly311 = new Set<number>();
+  /** The refusal of MQTT 5 just seen: the next attempt is 3.1.1 at once, not after a backoff. */
+  private versionFallback = false;
+  private readonly credentials: { username?: string; password?: string };
+  private readonly presenceTopic: string;
+  /** The nonce of the connection being made or held (a new one for every attempt). */
+  private nonce = newPresenceNonce();
+  private readonly pastNonces: string[] = [];
+  private duplicateLogged = false;
   /** Undefined when tunnels are switched off. */
   private readonly tunnels: TunnelManager | undefined;
   private readonly tunnelsTopic: string;
@@ -159,11 +189,15 @@ export class Agent extends EventEmitter<AgentEvents> {
     super();
     checkOptions(options);
     this.id = options.id;
-    this.url = options.url;
+    const hasClientCertificate = options.certFile !== undefined;
+    this.targets = brokerUrls(options).map((url) => brokerTarget(url, hasClientCertificate));
+    this.mqttVersion = options.mqttVersion ?? 'auto';
+    this.credentials = options.token !== undefined ? { username: this.id, password: options.token } : {};
     this.topics = new Topics(options.topicPrefix ?? DEFAULT_TOPIC_PREFIX);
     this.tags = options.tags;
     this.commandTopic = this.topics.deviceCommand(this.id);
     this.responseTopic = this.topics.deviceResponse(this.id);
+    this.presenceTopic = this.topics.devicePresence(this.id);
     this.log = options.logger ?? createLogger({ level: options.logLevel ?? 'info' });
     this.runner = new Runner({ maxConcurrent: options.maxConcurrent, maxQueue: options.maxQueue, outputCap: options.outputCap });
     this.backoff = {
@@ -188,9 +222,25 @@ export class Agent extends EventEmitter<AgentEvents> {
     this.firstConnect = new Promise<void>((resolve, reject) => (this.settleFirstConnect = { resolve, reject }));
     // Only callers who await firstConnect care that a stop came first.
     this.firstConnect.catch(() => {});
-    this.log.info('starting', { url: redactUrl(this.url), id: this.id, topic: this.commandTopic });
-    this.client = connect(this.url, this.clientOptions(options));
+    this.log.info('starting', { url: this.targets.map((target) => redactUrl(target.url)).join(' '), id: this.id, topic: this.commandTopic });
+    const clientOptions = this.clientOptions(options);
+    this.prepareAttempt(clientOptions);
+    this.client = connect(clientOptions);
     this.listen();
+  }
+
+  /** The broker connected to, or tried next. */
+  get url(): string {
+    return this.target.url;
+  }
+
+  /** 5 or 4 (3.1.1): what the current or next connection speaks. */
+  get protocolVersion(): 4 | 5 {
+    return this.mqttVersion === 4 || this.speaksOnly311.has(this.targetIndex) ? 4 : 5;
+  }
+
+  private get target(): BrokerTarget {
+    return this.targets[this.targetIndex] as BrokerTarget;
   }
 
   get connected(): boolean {
@@ -209,20 +259,30 @@ export class Agent extends EventEmitter<AgentEvents> {
       // A persistent session: QoS 1 commands sent during a short drop arrive on return.
       clean: false,
       keepalive: options.keepalive ?? DEFAULT_KEEPALIVE_S,
-      // Aedes speaks MQTT 3.1.1 only.
-      protocolVersion: 4,
       // Must stay above 0 for MQTT.js to reconnect at all; each retry's real delay is set in onClose.
       reconnectPeriod: this.backoff.baseMs,
       // A refused CONNACK (say, a device not yet registered on the hub) is retried like a lost connection.
       reconnectOnConnackError: true,
       // The command subscription is made on every connect in onConnect, session or not.
       resubscribe: false,
-      will: { topic: this.topics.deviceStatus(this.id), payload: Buffer.from(OFFLINE_STATUS), qos: 1, retain: true },
-      ...(options.token !== undefined ? { username: this.id, password: options.token } : {}),
       ...(options.caFile !== undefined ? { ca: readFileSync(options.caFile) } : {}),
       ...(options.certFile !== undefined ? { cert: readFileSync(options.certFile) } : {}),
       ...(options.keyFile !== undefined ? { key: readFileSync(options.keyFile) } : {}),
     };
+  }
+
+  /**
+   * Points the client at the broker to try now, in the MQTT version it takes, with a will
+   * that carries a new nonce (MQTT.js builds each CONNECT and stream from these options).
+   */
+  private prepareAttempt(options: IClientOptions): void {
+    applyTarget(options, this.target, this.credentials);
+    this.nonce = newPresenceNonce();
+    const version = this.protocolVersion;
+    options.protocolVersion = version;
+    if (version === 5) options.properties = { ...options.properties, sessionExpiryInterval: SESSION_NEVER_EXPIRES };
+    else delete options.properties;
+    options.will = { topic: this.presenceTopic, payload: Buffer.from(offlinePayload(this.nonce)), qos: 1, retain: true };
   }
 
   private listen(): void {
@@ -231,8 +291,11 @@ export class Agent extends EventEmitter<AgentEvents> {
     this.client.on('close', () => this.onClose());
     this.client.on('error', (err) => this.onError(err));
     this.client.on('offline', () => this.log.warn('offline', { url: redactUrl(this.url) }));
-    this.client.on('reconnect', () => this.log.debug('reconnecting', { url: redactUrl(this.url) }));
-    this.client.on('message', (topic, payload) => this.onMessage(topic, payload));
+    this.client.on('reconnect', () => {
+      this.prepareAttempt(this.client.options);
+      this.log.debug('reconnecting', { url: redactUrl(this.url), mqtt: this.protocolVersion === 5 ? '5' : '3.1.1' });
+    });
+    this.client.on('message', (topic, payload, packet) => this.onMessage(topic, payload, packet.retain));
   }
 
   private onConnect(sessionPresent: boolean): void {
@@ -242,9 +305,10 @@ export class Agent extends EventEmitter<AgentEvents> {
     // QoS 1 commands and answers are small and latency-bound; Nagle's algorithm with delayed
     // ACKs adds tens of milliseconds to each. (ws:// sockets get this from the ws library.)
     if (this.client.stream instanceof Socket) this.client.stream.setNoDelay(true);
-    this.log.info('connected', { url: redactUrl(this.url), id: this.id, session: sessionPresent ? 'resumed' : 'new' });
+    this.log.info('connected', { url: redactUrl(this.url), id: this.id, mqtt: this.protocolVersion === 5 ? '5' : '3.1.1', session: sessionPresent ? 'resumed' : 'new' });
     this.subscribeToCommands();
     this.subscribeToTunnels(sessionPresent);
+    this.announce();
     this.declareTags();
     this.settleFirstConnect.resolve();
     this.emit('connect', { sessionPresent });
@@ -290,6 +354,37 @@ export class Agent extends EventEmitter<AgentEvents> {
     });
   }
 
+  /**
+   * The birth, after the presence subscription so that a stale message retained there (an
+   * earlier connection's will) arrives first and is then replaced by this one.
+   */
+  private announce(): void {
+    this.client.subscribe(this.presenceTopic, { qos: 1 }, (err) => {
+      if (err) this.log.debug('presence subscription failed', { topic: this.presenceTopic, error: err });
+    });
+    this.publishBirth();
+  }
+
+  private publishBirth(): void {
+    const birth = birthPayload(this.nonce, this.target.transport, this.tunnels !== undefined);
+    this.client.publish(this.presenceTopic, birth, { qos: 1, retain: true }, (err) => {
+      if (err) this.log.debug('birth not delivered', { error: err });
+    });
+  }
+
+  private onPresence(payload: Buffer, retained: boolean): void {
+    const parsed = parsePayload(PresenceMessageSchema, payload);
+    if (!parsed.ok) return;
+    const verdict = judgePresence(parsed.value, { current: this.nonce, retained, isOwn: (nonce) => this.pastNonces.includes(nonce) });
+    if (verdict === 'republish') {
+      this.log.info('a stale presence message replaced this connection\'s birth: announcing again', { online: parsed.value.online });
+      this.publishBirth();
+    } else if (verdict === 'duplicate' && !this.duplicateLogged) {
+      this.duplicateLogged = true;
+      this.log.warn(`another connection announced itself as ${this.id}: is another device using this id?`, { nonce: parsed.value.nonce });
+    }
+  }
+
   /** Tunnel frames are QoS 1 like everything else: in order, and queued across a short drop. */
   private publishFrame(topic: string, payload: Buffer): void {
     this.client.publish(topic, payload, { qos: 1 }, (err) => {
@@ -305,7 +400,13 @@ export class Agent extends EventEmitter<AgentEvents> {
     });
   }
 
-  private onError(err: Error): void {
+  private onError(err: Error & { code?: string | number }): void {
+    if (this.mqttVersion === 'auto' && this.protocolVersion === 5 && typeof err.code === 'number' && PROTOCOL_VERSION_REFUSED.has(err.code)) {
+      this.speaksOnly311.add(this.targetIndex);
+      this.versionFallback = true;
+      this.log.info('the broker refused MQTT 5: speaking 3.1.1 to it', { url: redactUrl(this.url) });
+      return;
+    }
     this.lastError = connectionErrorReason(err);
     this.log.debug('connection error', { error: err });
   }
@@ -315,14 +416,28 @@ export class Agent extends EventEmitter<AgentEvents> {
     // The hub ends a device's tunnels when its connection drops (DEVICE_OFFLINE), so nothing
     // would ever reach them again: end them here too, without a word.
     void this.tunnels?.endAll('disconnect');
-    const delayMs = backoffDelay(this.attempt, this.backoff.baseMs, this.backoff.capMs, this.backoff.random);
+    this.rememberNonce();
+    if (this.versionFallback) {
+      // Same broker, other version, no backoff: this is no failure.
+      this.versionFallback = false;
+      this.retryIn(1);
+      return;
+    }
+    const delayMs = retryDelay(this.attempt + 1, this.targets.length, this.backoff.baseMs, this.backoff.capMs, this.backoff.random);
     this.attempt += 1;
+    // With several brokers, each failure moves on to the next one.
+    this.targetIndex = (this.targetIndex + 1) % this.targets.length;
     this.retryIn(delayMs);
     const reason = this.lastError ?? this.closeReason();
     this.lastError = undefined;
     this.connectedAt = undefined;
-    this.log.warn('retrying', { in_ms: delayMs, attempt: this.attempt, reason });
-    this.emit('retry', { attempt: this.attempt, delayMs, reason });
+    this.log.warn('retrying', { in_ms: delayMs, attempt: this.attempt, url: redactUrl(this.url), reason });
+    this.emit('retry', { attempt: this.attempt, delayMs, reason, url: this.url });
+  }
+
+  private rememberNonce(): void {
+    this.pastNonces.push(this.nonce);
+    if (this.pastNonces.length > PAST_NONCES_KEPT) this.pastNonces.shift();
   }
 
   /**
@@ -337,7 +452,7 @@ export class Agent extends EventEmitter<AgentEvents> {
   }
 
   private isTls(): boolean {
-    return this.url.startsWith('mqtts:') || this.url.startsWith('wss:');
+    return this.target.tls;
   }
 
   /** Replaces the fixed-period retry MQTT.js just set up with one after `delayMs`. */
@@ -349,7 +464,8 @@ export class Agent extends EventEmitter<AgentEvents> {
     internals._setupReconnect();
   }
 
-  private onMessage(topic: string, payload: Buffer): void {
+  private onMessage(topic: string, payload: Buffer, retained: boolean): void {
+    if (topic === this.presenceTopic) return this.onPresence(payload, retained);
     if (topic !== this.commandTopic) return this.onTunnelMessage(topic, payload);
     const receivedAt = monotonicNow();
     const parsed = parsePayload(CommandSchema, payload);
@@ -409,8 +525,12 @@ export class Agent extends EventEmitter<AgentEvents> {
     (this.client as unknown as ReconnectInternals)._clearReconnect();
   }
 
-  /** A clean DISCONNECT, so the broker does not publish the will; the hub marks the device offline itself. */
+  /**
+   * A clean DISCONNECT, so the broker does not publish the will: the agent says it is going
+   * offline itself first (a hub on its own broker also sees the disconnect).
+   */
   private async disconnect(): Promise<void> {
+    if (this.client.connected) this.client.publish(this.presenceTopic, offlinePayload(this.nonce), { qos: 1, retain: true });
     const ended = this.client.endAsync(!this.client.connected);
     if (!(await settlesWithin(ended, STOP_DISCONNECT_WAIT_MS))) {
       this.log.warn('broker did not acknowledge in time, closing the connection');
@@ -439,9 +559,9 @@ const CLIENT_CERTIFICATE_HINT = 'a hub that requires client certificates closes 
  * A connection error in words that say what to do: certificate problems are the usual
  * first-day trouble with TLS, and OpenSSL's own messages carry file names and line numbers.
  */
-export function connectionErrorReason(err: Error & { code?: string }): string {
+export function connectionErrorReason(err: Error & { code?: string | number }): string {
   const message = /:SSL routines:[^:]*:([^:]+):/.exec(err.message)?.[1] ?? err.message.trim();
-  if (err.code !== undefined && UNTRUSTED_HUB_CERTIFICATE.has(err.code)) {
+  if (typeof err.code === 'string' && UNTRUSTED_HUB_CERTIFICATE.has(err.code)) {
     return `${message}: no trusted CA signed the hub certificate (give hypha the hub's CA with --ca FILE)`;
   }
   if (err.code === 'ERR_SSL_TLSV13_ALERT_CERTIFICATE_REQUIRED') return `${message}: the hub requires a client certificate (--cert FILE --key FILE)`;
@@ -451,9 +571,18 @@ export function connectionErrorReason(err: Error & { code?: string }): string {
   return message;
 }
 
+/** `urls`, else `url`; at least one. */
+function brokerUrls(options: AgentOptions): string[] {
+  return options.urls ?? (options.url !== undefined ? [options.url] : []);
+}
+
 function checkOptions(options: AgentOptions): void {
+  const urls = brokerUrls(options);
   const problems = [
-    urlProblem(options.url),
+    urls.length === 0 ? 'url or urls is required' : null,
+    options.url !== undefined && options.urls !== undefined ? 'give url or urls, not both' : null,
+    ...urls.map(urlProblem),
+    options.mqttVersion === undefined || (MQTT_VERSIONS as readonly unknown[]).includes(options.mqttVersion) ? null : 'mqttVersion must be auto, 5 or 4',
     prefixed('id', idProblem(options.id)),
     wholeNumberProblem('keepalive', options.keepalive, 0, 65535),
     wholeNumberProblem('backoffBaseMs', options.backoffBaseMs, 1),
