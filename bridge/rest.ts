@@ -22,6 +22,8 @@ export interface HubInfo {
   /** The MQTT ports devices connect to (the console shows them in the hypha command line). */
   mqttPort: number | null;
   mqttsPort: number | null;
+  /** On an external broker only: where devices connect, and whether the hub is connected to it now. */
+  broker?: { url: string; readonly connected: boolean };
 }
 
 export interface RestOptions {

@@ -54,6 +54,26 @@ export const SETTINGS = {
   allowedOrigins: { flag: 'allowed-origins', type: 'string', help: 'other web origins whose pages may open WebSockets to the hub, comma-separated (the hub\'s own always may)', default: '' },
   cluster: { flag: 'cluster', type: 'string', placeholder: 'URL', help: 'redis://HOST:PORT[/DB]: run as one node of a cluster of hubs sharing this Redis (empty = standalone)', default: '' },
   nodeId: { flag: 'node-id', type: 'string', placeholder: 'ID', help: 'this node\'s name in a cluster (default: HOSTNAME-PID)', default: '' },
+  broker: {
+    flag: 'broker',
+    type: 'string',
+    placeholder: 'URL',
+    help: 'mqtt[s]://HOST:PORT or ws[s]://HOST:PORT/PATH: devices and tools connect to this broker (Mosquitto, EMQX, NATS, …), which the hub joins as a client; no MQTT port of the hub\'s own (empty = the embedded broker)',
+    default: '',
+  },
+  brokerUsername: { flag: 'broker-username', type: 'string', placeholder: 'NAME', help: 'the user name the hub logs in to --broker with', default: '' },
+  brokerPasswordFile: { flag: 'broker-password-file', type: 'string', placeholder: 'FILE', help: 'a file holding the password for --broker-username (its first line)', default: '' },
+  brokerCa: { flag: 'broker-ca', type: 'string', placeholder: 'FILE', help: 'PEM file of the CA that signed the broker\'s certificate (mqtts://, wss://; default: the system CAs)', default: '' },
+  brokerCert: { flag: 'broker-cert', type: 'string', placeholder: 'FILE', help: 'PEM client certificate the hub presents to --broker (with --broker-key)', default: '' },
+  brokerKey: { flag: 'broker-key', type: 'string', placeholder: 'FILE', help: 'PEM private key of --broker-cert (not encrypted)', default: '' },
+  brokerClientId: { flag: 'broker-client-id', type: 'string', placeholder: 'ID', help: 'the hub\'s MQTT client id on --broker; each hub on one broker needs its own (default: rhizosphere-hub-NODE)', default: '' },
+  brokerShareGroup: {
+    flag: 'broker-share-group',
+    type: 'string',
+    placeholder: 'NAME',
+    help: 'shared-subscription group ($share/NAME/…) in which the hubs on one broker split the Requests; empty: every hub takes every Request (brokers without shared subscriptions)',
+    default: 'rhizosphere',
+  },
 } as const;
 
 export type SettingKey = keyof typeof SETTINGS;
@@ -126,8 +146,38 @@ export const ConfigSchema = z.strictObject({
     const problem = value === '' ? null : idProblem(value);
     if (problem) ctx.addIssue({ code: 'custom', message: problem });
   }),
+  broker: z.string({ error: () => 'must be a URL' }).superRefine((value, ctx) => {
+    const problem = value === '' ? null : brokerUrlProblem(value);
+    if (problem) ctx.addIssue({ code: 'custom', message: problem });
+  }),
+  brokerUsername: z.string({ error: () => 'must be a string' }),
+  brokerPasswordFile: filePath,
+  brokerCa: filePath,
+  brokerCert: filePath,
+  brokerKey: filePath,
+  brokerClientId: z.string({ error: () => 'must be a string' }).superRefine((value, ctx) => {
+    const problem = value === '' ? null : idProblem(value);
+    if (problem) ctx.addIssue({ code: 'custom', message: problem });
+  }),
+  brokerShareGroup: z.string({ error: () => 'must be a string' }).refine((value) => value === '' || /^[A-Za-z0-9_.:-]{1,64}$/.test(value), {
+    error: 'must be 1 to 64 of A-Z a-z 0-9 _ . : - (or empty)',
+  }),
   handlers: handlerList,
 });
+
+/** `mqtt://`, `mqtts://`, `ws://` or `wss://` with a host; null when usable. */
+export function brokerUrlProblem(value: string): string | null {
+  let url: URL;
+  try {
+    url = new URL(value);
+  } catch {
+    return 'must be a URL like mqtt://127.0.0.1:1883';
+  }
+  if (!['mqtt:', 'mqtts:', 'ws:', 'wss:'].includes(url.protocol)) return 'must start with mqtt://, mqtts://, ws:// or wss://';
+  if (!url.hostname) return 'must name a host, like mqtt://127.0.0.1:1883';
+  if (url.username || url.password) return 'must not hold credentials: use --broker-username and --broker-password-file';
+  return null;
+}
 
 /** `redis://[user:password@]host:port[/db]` or `rediss://…`; null when usable. */
 export function redisUrlProblem(value: string): string | null {
@@ -286,7 +336,7 @@ export function resolveConfig(layers: ConfigLayers = {}): HubConfig {
     const where = describe(key, sources[key] ?? { kind: 'default' });
     throw new ConfigError(`${where}: ${JSON.stringify(merged[key])} ${issue.message}`);
   }
-  const tls = tlsSettingsProblem(parsed.data);
+  const tls = tlsSettingsProblem(parsed.data) ?? brokerSettingsProblem(parsed.data);
   if (tls) throw new ConfigError(`${describe(tls.key, sources[tls.key] ?? { kind: 'flag' })}: ${tls.problem}`);
   return parsed.data;
 }
@@ -311,6 +361,20 @@ function tlsSettingsProblem(config: HubConfig): { key: SettingKey; problem: stri
   if (config.tlsKey && !config.tlsCert) return { key: 'tlsKey', problem: 'needs --tls-cert as well (the certificate of the key)' };
   if (config.requireClientCert && !config.tlsCa) return { key: 'requireClientCert', problem: 'needs --tls-ca, the CA whose certificates devices must present' };
   if (config.tlsCa && !config.tlsCert) return { key: 'tlsCa', problem: 'needs --tls-cert and --tls-key: client certificates are asked for only over TLS' };
+  return null;
+}
+
+/** The --broker-* settings mean nothing without --broker, and some go in pairs. */
+function brokerSettingsProblem(config: HubConfig): { key: SettingKey; problem: string } | null {
+  const dependents = ['brokerUsername', 'brokerPasswordFile', 'brokerCa', 'brokerCert', 'brokerKey', 'brokerClientId'] as const;
+  if (!config.broker) {
+    const set = dependents.find((key) => config[key] !== '');
+    return set ? { key: set, problem: 'needs --broker (the external broker to join)' } : null;
+  }
+  if (config.brokerPasswordFile && !config.brokerUsername) return { key: 'brokerPasswordFile', problem: 'needs --broker-username as well' };
+  if (config.brokerCert && !config.brokerKey) return { key: 'brokerCert', problem: 'needs --broker-key as well (the private key of the certificate)' };
+  if (config.brokerKey && !config.brokerCert) return { key: 'brokerKey', problem: 'needs --broker-cert as well (the certificate of the key)' };
+  if (config.cluster) return { key: 'broker', problem: 'cannot be used with --cluster: hubs on one external broker share the broker instead (docs/external-broker.md)' };
   return null;
 }
 

@@ -122,6 +122,8 @@ export class Dispatcher {
       return refuse('UNKNOWN_DEVICE', `no device ${device} has connected to this hub`);
     }
     if (!entry.online || !entry.link) return refuse('DEVICE_OFFLINE', `device ${device} is not connected`);
+    const unavailable = entry.link.unavailable?.();
+    if (unavailable) return refuse('BROKER_UNAVAILABLE', unavailable);
     if (this.pending.size >= this.limits.maxInflightTotal) {
       return refuse('BUSY', `the hub has ${this.pending.size} commands in flight (limit ${this.limits.maxInflightTotal})`);
     }

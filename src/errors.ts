@@ -17,6 +17,7 @@ export const ERROR_CODES = {
   PATH_OUTSIDE_ROOT: { http: 403, summary: 'a file path resolves outside the directory the device allows file transfer in (hypha --file-root)' },
   CHECKSUM_MISMATCH: { http: 422, summary: 'the bytes received do not have the SHA-256 or the size announced; nothing was written in place of the target' },
   CONNECT_FAILED: { http: 502, summary: 'the device could not open the TCP connection a port forward asked for' },
+  BROKER_UNAVAILABLE: { http: 503, summary: 'the hub runs on an external broker (--broker) and has no connection to it now; it reconnects by itself' },
   IO_ERROR: { http: 500, summary: 'reading or writing a file on the device (or beside the target on the client) failed; the message says how' },
 } as const;
 

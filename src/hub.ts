@@ -32,6 +32,8 @@ import { createLogger, type Logger } from './log.js';
 import { declaredTagsListener } from './device-tags.js';
 import { HubMetrics } from './metrics.js';
 import { watchMqttDevices } from './mqtt-devices.js';
+import { startExternalBroker, type ExternalBroker } from './external/index.js';
+import { loadBrokerCredentials } from './external/credentials.js';
 import { Presence, toDeviceInfo, type DeviceEntry, type DeviceInfo, type OfflineReason } from './presence.js';
 import { idProblem } from './protocol/ids.js';
 import { ORDERS, type CommandResult, type Order, type Reply, type Status } from './protocol/schemas.js';
@@ -63,8 +65,34 @@ export interface HubEvents {
 export type ExecCommand = string | { order?: Order; cmd_str: string; timeout_ms?: number };
 
 const CLOSE_BUDGET_MS = 4000;
+/** On an external broker: how long after joining the retained births are taken to have come in. */
+const BIRTHS_SETTLE_MS = 2000;
+/** Aedes's CONNACK return code (and error code) for an MQTT 5 CONNECT. */
+const UNACCEPTABLE_PROTOCOL_VERSION = 1;
 
-/** The live ports; `mqtts` only when TLS is on. */
+/** Counts events and lets them be told at most once a minute: count() is 0 until then, then the tally. */
+class EveryMinute {
+  private pending = 0;
+  private lastToldAt = -Infinity;
+
+  count(now = Date.now()): number {
+    this.pending += 1;
+    if (now - this.lastToldAt < 60_000) return 0;
+    const told = this.pending;
+    this.pending = 0;
+    this.lastToldAt = now;
+    return told;
+  }
+}
+
+/** The port of a broker URL, with each scheme's default. */
+function brokerPort(url: string): number {
+  const parsed = new URL(url);
+  if (parsed.port) return Number(parsed.port);
+  return { 'mqtt:': 1883, 'mqtts:': 8883, 'ws:': 80, 'wss:': 443 }[parsed.protocol] ?? 0;
+}
+
+/** The live ports; `mqtts` only when TLS is on. On an external broker (`--broker`), `mqtt` is the broker's port. */
 export interface HubPorts {
   mqtt: number;
   mqtts?: number;
@@ -101,6 +129,8 @@ export class Hub extends EventEmitter<HubEvents> {
     ports: HubPorts,
     /** Teardown steps, in the order they run. */
     private readonly teardown: (() => void | Promise<void>)[],
+    /** On an external broker (`--broker`): the hub's connection to it; null with the embedded broker. */
+    readonly external: ExternalBroker | null = null,
   ) {
     super();
     this.ports = ports;
@@ -113,7 +143,8 @@ export class Hub extends EventEmitter<HubEvents> {
     const reachable = host === '0.0.0.0' ? '127.0.0.1' : host === '[::]' ? '[::1]' : host;
     const secure = this.ports.mqtts !== undefined;
     return {
-      mqtt: `mqtt://${reachable}:${this.ports.mqtt}`,
+      // On an external broker, devices connect there.
+      mqtt: this.config.broker || `mqtt://${reachable}:${this.ports.mqtt}`,
       ...(secure ? { mqtts: `mqtts://${reachable}:${this.ports.mqtts}` } : {}),
       ws: `${secure ? 'wss' : 'ws'}://${reachable}:${this.ports.http}/mqtt`,
       http: `${secure ? 'https' : 'http'}://${reachable}:${this.ports.http}`,
@@ -236,6 +267,7 @@ export async function startHub(options: HubOptions = {}): Promise<Hub> {
   const config = configFromOptions(settings);
   // Read before anything starts, so a bad certificate file leaves nothing to unwind.
   const tls = loadTls(config);
+  const brokerCredentials = config.broker ? loadBrokerCredentials(config) : null;
   const log = logger ?? createLogger({ level: config.logLevel });
   if (tls) warnAboutValidity(tls, log);
   const topics = new Topics(config.topicPrefix);
@@ -275,12 +307,27 @@ export async function startHub(options: HubOptions = {}): Promise<Hub> {
       // In a cluster: Redis carries the messages and keeps retained messages and sessions.
       ...cluster?.brokerOptions,
     });
-    broker.on('connectionError', (client, error) => log.debug({ clientId: client?.id, err: error.message }, 'connection error'));
+    const refusedMqtt5 = new EveryMinute();
+    broker.on('connectionError', (client, error) => {
+      if ((error as Error & { errorCode?: number }).errorCode === UNACCEPTABLE_PROTOCOL_VERSION) {
+        // hypha tries MQTT 5 first and falls back by itself: said once a minute, not per device.
+        const refused = refusedMqtt5.count();
+        if (refused > 0) log.info({ refused }, 'refused MQTT 5 connections: the embedded broker speaks MQTT 3.1.1 only (clients fall back or must be set to 3.1.1; for MQTT 5 run the hub on your own broker with --broker)');
+        return;
+      }
+      log.debug({ clientId: client?.id, err: error.message }, 'connection error');
+    });
 
-    // A null status clears the retained message (a removed device).
+    // On an external broker, retained statuses go there too (null until it is joined).
+    let external: ExternalBroker | null = null;
+    let mirrorStatuses = false;
+    // A null status clears the retained message (a removed device), and there its presence too.
     const publishStatus = (id: string, status: Status | null) => {
       const payload = status ? Buffer.from(JSON.stringify(status)) : Buffer.alloc(0);
       broker.publish({ cmd: 'publish', topic: topics.deviceStatus(id), payload, qos: 1, retain: true, dup: false }, () => {});
+      if (!external || !mirrorStatuses) return;
+      external.publishRetained(topics.deviceStatus(id), payload);
+      if (!status) external.publishRetained(topics.devicePresence(id), payload);
     };
     const presence = new Presence(registry, publishStatus, log, cluster ? { nodeId: cluster.nodeId, handover: (id) => cluster.handover(id) } : {});
     const dispatcher = new Dispatcher(
@@ -305,6 +352,27 @@ export async function startHub(options: HubOptions = {}): Promise<Hub> {
       access.principalOf,
     );
     noteAuthenticated = mqttDevices.noteAuthenticated;
+    if (config.broker && brokerCredentials) {
+      const declaredTags = declaredTagsListener(stores.devices, presence, log);
+      external = await startExternalBroker({
+        url: config.broker,
+        clientId: config.brokerClientId || `rhizosphere-hub-${config.nodeId || defaultNodeId()}`,
+        shareGroup: config.brokerShareGroup,
+        ...brokerCredentials,
+        local: broker,
+        topics,
+        presence,
+        dispatcher,
+        log,
+        maxPayloadBytes: config.maxPayloadBytes,
+        admitUnknown: config.allowAnonymous,
+        isRegistered: (id) => stores.devices.get(id)?.state === 'active',
+        onResponse: (device, payload) => dispatcher.handleResponse(device, payload),
+        onDeclaredTags: declaredTags,
+      });
+      const joined = external;
+      onClose(() => joined.close());
+    }
     // Requests keep being answered while the broker closes (the dispatcher, closed first,
     // refuses them with a coded error): a client is never left waiting for a Reply.
     const requests = bridgeMqttRequests({ broker, topics, dispatcher, maxPayloadBytes: config.maxPayloadBytes, log, principalOf: access.principalOf, remoteOf: access.remoteOf });
@@ -345,13 +413,27 @@ export async function startHub(options: HubOptions = {}): Promise<Hub> {
     // cluster they live in Redis, published by the first node up, and a node joining others
     // adds nothing to them (50000 of them per joining node were half a GiB of start-up garbage).
     if (!clusterStart || clusterStart.alone) presence.publishKnownStatuses();
+    if (external) {
+      // On the external broker, the known offline statuses are published once the retained
+      // births have come in: a device online there is not announced offline first.
+      const joined = external;
+      mirrorStatuses = true;
+      const settle = setTimeout(() => {
+        for (const entry of presence.table.values()) if (!entry.online) joined.publishRetained(topics.deviceStatus(entry.id), Buffer.from(JSON.stringify(presence.statusOf(entry))));
+      }, BIRTHS_SETTLE_MS);
+      settle.unref();
+      onClose(() => clearTimeout(settle));
+    }
     const jobs = new JobRunner({
       stores,
       presence,
       dispatcher,
       topics,
       log,
-      publish: (topic, payload) => broker.publish({ cmd: 'publish', topic, payload: Buffer.from(payload), qos: 1, retain: true, dup: false }, () => {}),
+      publish: (topic, payload) => {
+        broker.publish({ cmd: 'publish', topic, payload: Buffer.from(payload), qos: 1, retain: true, dup: false }, () => {});
+        external?.publishRetained(topic, Buffer.from(payload));
+      },
     });
     onClose(() => jobs.close());
     // In a cluster only the first node up resumes the jobs left running: the others' are theirs.
@@ -360,7 +442,14 @@ export async function startHub(options: HubOptions = {}): Promise<Hub> {
     onClose(() => metrics.close());
 
     // Filled in with the real ports once the listeners are up.
-    const info: HubInfo = { topicPrefix: config.topicPrefix, version: PACKAGE_VERSION, mqttPort: null, mqttsPort: null };
+    const uplink = external?.uplink;
+    const info: HubInfo = {
+      topicPrefix: config.topicPrefix,
+      version: PACKAGE_VERSION,
+      mqttPort: null,
+      mqttsPort: null,
+      ...(uplink ? { broker: { url: config.broker, get connected() { return uplink.connected; } } } : {}),
+    };
     const http = createHttpFront(log, {
       allowedOrigins: splitList(config.allowedOrigins),
       contentSecurityPolicy: consoleContentSecurityPolicy(),
@@ -369,7 +458,11 @@ export async function startHub(options: HubOptions = {}): Promise<Hub> {
     http.app.get('/healthz', (_req, res) => {
       res.json({ ok: true, devices: presence.table.size, online: presence.onlineCount(), inflight: dispatcher.inflight });
     });
-    const readiness = new Readiness({ maxLagMs: config.readyMaxLagMs, accepting: () => tcp.listening && !broker.closed });
+    const readiness = new Readiness({
+      maxLagMs: config.readyMaxLagMs,
+      accepting: () => !broker.closed && (uplink ? true : tcp.listening),
+      ...(uplink ? { brokerReachable: () => uplink.connected } : {}),
+    });
     onClose(() => readiness.stop());
     http.app.get('/readyz', readiness.handler);
     // For operators' Prometheus: any principal the REST API accepts (anonymous only with --allow-anonymous).
@@ -418,11 +511,12 @@ export async function startHub(options: HubOptions = {}): Promise<Hub> {
     const closed: Promise<void>[] = [];
     teardown.push(() => withinBudget(Promise.all(closed).then(() => {}), 1000));
     onClose(() => void closed.push(stopListening(tcp)));
-    const mqttPort = await listen(tcp, config.mqttPort, config.host, '--mqtt-port');
+    // On an external broker the hub has no MQTT port: devices connect to the broker.
+    const mqttPort = external ? brokerPort(config.broker) : await listen(tcp, config.mqttPort, config.host, '--mqtt-port');
     // With TLS the plain MQTT port stays open too (devices on a private network may keep
     // using it); a firewall decides who reaches which.
     let mqttsPort: number | undefined;
-    if (tls) {
+    if (tls && !external) {
       const mqtts = createMqttsServer(tls, (socket) => handle(socket), log);
       onClose(() => void closed.push(stopListening(mqtts)));
       mqttsPort = await listen(mqtts, config.mqttsPort, config.host, '--mqtts-port');
@@ -431,12 +525,12 @@ export async function startHub(options: HubOptions = {}): Promise<Hub> {
     const httpPort = await listen(http.server, config.httpPort, config.host, '--http-port');
 
     const ports: HubPorts = { mqtt: mqttPort, ...(mqttsPort !== undefined ? { mqtts: mqttsPort } : {}), http: httpPort };
-    info.mqttPort = mqttPort;
+    info.mqttPort = external ? null : mqttPort;
     info.mqttsPort = mqttsPort ?? null;
     // Jobs stop first of all (no new sends; commands in flight keep their unknown outcome),
     // before any connection closes and answers them with DEVICE_OFFLINE; closing twice is harmless.
     onClose(() => jobs.close());
-    const hub = new Hub(config, log, topics, broker, presence, dispatcher, stores, jobs, handlers, ports, teardown);
+    const hub = new Hub(config, log, topics, broker, presence, dispatcher, stores, jobs, handlers, ports, teardown, external);
     // Handlers start last, with the whole hub to use, and stop first (before jobs and connections).
     onClose(() => handlers.stopAll());
     try {

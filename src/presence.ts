@@ -20,6 +20,10 @@ export interface DeviceLink {
   close(reason: string): void;
   /** The hash of the token this connection authenticated with, if it used one: a rotation ends it. */
   readonly credential?: string;
+  /** Why nothing can be sent over this link now (its broker is unreachable), or null. Links that are always usable leave it out. */
+  unavailable?(): string | null;
+  /** Whether the device serves tunnels over this link; left out where the transport finds out itself. */
+  readonly tunnels?: boolean;
 }
 
 export interface DeviceEntry {

@@ -7,7 +7,7 @@
 import { monitorEventLoopDelay, type IntervalHistogram } from 'node:perf_hooks';
 import type { Request, Response } from 'express';
 
-export type NotReadyReason = 'starting' | 'stopping' | 'broker-closed' | 'event-loop-lag';
+export type NotReadyReason = 'starting' | 'stopping' | 'broker-closed' | 'broker-unavailable' | 'event-loop-lag';
 
 export type ReadyState = { ready: true; lagMs: number } | { ready: false; reason: NotReadyReason; lagMs: number; maxLagMs?: number };
 
@@ -21,6 +21,8 @@ export interface ReadinessOptions {
   maxLagMs: number;
   /** Whether the broker takes new connections (its listener up, the broker not closed). */
   accepting: () => boolean;
+  /** On an external broker: whether the hub is connected to it. */
+  brokerReachable?: () => boolean;
 }
 
 export class Readiness {
@@ -57,6 +59,7 @@ export class Readiness {
     const lagMs = this.phase === 'stopping' ? 0 : this.lagMs();
     if (this.phase !== 'serving') return { ready: false, reason: this.phase, lagMs };
     if (!this.options.accepting()) return { ready: false, reason: 'broker-closed', lagMs };
+    if (this.options.brokerReachable && !this.options.brokerReachable()) return { ready: false, reason: 'broker-unavailable', lagMs };
     if (lagMs > this.options.maxLagMs) return { ready: false, reason: 'event-loop-lag', lagMs, maxLagMs: this.options.maxLagMs };
     return { ready: true, lagMs };
   }

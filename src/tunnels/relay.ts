@@ -274,6 +274,9 @@ export function startTunnelRelay(options: TunnelRelayOptions): TunnelRelay {
   const offersTunnels = (device: string): boolean => {
     if (!presence.holdsLocally(device)) return true;
     if (presence.get(device)?.transport === 'legacy-ws') return false;
+    // A link that knows (a device on an external broker says so in its birth).
+    const told = presence.get(device)?.link?.tunnels;
+    if (told !== undefined) return told;
     const client = (broker as unknown as { clients: Record<string, Client | undefined> }).clients[device];
     // `subscriptions` holds restored and new subscriptions alike (not in Aedes' typings).
     const subscriptions = (client as unknown as { subscriptions?: Record<string, unknown> } | undefined)?.subscriptions ?? {};

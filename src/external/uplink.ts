@@ -1,0 +1,205 @@
+/**
+ * The hub's own connection to an external broker (`--broker`): one privileged MQTT client
+ * with a persistent session. MQTT 5 where the broker speaks it, else 3.1.1 (Aedes and NATS
+ * answer an MQTT 5 CONNECT with "unacceptable protocol version"). It subscribes to what the
+ * hub reads, again after every reconnect that lost the session, and tells whether the
+ * broker can be reached now: while it cannot, the hub answers BROKER_UNAVAILABLE.
+ */
+import { EventEmitter } from 'node:events';
+import { Socket } from 'node:net';
+import mqtt, { type IClientOptions, type IClientPublishOptions, type IPublishPacket, type MqttClient } from 'mqtt';
+import { StartError } from '../errors.js';
+import type { Logger } from '../log.js';
+
+export interface UplinkCredentials {
+  username?: string;
+  password?: string;
+  /** PEM texts, already read and checked. */
+  ca?: string;
+  cert?: string;
+  key?: string;
+}
+
+export interface UplinkSubscription {
+  filter: string;
+  qos: 0 | 1;
+}
+
+export interface UplinkOptions extends UplinkCredentials {
+  url: string;
+  clientId: string;
+  log: Logger;
+  subscriptions: readonly UplinkSubscription[];
+  onMessage: (topic: string, payload: Buffer, packet: IPublishPacket) => void;
+  /** How long the first connection may take before the start fails (default 10 s). */
+  connectTimeoutMs?: number;
+  /** Retry period after a lost connection (default 1 s). */
+  reconnectPeriodMs?: number;
+  keepaliveS?: number;
+}
+
+export interface UplinkEvents {
+  /** Connected; `sessionPresent` false means the broker forgot the session (and its subscriptions). */
+  up: [{ sessionPresent: boolean }];
+  down: [reason: string];
+}
+
+/** Never expires: as 3.1.1's clean = false, the broker keeps the hub's subscriptions and queue across a restart of the hub. */
+const SESSION_NEVER_EXPIRES = 0xffffffff;
+/** MQTT 3.1.1 CONNACK return code and MQTT 5 reason code for "unsupported protocol version". */
+const UNACCEPTABLE_PROTOCOL = new Set([1, 0x84]);
+const BAD_CREDENTIALS = new Set([4, 5, 0x86, 0x87, 0x8c]);
+
+type ErrorWithCode = Error & { code?: string | number };
+
+/** What a failed first connect means, as the one start line naming the flag to fix. */
+export function startProblem(error: ErrorWithCode, url: string): string {
+  const code = error.code;
+  if (typeof code === 'number' && BAD_CREDENTIALS.has(code)) {
+    return `--broker-username/--broker-password-file: ${url} refused the hub's credentials (${error.message})`;
+  }
+  if (typeof code === 'string' && /CERT|SSL|TLS|SELF_SIGNED|UNABLE_TO_VERIFY|ALTNAME/.test(code)) {
+    return `--broker-ca: the TLS handshake with ${url} failed (${code}: ${error.message}); give the CA that signed the broker's certificate, and --broker-cert/--broker-key if it asks for one`;
+  }
+  if (typeof code === 'string' && ['ECONNREFUSED', 'ENOTFOUND', 'EAI_AGAIN', 'EHOSTUNREACH', 'ENETUNREACH', 'ECONNRESET', 'ETIMEDOUT'].includes(code)) {
+    return `--broker ${url}: cannot connect (${code})`;
+  }
+  return `--broker ${url}: cannot connect (${error.message})`;
+}
+
+export class Uplink extends EventEmitter<UplinkEvents> {
+  /** 5 or 4, as the broker accepted. */
+  protocolVersion: 4 | 5 = 5;
+  private client!: MqttClient;
+  private closing = false;
+  private lastDown = 'not connected yet';
+  /** Connected since the last 'down' was told (so a run of failed retries tells it once). */
+  private wasUp = false;
+
+  private constructor(private readonly options: UplinkOptions) {
+    super();
+  }
+
+  /** Connects (MQTT 5, else 3.1.1) and subscribes; a failure is a StartError naming the flag. */
+  static async open(options: UplinkOptions): Promise<Uplink> {
+    const uplink = new Uplink(options);
+    await uplink.firstConnect();
+    return uplink;
+  }
+
+  get connected(): boolean {
+    return this.client.connected;
+  }
+
+  /** Why it is down (for /readyz and logs), or null when connected. */
+  get unavailableReason(): string | null {
+    return this.client.connected ? null : this.lastDown;
+  }
+
+  /** Publishes; MQTT.js keeps QoS 1 messages across a drop and sends them on reconnect. */
+  publish(topic: string, payload: Buffer | string, options: IClientPublishOptions, done?: (error?: Error) => void): void {
+    this.client.publish(topic, payload, options, (error) => done?.(error ?? undefined));
+  }
+
+  async close(): Promise<void> {
+    this.closing = true;
+    await new Promise<void>((resolve) => {
+      const timer = setTimeout(() => {
+        this.client.end(true);
+        resolve();
+      }, 2000);
+      this.client.end(false, {}, () => {
+        clearTimeout(timer);
+        resolve();
+      });
+    });
+  }
+
+  private clientOptions(version: 4 | 5): IClientOptions {
+    const { clientId, username, password, ca, cert, key, keepaliveS } = this.options;
+    return {
+      clientId,
+      protocolVersion: version,
+      clean: false,
+      ...(version === 5 ? { properties: { sessionExpiryInterval: SESSION_NEVER_EXPIRES } } : {}),
+      keepalive: keepaliveS ?? 30,
+      reconnectPeriod: 0,
+      connectTimeout: this.options.connectTimeoutMs ?? 10_000,
+      // Subscriptions are made here, on every connect that lost the session.
+      resubscribe: false,
+      ...(username !== undefined ? { username } : {}),
+      ...(password !== undefined ? { password } : {}),
+      ...(ca !== undefined ? { ca } : {}),
+      ...(cert !== undefined ? { cert } : {}),
+      ...(key !== undefined ? { key } : {}),
+    };
+  }
+
+  private async firstConnect(): Promise<void> {
+    const { url } = this.options;
+    for (const version of [5, 4] as const) {
+      const client = mqtt.connect(url, this.clientOptions(version));
+      const outcome = await new Promise<{ ok: true; sessionPresent: boolean } | { ok: false; error: ErrorWithCode }>((resolve) => {
+        client.once('connect', (connack) => resolve({ ok: true, sessionPresent: connack.sessionPresent }));
+        client.once('error', (error) => resolve({ ok: false, error }));
+        client.once('close', () => resolve({ ok: false, error: Object.assign(new Error('connection closed before CONNACK'), { code: 'ECONNRESET' }) }));
+      });
+      if (outcome.ok) {
+        this.protocolVersion = version;
+        this.client = client;
+        this.attach(client);
+        await this.connected$(outcome.sessionPresent);
+        return;
+      }
+      client.end(true);
+      if (version === 5 && typeof outcome.error.code === 'number' && UNACCEPTABLE_PROTOCOL.has(outcome.error.code)) continue;
+      throw new StartError(startProblem(outcome.error, url), { cause: outcome.error });
+    }
+    throw new StartError(`--broker ${url}: the broker speaks neither MQTT 5 nor 3.1.1`);
+  }
+
+  private attach(client: MqttClient): void {
+    const { log, url } = this.options;
+    // From now on MQTT.js reconnects by itself; the outgoing store (QoS 1 in flight) survives.
+    client.options.reconnectPeriod = this.options.reconnectPeriodMs ?? 1000;
+    client.on('connect', (connack) => void this.connected$(connack.sessionPresent));
+    client.on('message', (topic, payload, packet) => {
+      try {
+        this.options.onMessage(topic, payload, packet);
+      } catch (error) {
+        // One bad message must not take the hub's connection down.
+        log.error({ err: error, topic }, 'error while handling a message from the broker');
+      }
+    });
+    client.on('error', (error) => {
+      this.lastDown = (error as ErrorWithCode).code ? `${(error as ErrorWithCode).code}: ${error.message}` : error.message;
+      log.warn({ broker: url, err: error.message }, 'broker connection error');
+    });
+    client.on('close', () => {
+      if (this.closing || !this.wasUp) return;
+      this.wasUp = false;
+      if (this.lastDown === 'connected') this.lastDown = 'connection lost';
+      log.warn({ broker: url, reason: this.lastDown }, 'broker unreachable: requests get BROKER_UNAVAILABLE until it is back');
+      this.emit('down', this.lastDown);
+    });
+  }
+
+  private async connected$(sessionPresent: boolean): Promise<void> {
+    const { log, url, subscriptions } = this.options;
+    // Commands and Replies are small and latency-bound (Nagle with delayed ACK adds tens of ms).
+    if (this.client.stream instanceof Socket) this.client.stream.setNoDelay(true);
+    if (!sessionPresent) {
+      const granted = await this.client.subscribeAsync(
+        subscriptions.map((s) => s.filter),
+        // Retain-handling 0 (MQTT 5): retained presences and statuses come with the subscription.
+        { qos: 1 },
+      );
+      const refused = granted.filter((g) => (g.qos & 0x80) !== 0).map((g) => g.topic);
+      if (refused.length > 0) log.error({ broker: url, refused }, 'the broker refused subscriptions the hub needs: give its client the rights docs/external-broker.md lists');
+    }
+    this.lastDown = 'connected';
+    this.wasUp = true;
+    log.info({ broker: url, mqtt: this.protocolVersion === 5 ? '5' : '3.1.1', session: sessionPresent ? 'resumed' : 'new' }, 'connected to the broker');
+    this.emit('up', { sessionPresent });
+  }
+}

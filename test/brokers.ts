@@ -1,0 +1,222 @@
+/**
+ * External brokers for the tests of `--broker` mode: a Mosquitto 2 (optionally with its
+ * dynamic-security plugin) and a cluster of nats-server processes with MQTT on, each
+ * started here on free ports with its own config and data directory, and ended by its own
+ * pid. Never the machine's own Mosquitto (1883) or NATS (4222).
+ */
+import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import { existsSync, writeFileSync } from 'node:fs';
+import { connect as tcpConnect } from 'node:net';
+import { userInfo } from 'node:os';
+import { join } from 'node:path';
+import mqtt from 'mqtt';
+import { cleanup, freePort, tempDir } from './helpers.js';
+
+export const MOSQUITTO_BIN = process.env.MOSQUITTO_BIN ?? '/usr/sbin/mosquitto';
+export const MOSQUITTO_CTRL_BIN = process.env.MOSQUITTO_CTRL_BIN ?? '/usr/bin/mosquitto_ctrl';
+export const DYNSEC_PLUGIN = process.env.MOSQUITTO_DYNSEC_PLUGIN ?? '/usr/lib/x86_64-linux-gnu/mosquitto_dynamic_security.so';
+export const NATS_BIN = process.env.NATS_SERVER_BIN ?? '/usr/sbin/nats-server';
+
+/** Fails the test with what to install, instead of passing without the broker. */
+function need(path: string, what: string): void {
+  if (!existsSync(path)) throw new Error(`${path} is missing: install ${what} (Debian package) to run the external-broker tests`);
+}
+
+/** Resolves once something accepts TCP connections on the port. */
+export async function waitForPort(port: number, { timeoutMs = 10_000, process: child }: { timeoutMs?: number; process?: ChildProcess } = {}): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    if (child && child.exitCode !== null) throw new Error(`the broker exited with status ${child.exitCode} before it listened on ${port}`);
+    const open = await new Promise<boolean>((resolve) => {
+      const socket = tcpConnect(port, '127.0.0.1');
+      socket.once('connect', () => {
+        socket.destroy();
+        resolve(true);
+      });
+      socket.once('error', () => resolve(false));
+    });
+    if (open) return;
+    if (Date.now() > deadline) throw new Error(`nothing listened on 127.0.0.1:${port} within ${timeoutMs} ms`);
+    await new Promise((r) => setTimeout(r, 50));
+  }
+}
+
+/**
+ * Resolves once the broker at the URL answers an MQTT CONNECT. NATS listens for MQTT before
+ * its JetStream streams exist and holds the first CONNACK until they do (seconds in a cluster).
+ */
+export async function waitForMqtt(url: string, { timeoutMs = 60_000 } = {}): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const client = mqtt.connect(url, { clientId: `probe-${process.pid}-${Date.now()}`, reconnectPeriod: 0, connectTimeout: 15_000, protocolVersion: 4 });
+    const up = await new Promise<boolean>((resolve) => {
+      client.once('connect', () => resolve(true));
+      client.once('error', () => resolve(false));
+      client.once('close', () => resolve(false));
+    });
+    await client.endAsync(true);
+    if (up) return;
+    if (Date.now() > deadline) throw new Error(`${url} did not answer an MQTT CONNECT within ${timeoutMs} ms`);
+    await new Promise((r) => setTimeout(r, 250));
+  }
+}
+
+/** Kills a process and waits for it to be gone. */
+async function kill(child: ChildProcess, signal: NodeJS.Signals = 'SIGTERM'): Promise<void> {
+  if (child.exitCode !== null || child.signalCode !== null) return;
+  const gone = new Promise<void>((resolve) => child.once('exit', () => resolve()));
+  child.kill(signal);
+  const timer = setTimeout(() => child.kill('SIGKILL'), 3000);
+  await gone;
+  clearTimeout(timer);
+}
+
+export interface MosquittoOptions {
+  /** Start with the dynamic-security plugin, its admin client being `admin` with this password. */
+  dynsecAdminPassword?: string;
+  /** Also listen for MQTT over WebSocket. */
+  websockets?: boolean;
+  /** allow_anonymous (default true without dynsec, false with it). */
+  allowAnonymous?: boolean;
+  /** More lines for mosquitto.conf (global section, before the listeners). */
+  extra?: string[];
+}
+
+export interface MosquittoInstance {
+  port: number;
+  wsPort?: number;
+  url: string;
+  dir: string;
+  /** The dynamic-security file, when the plugin is on. */
+  dynsecFile?: string;
+  readonly pid: number | undefined;
+  /** Ends the process (SIGKILL: no clean shutdown, as a crash). */
+  kill(): Promise<void>;
+  /** Ends it cleanly. */
+  stop(): Promise<void>;
+  /** Starts it again on the same ports and files. */
+  start(): Promise<void>;
+  /** What it logged. */
+  log(): string;
+}
+
+export async function startMosquitto(options: MosquittoOptions = {}): Promise<MosquittoInstance> {
+  need(MOSQUITTO_BIN, 'mosquitto');
+  const dir = tempDir('rhizo-mosquitto-');
+  const port = await freePort();
+  const wsPort = options.websockets ? await freePort() : undefined;
+  const logFile = join(dir, 'mosquitto.log');
+  // Run as root, Mosquitto drops to the user `mosquitto`, which may not read this directory.
+  const lines = [`user ${userInfo().username}`, 'per_listener_settings false', 'persistence false', `log_dest file ${logFile}`, 'log_type all', 'connection_messages true', 'log_timestamp_format %H:%M:%S', ...(options.extra ?? [])];
+  let dynsecFile: string | undefined;
+  if (options.dynsecAdminPassword !== undefined) {
+    need(DYNSEC_PLUGIN, 'mosquitto');
+    need(MOSQUITTO_CTRL_BIN, 'mosquitto-clients');
+    dynsecFile = join(dir, 'dynamic-security.json');
+    const init = spawnSync(MOSQUITTO_CTRL_BIN, ['dynsec', 'init', dynsecFile, 'admin', options.dynsecAdminPassword], { encoding: 'utf8' });
+    if (init.status !== 0) throw new Error(`mosquitto_ctrl dynsec init failed: ${init.stderr || init.stdout}`);
+    lines.push(`plugin ${DYNSEC_PLUGIN}`, `plugin_opt_config_file ${dynsecFile}`);
+  }
+  lines.push(`allow_anonymous ${options.allowAnonymous ?? dynsecFile === undefined}`);
+  lines.push(`listener ${port} 127.0.0.1`);
+  if (wsPort !== undefined) lines.push(`listener ${wsPort} 127.0.0.1`, 'protocol websockets');
+  const configFile = join(dir, 'mosquitto.conf');
+  writeFileSync(configFile, `${lines.join('\n')}\n`);
+
+  let child: ChildProcess | undefined;
+  const launch = async () => {
+    child = spawn(MOSQUITTO_BIN, ['-c', configFile], { stdio: 'ignore' });
+    await waitForPort(port, { process: child });
+    if (wsPort !== undefined) await waitForPort(wsPort, { process: child });
+  };
+  await launch();
+  const instance: MosquittoInstance = {
+    port,
+    wsPort,
+    url: `mqtt://127.0.0.1:${port}`,
+    dir,
+    dynsecFile,
+    get pid() {
+      return child?.pid;
+    },
+    kill: async () => child && kill(child, 'SIGKILL'),
+    stop: async () => child && kill(child),
+    start: launch,
+    log: () => spawnSync('cat', [logFile], { encoding: 'utf8' }).stdout,
+  };
+  cleanup(() => instance.kill());
+  return instance;
+}
+
+export interface NatsNode {
+  name: string;
+  /** Client port (NATS protocol). */
+  natsPort: number;
+  mqttPort: number;
+  clusterPort: number;
+  url: string;
+  readonly running: boolean;
+  kill(): Promise<void>;
+  start(): Promise<void>;
+}
+
+export interface NatsCluster {
+  nodes: NatsNode[];
+  /** The MQTT URLs of every node, for hypha's --url. */
+  urls: string[];
+}
+
+/**
+ * A cluster of nats-server processes, JetStream and MQTT on. NATS speaks MQTT 3.1.1 on top of
+ * JetStream; with three nodes its MQTT streams are replicated, so a session survives a node.
+ */
+export async function startNatsCluster(size = 3): Promise<NatsCluster> {
+  need(NATS_BIN, 'nats-server');
+  const dir = tempDir('rhizo-nats-');
+  const ports = await Promise.all(Array.from({ length: size }, async () => ({ nats: await freePort(), mqtt: await freePort(), cluster: await freePort() })));
+  const nodes: NatsNode[] = ports.map((p, i) => {
+    const name = `n${i + 1}`;
+    const routes = ports.filter((_, j) => j !== i).map((other) => `"nats://127.0.0.1:${other.cluster}"`);
+    const configFile = join(dir, `${name}.conf`);
+    writeFileSync(
+      configFile,
+      [
+        `listen: 127.0.0.1:${p.nats}`,
+        `server_name: ${name}`,
+        `jetstream { store_dir: "${join(dir, name, 'js')}" }`,
+        `mqtt { listen: 127.0.0.1:${p.mqtt} }`,
+        ...(size > 1 ? [`cluster { name: c1, listen: 127.0.0.1:${p.cluster}, routes: [${routes.join(', ')}] }`] : []),
+        `log_file: "${join(dir, `${name}.log`)}"`,
+        '',
+      ].join('\n'),
+    );
+    let child: ChildProcess | undefined;
+    const node: NatsNode = {
+      name,
+      natsPort: p.nats,
+      mqttPort: p.mqtt,
+      clusterPort: p.cluster,
+      url: `mqtt://127.0.0.1:${p.mqtt}`,
+      get running() {
+        return child !== undefined && child.exitCode === null && child.signalCode === null;
+      },
+      kill: async () => child && kill(child, 'SIGKILL'),
+      start: async () => {
+        child = spawn(NATS_BIN, ['-c', configFile], { stdio: 'ignore' });
+        await waitForPort(p.nats, { process: child });
+      },
+    };
+    cleanup(() => node.kill());
+    return node;
+  });
+  await Promise.all(nodes.map((node) => node.start()));
+  // MQTT listens once JetStream is up, which in a cluster waits for a meta leader.
+  try {
+    await Promise.all(nodes.map((node) => waitForPort(node.mqttPort, { timeoutMs: 30_000 })));
+    await Promise.all(nodes.map((node) => waitForMqtt(node.url)));
+  } catch (error) {
+    const logs = nodes.map((node) => `${node.name}: ${spawnSync('tail', ['-n', '5', join(dir, `${node.name}.log`)], { encoding: 'utf8' }).stdout}`);
+    throw new Error(`${(error as Error).message}\n${logs.join('\n')}`);
+  }
+  return { nodes, urls: nodes.map((node) => node.url) };
+}
