@@ -24,7 +24,10 @@ async function watchPresence(url: string, id: string) {
     if (payload.length > 0) seen.push({ message: JSON.parse(payload.toString()) as PresenceMessage, retained: packet.retain });
   });
   await watcher.subscribeAsync(`rhizosphere/devices/${id}/presence`, { qos: 1 });
-  return { seen, watcher, last: () => seen.at(-1)?.message };
+  const last = () => seen.at(-1)?.message;
+  /** The last message when it is a birth. */
+  const birth = () => (last()?.online ? last() : undefined);
+  return { seen, watcher, last, birth };
 }
 
 describe('hypha presence on an external broker', () => {
@@ -34,7 +37,7 @@ describe('hypha presence on an external broker', () => {
     const presence = await watchPresence(mosquitto.url, 'pi-real');
     const agent = spawnHypha(mosquitto.url, 'pi-real', ['--keepalive', '2']);
     await waitFor(() => hub.device('pi-real')?.online, { timeoutMs: 15_000, what: 'pi-real online' });
-    const birth = await waitFor(() => presence.last()?.online && presence.last(), { what: 'birth' });
+    const birth = await waitFor(() => presence.birth(), { what: 'birth' });
     expect(birth).toMatchObject({ online: true, transport: 'mqtt' });
     expect(birth.nonce).toMatch(/^[A-Za-z0-9_-]{8,64}$/);
     expect(agent.output()).toMatch(/ connected .*mqtt=5/);
@@ -61,7 +64,7 @@ describe('hypha presence on an external broker', () => {
     // Back with a new nonce.
     spawnHypha(mosquitto.url, 'pi-real', ['--keepalive', '2']);
     await waitFor(() => hub.device('pi-real')?.online, { timeoutMs: 15_000, what: 'pi-real online again' });
-    const second = await waitFor(() => presence.last()?.online && presence.last(), { what: 'second birth' });
+    const second = await waitFor(() => presence.birth(), { what: 'second birth' });
     expect(second.nonce).not.toBe(birth.nonce);
   });
 
@@ -76,7 +79,7 @@ describe('hypha presence on an external broker', () => {
     await agent.firstConnect;
     await waitFor(() => hub.device('pi-heal')?.online, { what: 'pi-heal online' });
     const presence = await watchPresence(mosquitto.url, 'pi-heal');
-    const birth = await waitFor(() => presence.last()?.online && presence.last(), { what: 'retained birth' });
+    const birth = await waitFor(() => presence.birth(), { what: 'retained birth' });
 
     // An older connection's will, late (as from another node of a broker cluster): hypha publishes its birth again.
     const raw = await connectMqtt(mosquitto.url, { clientId: 'raw' });
@@ -86,7 +89,7 @@ describe('hypha presence on an external broker', () => {
 
     // A birth of its own earlier connection, sent again late: the same.
     (agent as unknown as { client: { stream: { destroy(): void } } }).client.stream.destroy();
-    const rebirth = await waitFor(() => presence.last()?.online && presence.last()!.nonce !== birth.nonce && presence.last(), { what: 'birth of the new connection' });
+    const rebirth = await waitFor(() => { const b = presence.birth(); return b && b.nonce !== birth.nonce ? b : undefined; }, { what: 'birth of the new connection' });
     const count = presence.seen.length;
     await raw.publishAsync('rhizosphere/devices/pi-heal/presence', JSON.stringify({ online: true, nonce: birth.nonce }), { qos: 1, retain: true });
     await waitFor(() => presence.seen.length >= count + 2 && presence.last()?.nonce === rebirth.nonce, { what: 'birth republished over its own old birth' });
@@ -102,19 +105,19 @@ describe('hypha presence on an external broker', () => {
 
   it('speaks MQTT 5 to Mosquitto and falls back to 3.1.1 with the embedded broker, which refuses MQTT 5', async () => {
     const mosquitto = await startMosquitto();
-    const v5 = await startAgent({ url: mosquitto.url, id: 'pi-v5', logLevel: 'silent' });
+    const v5 = await startAgent({ url: mosquitto.url, id: 'pi-v5', logLevel: 'error' });
     cleanup(() => v5.stop());
     await v5.firstConnect;
     expect(v5.protocolVersion).toBe(5);
 
     const embedded = await startTestHub();
-    const auto = await startAgent({ url: embedded.urls.mqtt, id: 'pi-auto', logLevel: 'silent' });
+    const auto = await startAgent({ url: embedded.urls.mqtt, id: 'pi-auto', logLevel: 'error' });
     cleanup(() => auto.stop());
     await waitFor(() => embedded.device('pi-auto')?.online, { what: 'pi-auto online on the embedded broker' });
     expect(auto.protocolVersion).toBe(4);
 
     // Forced MQTT 5 against the embedded broker is refused every time, with the reason.
-    const forced = await startAgent({ url: embedded.urls.mqtt, id: 'pi-force', mqttVersion: 5, logLevel: 'silent', backoffBaseMs: 20, backoffCapMs: 50 });
+    const forced = await startAgent({ url: embedded.urls.mqtt, id: 'pi-force', mqttVersion: 5, logLevel: 'error', backoffBaseMs: 20, backoffCapMs: 50 });
     cleanup(() => forced.stop());
     const retries: string[] = [];
     forced.on('retry', ({ reason }) => retries.push(reason));

@@ -15,7 +15,7 @@ import type { Presence } from '../presence.js';
 import type { Topics } from '../protocol/topics.js';
 import { watchExternalDevices } from './devices.js';
 import { bridgeExternalRequests } from './requests.js';
-import { Uplink, type UplinkCredentials } from './uplink.js';
+import { Uplink, type BrokerAbilities, type UplinkCredentials } from './uplink.js';
 
 export { ExternalLink } from './devices.js';
 export { Uplink } from './uplink.js';
@@ -48,9 +48,17 @@ export interface ExternalBroker {
 /** After the broker lost the hub's session, how long retained births have to come back before devices not re-announced go offline. */
 const SESSION_LOST_GRACE_MS = 3000;
 
+/**
+ * Where the hub reads Requests: in a shared-subscription group where the broker has them
+ * (several hubs then split the Requests), else plainly.
+ */
+function requestFilterOf(topics: Topics, shareGroup: string) {
+  return (broker: BrokerAbilities) => (shareGroup && broker.sharedSubscriptions ? `$share/${shareGroup}/${topics.allClientRequests}` : topics.allClientRequests);
+}
+
 export async function startExternalBroker(options: ExternalBrokerOptions): Promise<ExternalBroker> {
   const { topics, local, log } = options;
-  const requestFilter = options.shareGroup ? `$share/${options.shareGroup}/${topics.allClientRequests}` : topics.allClientRequests;
+  const requestFilter = requestFilterOf(topics, options.shareGroup);
   // Messages that come while the uplink is being opened (retained births right after the
   // first SUBACK) wait here until the parts that read them exist.
   type Route = (topic: string, payload: Buffer, packet: IPublishPacket) => void;
@@ -65,12 +73,12 @@ export async function startExternalBroker(options: ExternalBrokerOptions): Promi
     cert: options.cert,
     key: options.key,
     log,
-    subscriptions: [
+    subscriptions: (broker) => [
       { filter: topics.allDevicePresences, qos: 1 },
       { filter: topics.allDeviceResponses, qos: 1 },
       { filter: topics.allDeclaredTags, qos: 1 },
       { filter: topics.allDeviceTunnelsOut, qos: 1 },
-      { filter: requestFilter, qos: 1 },
+      { filter: requestFilter(broker), qos: 1 },
     ],
     onMessage: (topic, payload, packet) => route(topic, payload, packet),
   });

@@ -25,11 +25,21 @@ export interface UplinkSubscription {
   qos: 0 | 1;
 }
 
+/** What the broker said of itself in its CONNACK. */
+export interface BrokerAbilities {
+  protocolVersion: 4 | 5;
+  /**
+   * MQTT 5 brokers say so in the CONNACK (absent means yes); of a 3.1.1 broker nothing is
+   * known, and NATS, which speaks only 3.1.1, takes `$share/…` for a plain topic name.
+   */
+  sharedSubscriptions: boolean;
+}
+
 export interface UplinkOptions extends UplinkCredentials {
   url: string;
   clientId: string;
   log: Logger;
-  subscriptions: readonly UplinkSubscription[];
+  subscriptions: (broker: BrokerAbilities) => readonly UplinkSubscription[];
   onMessage: (topic: string, payload: Buffer, packet: IPublishPacket) => void;
   /** How long the first connection may take before the start fails (default 10 s). */
   connectTimeoutMs?: number;
@@ -70,6 +80,8 @@ export function startProblem(error: ErrorWithCode, url: string): string {
 export class Uplink extends EventEmitter<UplinkEvents> {
   /** 5 or 4, as the broker accepted. */
   protocolVersion: 4 | 5 = 5;
+  /** Set by every CONNACK. */
+  sharedSubscriptions = false;
   private client!: MqttClient;
   private closing = false;
   private lastDown = 'not connected yet';
@@ -140,7 +152,10 @@ export class Uplink extends EventEmitter<UplinkEvents> {
     for (const version of [5, 4] as const) {
       const client = mqtt.connect(url, this.clientOptions(version));
       const outcome = await new Promise<{ ok: true; sessionPresent: boolean } | { ok: false; error: ErrorWithCode }>((resolve) => {
-        client.once('connect', (connack) => resolve({ ok: true, sessionPresent: connack.sessionPresent }));
+        client.once('connect', (connack) => {
+          this.sharedSubscriptions = version === 5 && connack.properties?.sharedSubscriptionAvailable !== false;
+          resolve({ ok: true, sessionPresent: connack.sessionPresent });
+        });
         client.once('error', (error) => resolve({ ok: false, error }));
         client.once('close', () => resolve({ ok: false, error: Object.assign(new Error('connection closed before CONNACK'), { code: 'ECONNRESET' }) }));
       });
@@ -162,7 +177,10 @@ export class Uplink extends EventEmitter<UplinkEvents> {
     const { log, url } = this.options;
     // From now on MQTT.js reconnects by itself; the outgoing store (QoS 1 in flight) survives.
     client.options.reconnectPeriod = this.options.reconnectPeriodMs ?? 1000;
-    client.on('connect', (connack) => void this.connected$(connack.sessionPresent));
+    client.on('connect', (connack) => {
+      this.sharedSubscriptions = this.protocolVersion === 5 && connack.properties?.sharedSubscriptionAvailable !== false;
+      void this.connected$(connack.sessionPresent);
+    });
     client.on('message', (topic, payload, packet) => {
       try {
         this.options.onMessage(topic, payload, packet);
@@ -185,7 +203,8 @@ export class Uplink extends EventEmitter<UplinkEvents> {
   }
 
   private async connected$(sessionPresent: boolean): Promise<void> {
-    const { log, url, subscriptions } = this.options;
+    const { log, url } = this.options;
+    const subscriptions = this.options.subscriptions({ protocolVersion: this.protocolVersion, sharedSubscriptions: this.sharedSubscriptions });
     // Commands and Replies are small and latency-bound (Nagle with delayed ACK adds tens of ms).
     if (this.client.stream instanceof Socket) this.client.stream.setNoDelay(true);
     if (!sessionPresent) {
