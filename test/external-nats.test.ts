@@ -1,0 +1,71 @@
+/**
+ * A NATS cluster as the engine: three nats-server processes (JetStream and MQTT on), the hub
+ * on one of them, real hypha agents spread over all three with every node in their --url
+ * list. One node is killed during a job: its agents reconnect through another node, presence
+ * stays right, and the job and later commands go on.
+ */
+import { describe, expect, it } from 'vitest';
+import { startNatsCluster } from './brokers.js';
+import { spawnHypha, startTestHub, waitFor, type HyphaProcess } from './helpers.js';
+
+const FLEET = 12;
+
+/** The last broker URL an agent's log says it connected to. */
+function connectedUrl(agent: HyphaProcess): string | undefined {
+  const lines = agent.output().split('\n').filter((line) => line.includes(' connected '));
+  return /url=(\S+)/.exec(lines.at(-1) ?? '')?.[1];
+}
+
+describe('hub on a three-node NATS cluster', () => {
+  it('carries a fleet and a job through the loss of one node', async () => {
+    const nats = await startNatsCluster(3);
+    const hub = await startTestHub({ broker: nats.urls[0] });
+    // NATS speaks MQTT 3.1.1 only, and has no shared subscriptions.
+    expect(hub.external?.uplink.protocolVersion).toBe(4);
+    expect(hub.external?.uplink.sharedSubscriptions).toBe(false);
+
+    const ids = Array.from({ length: FLEET }, (_, i) => `nats-${String(i).padStart(2, '0')}`);
+    const agents = new Map<string, HyphaProcess>();
+    ids.forEach((id, i) => {
+      // Each agent starts on its own node and lists the others after it.
+      const urls = [0, 1, 2].map((k) => nats.urls[(i + k) % 3]!);
+      agents.set(id, spawnHypha(urls[0]!, id, [...urls.slice(1).flatMap((url) => ['--url', url]), '--keepalive', '2']));
+    });
+    await waitFor(() => ids.every((id) => hub.device(id)?.online), { timeoutMs: 60_000, what: `${FLEET} agents online` });
+    // hypha falls back to 3.1.1 by itself.
+    expect([...agents.values()].every((agent) => /mqtt=3\.1\.1/.test(agent.output()))).toBe(true);
+    const victim = nats.nodes[2]!;
+    const onVictim = ids.filter((id) => connectedUrl(agents.get(id)!) === victim.url);
+    expect(onVictim.length).toBe(FLEET / 3);
+
+    const created = await fetch(`${hub.urls.http}/api/jobs`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json' },
+      body: JSON.stringify({ target: { devices: ids }, order: 'exec_bash', cmd_str: 'sleep 0.5; echo done-$HOSTNAME', concurrency: 3, timeout_ms: 30_000 }),
+    });
+    expect(created.status).toBe(201);
+    const { id: jobId } = (await created.json()) as { id: string };
+
+    // Mid-job, one node dies without a word.
+    await waitFor(() => (hub.jobs.get(jobId)?.counts.succeeded ?? 0) >= 2, { timeoutMs: 30_000, what: 'the job under way' });
+    const killedAt = Date.now();
+    await victim.kill();
+
+    await waitFor(() => onVictim.every((id) => { const url = connectedUrl(agents.get(id)!); return url !== undefined && url !== victim.url; }), { timeoutMs: 30_000, what: 'the victim node\'s agents reconnected elsewhere' });
+    const movedAfter = Date.now() - killedAt;
+    await waitFor(() => ids.every((id) => hub.device(id)?.online), { timeoutMs: 30_000, what: 'every agent online' });
+    const job = await waitFor(() => { const j = hub.jobs.get(jobId); return j && j.state !== 'running' ? j : undefined; }, { timeoutMs: 90_000, what: 'the job finished' });
+    console.log(`NATS cluster: ${onVictim.length} agents moved off the killed node after ${movedAfter} ms; job ${job.state} ${JSON.stringify(job.counts)} ${Date.now() - killedAt} ms after the kill`);
+    expect(job.state).toBe('done');
+    expect(job.counts).toMatchObject({ succeeded: FLEET, failed: 0, timed_out: 0 });
+
+    // Commands go on to a device that moved.
+    const moved = onVictim[0]!;
+    const reply = await fetch(`${hub.urls.http}/api/devices/${moved}/commands`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json' },
+      body: JSON.stringify({ order: 'exec_bash', cmd_str: 'echo still-here' }),
+    });
+    expect(await reply.json()).toMatchObject({ status: 'ok', result: 'still-here' });
+  }, 240_000);
+});
