@@ -100,6 +100,7 @@ export function connectClusterRedis(url: string, log: Logger): ClusterRedis {
   const mq = new MQEmitterRedisPrefix(`rhizosphere:${databaseOf(url)}:`, { subConn, pubConn, matchEmptyLevels: true });
   // Each failure is also an error of one of the connections above, logged there once per outage.
   mq.state.on('error', (error) => log.debug({ err: error.message }, 'cluster: message bus error'));
+  handleFloatingCommands(store, ['lrem', 'rpush']);
   const persistence = aedesPersistenceRedis({ conn: store });
   return {
     brokerOptions: { mq, persistence },
@@ -114,4 +115,21 @@ export function connectClusterRedis(url: string, log: Logger): ClusterRedis {
       pubConn.disconnect();
     },
   };
+}
+
+/**
+ * aedes-persistence-redis sends some commands without waiting for them (removing a will or a
+ * delivered packet from its list): when the connection closes under them, their rejections
+ * would be unhandled and end the process. Each such promise gets a handler; callers that do
+ * wait still see the error.
+ */
+function handleFloatingCommands(client: Redis, names: ('lrem' | 'rpush')[]): void {
+  for (const name of names) {
+    const original = client[name].bind(client) as (...args: unknown[]) => Promise<unknown>;
+    (client as unknown as Record<string, unknown>)[name] = (...args: unknown[]) => {
+      const sent = original(...args);
+      sent.catch(() => {});
+      return sent;
+    };
+  }
 }
