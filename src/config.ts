@@ -74,6 +74,12 @@ export const SETTINGS = {
     help: 'shared-subscription group ($share/NAME/…) in which the hubs on one broker split the Requests; empty: every hub takes every Request (brokers without shared subscriptions)',
     default: 'rhizosphere',
   },
+  brokerDynsec: {
+    flag: 'broker-dynsec',
+    type: 'boolean',
+    help: 'keep the dynamic-security plugin of a Mosquitto 2 --broker in step with the registry: the broker admits only registered devices and API tokens, each to its own topics (docs/broker-dynsec.md)',
+    default: false,
+  },
 } as const;
 
 export type SettingKey = keyof typeof SETTINGS;
@@ -162,6 +168,7 @@ export const ConfigSchema = z.strictObject({
   brokerShareGroup: z.string({ error: () => 'must be a string' }).refine((value) => value === '' || /^[A-Za-z0-9_.:-]{1,64}$/.test(value), {
     error: 'must be 1 to 64 of A-Z a-z 0-9 _ . : - (or empty)',
   }),
+  brokerDynsec: z.boolean({ error: () => 'must be true or false' }),
   handlers: handlerList,
 });
 
@@ -367,6 +374,9 @@ function tlsSettingsProblem(config: HubConfig): { key: SettingKey; problem: stri
 /** The --broker-* settings mean nothing without --broker, and some go in pairs. */
 function brokerSettingsProblem(config: HubConfig): { key: SettingKey; problem: string } | null {
   const dependents = ['brokerUsername', 'brokerPasswordFile', 'brokerCa', 'brokerCert', 'brokerKey', 'brokerClientId'] as const;
+  if (config.brokerDynsec && (!config.broker || !config.brokerUsername)) {
+    return { key: 'brokerDynsec', problem: 'needs --broker and --broker-username (a user that may administer the broker\'s dynamic-security plugin)' };
+  }
   if (!config.broker) {
     const set = dependents.find((key) => config[key] !== '');
     return set ? { key: set, problem: 'needs --broker (the external broker to join)' } : null;
@@ -374,7 +384,6 @@ function brokerSettingsProblem(config: HubConfig): { key: SettingKey; problem: s
   if (config.brokerPasswordFile && !config.brokerUsername) return { key: 'brokerPasswordFile', problem: 'needs --broker-username as well' };
   if (config.brokerCert && !config.brokerKey) return { key: 'brokerCert', problem: 'needs --broker-key as well (the private key of the certificate)' };
   if (config.brokerKey && !config.brokerCert) return { key: 'brokerKey', problem: 'needs --broker-cert as well (the certificate of the key)' };
-  if (config.cluster) return { key: 'broker', problem: 'cannot be used with --cluster: hubs on one external broker share the broker instead (docs/external-broker.md)' };
   return null;
 }
 

@@ -20,6 +20,7 @@ import { Authenticator } from './auth/authenticator.js';
 import { configFromOptions, splitList, type HubConfig } from './config.js';
 import { Dispatcher, type CommandRequest, type Origin, type SettledHook } from './dispatcher.js';
 import { HubError, StartError } from './errors.js';
+import { EveryMinute } from './every-minute.js';
 import { JobRunner } from './jobs/runner.js';
 import { HandlerHost, HandlerStartError } from './handlers/loader.js';
 import { jobsRouter } from '../bridge/jobs-rest.js';
@@ -34,6 +35,7 @@ import { HubMetrics } from './metrics.js';
 import { watchMqttDevices } from './mqtt-devices.js';
 import { startExternalBroker, type ExternalBroker } from './external/index.js';
 import { loadBrokerCredentials } from './external/credentials.js';
+import { releaseDynsecOutbox, startDynsecSync } from './external/dynsec.js';
 import { Presence, toDeviceInfo, type DeviceEntry, type DeviceInfo, type OfflineReason } from './presence.js';
 import { idProblem } from './protocol/ids.js';
 import { ORDERS, type CommandResult, type Order, type Reply, type Status } from './protocol/schemas.js';
@@ -69,21 +71,6 @@ const CLOSE_BUDGET_MS = 4000;
 const BIRTHS_SETTLE_MS = 2000;
 /** Aedes's CONNACK return code (and error code) for an MQTT 5 CONNECT. */
 const UNACCEPTABLE_PROTOCOL_VERSION = 1;
-
-/** Counts events and lets them be told at most once a minute: count() is 0 until then, then the tally. */
-class EveryMinute {
-  private pending = 0;
-  private lastToldAt = -Infinity;
-
-  count(now = Date.now()): number {
-    this.pending += 1;
-    if (now - this.lastToldAt < 60_000) return 0;
-    const told = this.pending;
-    this.pending = 0;
-    this.lastToldAt = now;
-    return told;
-  }
-}
 
 /** The port of a broker URL, with each scheme's default. */
 function brokerPort(url: string): number {
@@ -251,7 +238,7 @@ function clientCertificateMode(tls: TlsMaterial | null): 'required' | 'optional'
 /** Connects to the cluster's Redis; one clear line (StartError) when it cannot be reached. */
 async function startClusterNode(config: HubConfig, log: Logger): Promise<ClusterNode> {
   try {
-    return await openCluster(config.cluster, config.nodeId || defaultNodeId(), log);
+    return await openCluster(config.cluster, config.nodeId || defaultNodeId(), log, undefined, { externalBroker: config.broker !== '' });
   } catch (error) {
     if (error instanceof ClusterUnreachable) throw new StartError(error.message, { cause: error });
     throw error;
@@ -304,8 +291,9 @@ export async function startHub(options: HubOptions = {}): Promise<Hub> {
       // overflowed the stack. The inflow stays bounded anyway: the broker reads one packet at
       // a time from each connection, and outbound.ts bounds what waits for each reader.
       concurrency: 0,
-      // In a cluster: Redis carries the messages and keeps retained messages and sessions.
-      ...cluster?.brokerOptions,
+      // In a cluster: Redis carries the messages and keeps retained messages and sessions
+      // (on an external broker, that broker does, and the embedded one stays this hub's own).
+      ...(config.broker ? {} : cluster?.brokerOptions),
     });
     const refusedMqtt5 = new EveryMinute();
     broker.on('connectionError', (client, error) => {
@@ -358,6 +346,7 @@ export async function startHub(options: HubOptions = {}): Promise<Hub> {
         url: config.broker,
         clientId: config.brokerClientId || `rhizosphere-hub-${config.nodeId || defaultNodeId()}`,
         shareGroup: config.brokerShareGroup,
+        severalHubs: config.cluster !== '',
         ...brokerCredentials,
         local: broker,
         topics,
@@ -373,6 +362,20 @@ export async function startHub(options: HubOptions = {}): Promise<Hub> {
       const joined = external;
       onClose(() => joined.close());
     }
+    // --broker-dynsec: the broker's dynamic security follows the registry (docs/broker-dynsec.md).
+    if (config.brokerDynsec && external && brokerCredentials) {
+      const dynsec = await startDynsecSync({
+        url: config.broker,
+        clientId: `${config.brokerClientId || `rhizosphere-hub-${config.nodeId || defaultNodeId()}`}-dynsec`,
+        ...brokerCredentials,
+        username: config.brokerUsername,
+        stores,
+        topics,
+        log,
+        uplink: external.uplink,
+      });
+      onClose(() => dynsec.close());
+    } else releaseDynsecOutbox(stores, log);
     // Requests keep being answered while the broker closes (the dispatcher, closed first,
     // refuses them with a coded error): a client is never left waiting for a Reply.
     const requests = bridgeMqttRequests({ broker, topics, dispatcher, maxPayloadBytes: config.maxPayloadBytes, log, principalOf: access.principalOf, remoteOf: access.remoteOf });

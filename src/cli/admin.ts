@@ -8,6 +8,7 @@ import { userInfo } from 'node:os';
 import { createInterface } from 'node:readline';
 import { parseArgs } from 'node:util';
 import { resolveConfig } from '../config.js';
+import { BrokerOutbox } from '../store/broker-outbox.js';
 import { openStores, type Stores } from '../store/stores.js';
 import { parseArgsProblem } from './args.js';
 
@@ -140,6 +141,8 @@ async function dispatch(noun: string | undefined, verb: string | undefined, name
       }
       if (verb === 'remove') stores.devices.remove(id);
       if (verb === 'accept') stores.devices.accept(id);
+      // Its token is known only as a hash: a broker with dynamic security cannot be given it.
+      if (verb === 'accept' && new BrokerOutbox(stores.db).synced) process.stderr.write(`note: the broker has no credentials for ${id} yet: rotate its token (rhizosphere device rotate ${id}) and give the device the new one\n`);
       if (verb === 'reject') stores.devices.reject(id);
       record(`device.${verb}`, id);
       const done = verb === 'remove' ? 'removed' : `${verb}ed`;

@@ -53,6 +53,15 @@ export interface ClusterParts {
   credentialsApplied: () => void;
 }
 
+export interface ClusterOptions {
+  /**
+   * On an external broker (`--broker`) the broker carries every message and every hub sees
+   * every device's presence there: the cluster shares credentials, the console secret and
+   * membership only, not the broker's messages, sessions or device table.
+   */
+  externalBroker?: boolean;
+}
+
 export interface ClusterNode {
   readonly nodeId: string;
   /** Spread into `Aedes.createBroker` options. */
@@ -78,7 +87,7 @@ export interface ClusterNode {
   close(): void;
 }
 
-export async function openCluster(url: string, nodeId: string, log: Logger, timing: MembershipTiming = DEFAULT_TIMING): Promise<ClusterNode> {
+export async function openCluster(url: string, nodeId: string, log: Logger, timing: MembershipTiming = DEFAULT_TIMING, options: ClusterOptions = {}): Promise<ClusterNode> {
   try {
     await probeRedis(url);
   } catch (error) {
@@ -100,8 +109,10 @@ export async function openCluster(url: string, nodeId: string, log: Logger, timi
       if (secret && secret.length >= 32) parts.auth.useClusterSecret(Buffer.from(secret));
       else log.error({ key: CONSOLE_SECRET_KEY }, 'cluster: no usable console secret in Redis; console tokens are valid only on the node that issued them');
       const others = await membership.join();
-      remote = watchRemoteDevices({ ...parts, membership, log });
-      await remote.load();
+      if (!options.externalBroker) {
+        remote = watchRemoteDevices({ ...parts, membership, log });
+        await remote.load();
+      }
       log.info({ node: nodeId, redis: displayUrl(url), others }, 'cluster: joined');
       return { alone: others.length === 0 };
     },

@@ -25,6 +25,8 @@ export interface ExternalBrokerOptions extends UplinkCredentials {
   clientId: string;
   /** Shared-subscription group for Requests (several hubs split them); '' subscribes plainly. */
   shareGroup: string;
+  /** One of several hubs on this broker (`--cluster`): its session ends with its connection. */
+  severalHubs: boolean;
   /** The hub's embedded broker: tunnel frames cross between it and the external one. */
   local: Aedes;
   topics: Topics;
@@ -72,6 +74,7 @@ export async function startExternalBroker(options: ExternalBrokerOptions): Promi
     ca: options.ca,
     cert: options.cert,
     key: options.key,
+    persistentSession: !options.severalHubs,
     log,
     subscriptions: (broker) => [
       { filter: topics.allDevicePresences, qos: 1 },

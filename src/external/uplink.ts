@@ -46,6 +46,12 @@ export interface UplinkOptions extends UplinkCredentials {
   /** Retry period after a lost connection (default 1 s). */
   reconnectPeriodMs?: number;
   keepaliveS?: number;
+  /**
+   * False for one of several hubs: a session that outlived the hub would stay a member of
+   * the shared subscription, and the broker would go on queueing that hub's share of the
+   * Requests for it while it is dead (Mosquitto does). Default true.
+   */
+  persistentSession?: boolean;
 }
 
 export interface UplinkEvents {
@@ -129,11 +135,12 @@ export class Uplink extends EventEmitter<UplinkEvents> {
 
   private clientOptions(version: 4 | 5): IClientOptions {
     const { clientId, username, password, ca, cert, key, keepaliveS } = this.options;
+    const persistent = this.options.persistentSession ?? true;
     return {
       clientId,
       protocolVersion: version,
-      clean: false,
-      ...(version === 5 ? { properties: { sessionExpiryInterval: SESSION_NEVER_EXPIRES } } : {}),
+      clean: !persistent,
+      ...(version === 5 && persistent ? { properties: { sessionExpiryInterval: SESSION_NEVER_EXPIRES } } : {}),
       keepalive: keepaliveS ?? 30,
       reconnectPeriod: 0,
       connectTimeout: this.options.connectTimeoutMs ?? 10_000,

@@ -191,6 +191,23 @@ const MIGRATIONS: string[] = [
     BEGIN DELETE FROM local_changes WHERE tbl = 'sessions' AND key = NEW.id_hash;
       INSERT INTO local_changes (tbl, key, at) VALUES ('sessions', NEW.id_hash, CAST(unixepoch('subsec') * 1000 AS INTEGER)); END;
   `,
+  // 7: keeping a Mosquitto's dynamic-security plugin in step (--broker-dynsec,
+  // src/store/broker-outbox.ts): the marker row the hub writes, and the plugin's commands
+  // (with the plaintext of new tokens) waiting to be sent, deleted once the broker answered
+  `
+  CREATE TABLE broker_sync (
+    name          TEXT PRIMARY KEY,
+    settings      TEXT NOT NULL,
+    since         INTEGER NOT NULL
+  ) WITHOUT ROWID;
+  CREATE TABLE broker_outbox (
+    seq           INTEGER PRIMARY KEY AUTOINCREMENT,
+    subject       TEXT NOT NULL,
+    commands      TEXT NOT NULL,
+    notice        TEXT,
+    created_at    INTEGER NOT NULL
+  );
+  `,
 ];
 
 /** The version of the credentials (devices, their tags, tokens, users): it changes with each of them. */

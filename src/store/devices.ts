@@ -10,6 +10,7 @@ import { idProblem, isValidId } from '../protocol/ids.js';
 import type { Transport } from '../protocol/schemas.js';
 import { MAX_DEVICE_TAGS, tagProblem } from '../protocol/tags.js';
 import { hashToken, newToken, tokenMatches } from '../auth/secrets.js';
+import { BrokerOutbox } from './broker-outbox.js';
 import type { Db } from './db.js';
 
 export type DeviceState = 'active' | 'pending';
@@ -98,8 +99,11 @@ export class DeviceStore {
   private readonly credentials;
   private readonly seen;
   private readonly seenUpdate;
+  /** Credential changes for a broker's dynamic-security plugin, while the database is kept in step with one. */
+  private readonly outbox;
 
   constructor(private readonly db: Db) {
+    this.outbox = new BrokerOutbox(db);
     this.byId = db.prepare<[string], Row>('SELECT * FROM devices WHERE id = ?');
     this.all = db.prepare<[], Row>('SELECT * FROM devices ORDER BY id');
     this.credentials = db.prepare<[], Pick<Row, 'id' | 'token_hash' | 'state' | 'tags' | 'declared_tags'>>('SELECT id, token_hash, state, tags, declared_tags FROM devices');
@@ -137,12 +141,15 @@ export class DeviceStore {
     const existing = this.byId.get(id);
     if (existing?.token_hash) throw new HubError('BAD_REQUEST', `device ${id} exists already (rotate its token with: rhizosphere device rotate ${id})`);
     const token = newToken();
-    this.db
-      .prepare(
-        `INSERT INTO devices (id, token_hash, state, tags, created_at) VALUES (?, ?, 'active', ?, ?)
-         ON CONFLICT(id) DO UPDATE SET token_hash = excluded.token_hash, state = 'active', tags = excluded.tags`,
-      )
-      .run(id, hashToken(token), JSON.stringify(dedupe(tags)), Date.now());
+    this.db.transaction(() => {
+      this.db
+        .prepare(
+          `INSERT INTO devices (id, token_hash, state, tags, created_at) VALUES (?, ?, 'active', ?, ?)
+           ON CONFLICT(id) DO UPDATE SET token_hash = excluded.token_hash, state = 'active', tags = excluded.tags`,
+        )
+        .run(id, hashToken(token), JSON.stringify(dedupe(tags)), Date.now());
+      this.outbox.deviceCredentials(id, token);
+    })();
     return token;
   }
 
@@ -166,6 +173,7 @@ export class DeviceStore {
         if (tokens.has(id) || this.byId.get(id)?.token_hash) throw new HubError('BAD_REQUEST', `device ${id} exists already`);
         const token = newToken();
         insert.run(id, hashToken(token), json, now);
+        this.outbox.deviceCredentials(id, token);
         tokens.set(id, token);
       }
     })();
@@ -175,14 +183,20 @@ export class DeviceStore {
   /** A new token; the old one stops working at once. */
   rotate(id: string): string {
     const token = newToken();
-    const result = this.db.prepare(`UPDATE devices SET token_hash = ?, state = 'active' WHERE id = ?`).run(hashToken(token), id);
-    if (result.changes === 0) throw new HubError('UNKNOWN_DEVICE', `no device ${id}`);
+    this.db.transaction(() => {
+      const result = this.db.prepare(`UPDATE devices SET token_hash = ?, state = 'active' WHERE id = ?`).run(hashToken(token), id);
+      if (result.changes === 0) throw new HubError('UNKNOWN_DEVICE', `no device ${id}`);
+      this.outbox.deviceCredentials(id, token);
+    })();
     return token;
   }
 
   remove(id: string): void {
-    const result = this.db.prepare('DELETE FROM devices WHERE id = ?').run(id);
-    if (result.changes === 0) throw new HubError('UNKNOWN_DEVICE', `no device ${id}`);
+    this.db.transaction(() => {
+      const result = this.db.prepare('DELETE FROM devices WHERE id = ?').run(id);
+      if (result.changes === 0) throw new HubError('UNKNOWN_DEVICE', `no device ${id}`);
+      this.outbox.deviceRemoved(id);
+    })();
   }
 
   /** Replaces the tags an admin assigned. */
@@ -215,8 +229,11 @@ export class DeviceStore {
   }
 
   accept(id: string): void {
-    const result = this.db.prepare(`UPDATE devices SET state = 'active' WHERE id = ? AND state = 'pending'`).run(id);
-    if (result.changes === 0) throw new HubError('UNKNOWN_DEVICE', `no pending device ${id}`);
+    this.db.transaction(() => {
+      const result = this.db.prepare(`UPDATE devices SET state = 'active' WHERE id = ? AND state = 'pending'`).run(id);
+      if (result.changes === 0) throw new HubError('UNKNOWN_DEVICE', `no pending device ${id}`);
+      this.outbox.deviceAccepted(id);
+    })();
   }
 
   reject(id: string): void {

@@ -3,6 +3,7 @@ import { HubError } from '../errors.js';
 import { idProblem } from '../protocol/ids.js';
 import { hashPassword, hashToken, newToken, passwordMatches, tokenMatches } from '../auth/secrets.js';
 import { isRole, type Role } from '../auth/roles.js';
+import { BrokerOutbox } from './broker-outbox.js';
 import type { Db } from './db.js';
 
 export interface User {
@@ -78,7 +79,12 @@ export class UserStore {
 const UNKNOWN_USER_HASH = hashPassword(newToken());
 
 export class TokenStore {
-  constructor(private readonly db: Db) {}
+  /** Credential changes for a broker's dynamic-security plugin, while the database is kept in step with one. */
+  private readonly outbox;
+
+  constructor(private readonly db: Db) {
+    this.outbox = new BrokerOutbox(db);
+  }
 
   list(): ApiToken[] {
     return this.db.prepare<[], { name: string; role: Role; created_at: number }>('SELECT name, role, created_at FROM tokens ORDER BY name').all()
@@ -91,13 +97,19 @@ export class TokenStore {
     checkRole(role);
     if (this.db.prepare('SELECT 1 FROM tokens WHERE name = ?').get(name)) throw new HubError('BAD_REQUEST', `token ${name} exists already`);
     const secret = newToken();
-    this.db.prepare('INSERT INTO tokens (name, role, secret_hash, created_at) VALUES (?, ?, ?, ?)').run(name, role, hashToken(secret), Date.now());
+    this.db.transaction(() => {
+      this.db.prepare('INSERT INTO tokens (name, role, secret_hash, created_at) VALUES (?, ?, ?, ?)').run(name, role, hashToken(secret), Date.now());
+      this.outbox.tokenCredentials(name, role, secret);
+    })();
     return secret;
   }
 
   remove(name: string): void {
-    const result = this.db.prepare('DELETE FROM tokens WHERE name = ?').run(name);
-    if (result.changes === 0) throw new HubError('BAD_REQUEST', `no token ${name}`);
+    this.db.transaction(() => {
+      const result = this.db.prepare('DELETE FROM tokens WHERE name = ?').run(name);
+      if (result.changes === 0) throw new HubError('BAD_REQUEST', `no token ${name}`);
+      this.outbox.tokenRemoved(name);
+    })();
   }
 
   /** MQTT: username = token name, password = secret. */
