@@ -80,6 +80,13 @@ export const SETTINGS = {
     help: 'keep the dynamic-security plugin of a Mosquitto 2 --broker in step with the registry: the broker admits only registered devices and API tokens, each to its own topics (docs/broker-dynsec.md)',
     default: false,
   },
+  brokerHookSecretFile: {
+    flag: 'broker-hook-secret-file',
+    type: 'string',
+    placeholder: 'FILE',
+    help: 'a file whose first line (16+ characters) a --broker with an HTTP auth hook (EMQX 5, mosquitto-go-auth) presents: the hub then answers its connect and ACL checks at /broker/ (docs/broker-hooks.md)',
+    default: '',
+  },
 } as const;
 
 export type SettingKey = keyof typeof SETTINGS;
@@ -169,6 +176,7 @@ export const ConfigSchema = z.strictObject({
     error: 'must be 1 to 64 of A-Z a-z 0-9 _ . : - (or empty)',
   }),
   brokerDynsec: z.boolean({ error: () => 'must be true or false' }),
+  brokerHookSecretFile: filePath,
   handlers: handlerList,
 });
 
@@ -376,6 +384,9 @@ function brokerSettingsProblem(config: HubConfig): { key: SettingKey; problem: s
   const dependents = ['brokerUsername', 'brokerPasswordFile', 'brokerCa', 'brokerCert', 'brokerKey', 'brokerClientId'] as const;
   if (config.brokerDynsec && (!config.broker || !config.brokerUsername)) {
     return { key: 'brokerDynsec', problem: 'needs --broker and --broker-username (a user that may administer the broker\'s dynamic-security plugin)' };
+  }
+  if (config.brokerHookSecretFile && (!config.broker || !config.brokerUsername)) {
+    return { key: 'brokerHookSecretFile', problem: 'needs --broker and --broker-username (the hub\'s own user on the broker, which the hooks let do anything)' };
   }
   if (!config.broker) {
     const set = dependents.find((key) => config[key] !== '');

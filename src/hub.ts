@@ -26,6 +26,7 @@ import { HandlerHost, HandlerStartError } from './handlers/loader.js';
 import { jobsRouter } from '../bridge/jobs-rest.js';
 import { recordingsRouter } from '../bridge/recordings-rest.js';
 import { deviceHttpRouter } from '../bridge/device-http.js';
+import { brokerHooksRouter, loadHookSecret } from '../bridge/broker-hooks.js';
 import { consoleContentSecurityPolicy, mountConsole } from './console.js';
 import { createHttpFront, mqttOverWebSocket } from './http.js';
 import { PACKAGE_VERSION } from './package-root.js';
@@ -255,6 +256,7 @@ export async function startHub(options: HubOptions = {}): Promise<Hub> {
   // Read before anything starts, so a bad certificate file leaves nothing to unwind.
   const tls = loadTls(config);
   const brokerCredentials = config.broker ? loadBrokerCredentials(config) : null;
+  const hookSecret = config.brokerHookSecretFile ? loadHookSecret(config.brokerHookSecretFile) : null;
   const log = logger ?? createLogger({ level: config.logLevel });
   if (tls) warnAboutValidity(tls, log);
   const topics = new Topics(config.topicPrefix);
@@ -481,6 +483,11 @@ export async function startHub(options: HubOptions = {}): Promise<Hub> {
     http.app.use('/api', jobsRouter({ jobs, auth, stores, log }));
     http.app.use('/api', recordingsRouter({ auth, stores, log, recordingsDir }));
     http.app.use('/api', deviceHttpRouter({ auth, relay: tunnels, log }));
+    // --broker-hook-secret-file: the broker asks here who may connect, publish and subscribe (docs/broker-hooks.md).
+    if (hookSecret !== null) {
+      const hubUser = { username: config.brokerUsername, password: brokerCredentials?.password };
+      http.app.use('/broker', brokerHooksRouter({ secret: hookSecret, auth, devices: stores.devices, tokens: stores.tokens, topics, hubUser, log }));
+    }
     http.app.use(
       '/api',
       restRouter({

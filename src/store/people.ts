@@ -124,6 +124,11 @@ export class TokenStore {
     return row ? { name: row.name, role: row.role, createdAt: row.created_at } : undefined;
   }
 
+  /** The role of token `name`: a broker's ACL hook is told the user name, not the secret. */
+  role(name: string): Role | undefined {
+    return this.db.prepare<[string], { role: Role }>('SELECT role FROM tokens WHERE name = ?').get(name)?.role;
+  }
+
   /** name → role, for noticing removals made by another process. */
   roleMap(): Map<string, Role> {
     return new Map(this.list().map((t) => [t.name, t.role]));
