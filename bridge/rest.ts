@@ -23,7 +23,7 @@ export interface HubInfo {
   mqttPort: number | null;
   mqttsPort: number | null;
   /** On an external broker only: where devices connect, and whether the hub is connected to it now. */
-  broker?: { url: string; readonly connected: boolean };
+  broker?: { url: string; readonly connected: boolean; readonly reason: string | null; readonly mqtt: '5' | '3.1.1' | null };
 }
 
 export interface RestOptions {

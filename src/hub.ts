@@ -35,6 +35,7 @@ import { declaredTagsListener } from './device-tags.js';
 import { HubMetrics } from './metrics.js';
 import { watchMqttDevices } from './mqtt-devices.js';
 import { startExternalBroker, type ExternalBroker } from './external/index.js';
+import type { Uplink } from './external/uplink.js';
 import { loadBrokerCredentials } from './external/credentials.js';
 import { releaseDynsecOutbox, startDynsecSync } from './external/dynsec.js';
 import { Presence, toDeviceInfo, type DeviceEntry, type DeviceInfo, type OfflineReason } from './presence.js';
@@ -72,6 +73,25 @@ const CLOSE_BUDGET_MS = 4000;
 const BIRTHS_SETTLE_MS = 2000;
 /** Aedes's CONNACK return code (and error code) for an MQTT 5 CONNECT. */
 const UNACCEPTABLE_PROTOCOL_VERSION = 1;
+
+/** `GET /api/hub`'s view of the external broker: the console shows it in its top bar. */
+function brokerInfo(url: string, uplink: Uplink): NonNullable<HubInfo['broker']> {
+  const shown = new URL(url);
+  shown.username = '';
+  shown.password = '';
+  return {
+    url: shown.toString().replace(/\/$/, ''),
+    get connected() {
+      return uplink.connected;
+    },
+    get reason() {
+      return uplink.unavailableReason;
+    },
+    get mqtt() {
+      return uplink.connected ? (uplink.protocolVersion === 5 ? '5' : '3.1.1') : null;
+    },
+  };
+}
 
 /** The port of a broker URL, with each scheme's default. */
 function brokerPort(url: string): number {
@@ -453,7 +473,7 @@ export async function startHub(options: HubOptions = {}): Promise<Hub> {
       version: PACKAGE_VERSION,
       mqttPort: null,
       mqttsPort: null,
-      ...(uplink ? { broker: { url: config.broker, get connected() { return uplink.connected; } } } : {}),
+      ...(uplink ? { broker: brokerInfo(config.broker, uplink) } : {}),
     };
     const http = createHttpFront(log, {
       allowedOrigins: splitList(config.allowedOrigins),

@@ -8,7 +8,7 @@ import { copyButton } from './clipboard.js';
 import { cell, codedError, el, emptyRow, field, relativeTime, scrollingTable } from './format.js';
 import type { HubClient } from './hub-client.js';
 import { links } from './router.js';
-import type { Device, IssuedToken } from './types.js';
+import type { Device, HubInfo, IssuedToken } from './types.js';
 
 /** Rows drawn at most: a fleet of 20000 is narrowed with the filter, not scrolled. */
 const MAX_ROWS = 500;
@@ -231,7 +231,7 @@ export class DevicesAdmin {
     this.secretBox.hidden = secret === null;
     if (!secret) return this.secretBox.replaceChildren();
     const { id, token } = secret.issued;
-    const command = hyphaCommand(id, token, this.hub.info.mqttPort ?? DEFAULT_MQTT_PORT);
+    const command = hyphaCommand(id, token, deviceUrl(this.hub.info));
     const done = el('button', 'secret-done', 'Done');
     done.type = 'button';
     done.addEventListener('click', () => {
@@ -332,8 +332,19 @@ export class DevicesAdmin {
 }
 
 /** The line an operator pastes on the device. Ids and tokens are plain ASCII (A-Z a-z 0-9 . _ : - and base64url): no quoting needed. */
-export function hyphaCommand(id: string, token: string, mqttPort: number): string {
-  return `hypha --url mqtt://${location.hostname}:${mqttPort} --id ${id} --token ${token}`;
+export function hyphaCommand(id: string, token: string, url: string): string {
+  return `hypha --url ${url} --id ${id} --token ${token}`;
+}
+
+/**
+ * Where a device connects: the external broker (--broker), else the hub's own MQTT port. A
+ * loopback host is the hub's own view: devices reach that machine by the name the browser used.
+ */
+export function deviceUrl(info: HubInfo): string {
+  if (!info.broker) return `mqtt://${location.hostname}:${info.mqttPort ?? DEFAULT_MQTT_PORT}`;
+  const url = new URL(info.broker.url);
+  if (['127.0.0.1', 'localhost', '[::1]'].includes(url.hostname)) url.hostname = location.hostname;
+  return url.toString().replace(/\/$/, '');
 }
 
 

@@ -10,7 +10,7 @@ import { JobsView } from './jobs-view.js';
 import { RecordingsView } from './recordings-view.js';
 import { canUseTunnels, isAdmin } from './roles.js';
 import { links, parseRoute, type Route } from './router.js';
-import type { Session } from './types.js';
+import type { HubInfo, Session } from './types.js';
 
 const STATE_TEXT: Record<ConnectionState, string> = {
   connecting: 'connecting…',
@@ -106,9 +106,40 @@ async function main(): Promise<void> {
   }
   if (hub.session) showSession(hub.session);
   byId('version').textContent = hub.info.version ? `v${hub.info.version}` : '';
+  if (hub.info.broker) watchBroker(hub, byId('broker'));
   // Views depend on the role: route only once the session is known.
   window.addEventListener('hashchange', () => showRoute(parseRoute(location.hash)));
   showRoute(parseRoute(location.hash));
+}
+
+/** How often the top bar asks the hub whether it still reaches its external broker. */
+const BROKER_POLL_MS = 3000;
+
+/**
+ * On an external broker (--broker) the devices' presence and every command pass through it:
+ * the top bar says whether the hub reaches it, and why not when it does not.
+ */
+function watchBroker(hub: HubClient, badge: HTMLElement): void {
+  const show = (broker: HubInfo['broker']) => {
+    if (!broker) return;
+    badge.hidden = false;
+    badge.dataset.state = broker.connected ? 'connected' : 'unreachable';
+    badge.textContent = broker.connected ? `broker ${broker.url}` : `broker unreachable: ${broker.url}`;
+    badge.title = broker.connected
+      ? `The hub is connected to ${broker.url} (MQTT ${broker.mqtt ?? '?'}).`
+      : `The hub cannot reach ${broker.url} (${broker.reason ?? 'no reason given'}): commands are refused BROKER_UNAVAILABLE and device states may be out of date until it is back.`;
+  };
+  show(hub.info.broker);
+  const poll = async () => {
+    try {
+      const res = await fetch('/api/hub');
+      if (res.ok) show(((await res.json()) as HubInfo).broker);
+    } catch {
+      // The hub itself is away: the connection badge says so.
+    }
+  };
+  window.setInterval(() => void poll(), BROKER_POLL_MS);
+  hub.addEventListener('state', () => void poll());
 }
 
 /** The top bar: who is logged in, with which role, the admin views for admins, and Log out. */
