@@ -170,7 +170,7 @@ export interface NatsCluster {
  * A cluster of nats-server processes, JetStream and MQTT on. NATS speaks MQTT 3.1.1 on top of
  * JetStream; with three nodes its MQTT streams are replicated, so a session survives a node.
  */
-export async function startNatsCluster(size = 3): Promise<NatsCluster> {
+export async function startNatsCluster(size = 3, { ackWait }: { ackWait?: string } = {}): Promise<NatsCluster> {
   need(NATS_BIN, 'nats-server');
   const dir = tempDir('rhizo-nats-');
   const ports = await Promise.all(Array.from({ length: size }, async () => ({ nats: await freePort(), mqtt: await freePort(), cluster: await freePort() })));
@@ -184,7 +184,9 @@ export async function startNatsCluster(size = 3): Promise<NatsCluster> {
         `listen: 127.0.0.1:${p.nats}`,
         `server_name: ${name}`,
         `jetstream { store_dir: "${join(dir, name, 'js')}" }`,
-        `mqtt { listen: 127.0.0.1:${p.mqtt} }`,
+        // ack_wait: how long a QoS 1 message waits for its PUBACK before NATS sends it again
+        // (default 30 s), also to a device that came back through another node.
+        `mqtt { listen: 127.0.0.1:${p.mqtt}${ackWait ? `, ack_wait: "${ackWait}"` : ''} }`,
         ...(size > 1 ? [`cluster { name: c1, listen: 127.0.0.1:${p.cluster}, routes: [${routes.join(', ')}] }`] : []),
         `log_file: "${join(dir, `${name}.log`)}"`,
         '',
