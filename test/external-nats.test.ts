@@ -52,7 +52,10 @@ describe('hub on a three-node NATS cluster', () => {
     const killedAt = Date.now();
     await victim.kill();
 
-    await waitFor(() => onVictim.every((id) => { const url = connectedUrl(agents.get(id)!); return url !== undefined && url !== victim.url; }), { timeoutMs: 30_000, what: 'the victim node\'s agents reconnected elsewhere' });
+    await waitFor(() => onVictim.every((id) => { const url = connectedUrl(agents.get(id)!); return url !== undefined && url !== victim.url; }), { timeoutMs: 60_000, what: 'the victim node\'s agents reconnected elsewhere' }).catch((error: Error) => {
+      // Under a loaded machine NATS may take long to move the lost node's JetStream streams: show what the agents saw.
+      throw new Error(`${error.message}\n${onVictim.map((id) => `${id}: ${agents.get(id)!.output().split('\n').slice(-4).join(' | ')}`).join('\n')}`);
+    });
     const movedAfter = Date.now() - killedAt;
     await waitFor(() => ids.every((id) => hub.device(id)?.online), { timeoutMs: 30_000, what: 'every agent online' });
     const job = await waitFor(() => { const j = hub.jobs.get(jobId); return j && j.state !== 'running' ? j : undefined; }, { timeoutMs: 90_000, what: 'the job finished' });
