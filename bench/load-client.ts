@@ -1,7 +1,8 @@
 /**
  * The bench's load client, a child process driven by IPC: command round trips with K in
  * flight, and the fan-out of one command to every device. Against the hub it speaks the client
- * side of the contract (Request → Reply, fleet jobs over REST); against a bare broker it does
+ * side of the contract (Request → Reply, fleet jobs over REST), on the hub's MQTT port or on
+ * the external broker the hub has joined; against a bare broker it does
  * the plain equivalent (command topic → response topic) with the same payload shapes.
  */
 import { wallMs } from './processes.js';
@@ -43,7 +44,10 @@ export interface FanOutSpec {
   mode: Mode;
   url: string;
   httpUrl?: string | undefined;
+  /** MQTT credentials; for the hub also the API token of the REST call, unless apiToken is set. */
   credentials?: Credentials | undefined;
+  /** The REST API token (hub only), when the MQTT connection goes to an external broker without credentials. */
+  apiToken?: string | undefined;
   devices: string[];
   /** Answers to wait for: the devices that are connected (a bare broker drops the rest). */
   expected: number;
@@ -245,7 +249,7 @@ async function fanOutHub(spec: FanOutSpec): Promise<FanOutResult> {
     t0 = performance.now();
     const response = await fetch(`${spec.httpUrl}/api/jobs`, {
       method: 'POST',
-      headers: { 'content-type': 'application/json', authorization: `Bearer ${spec.credentials?.password}` },
+      headers: { 'content-type': 'application/json', authorization: `Bearer ${spec.apiToken ?? spec.credentials?.password}` },
       body: JSON.stringify({ target: { tags: [spec.tag], online: true }, ...COMMAND, concurrency: spec.concurrency }),
     });
     const body = (await response.json()) as { id?: string; message?: string };

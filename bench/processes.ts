@@ -146,8 +146,11 @@ export async function phase<T>(target: string, name: string, timeoutMs: number, 
   const timeout = new Promise<never>((_, reject) => {
     timer = setTimeout(() => reject(new PhaseError(`${target}: phase "${name}" timed out after ${Math.round(timeoutMs / 1000)} s`)), timeoutMs);
   });
+  const running = work();
+  // Past the time limit the work may still fail (its processes are stopped): not unhandled.
+  running.catch(() => {});
   try {
-    return await Promise.race([work(), timeout]);
+    return await Promise.race([running, timeout]);
   } catch (error) {
     if (error instanceof PhaseError) throw error;
     throw new PhaseError(`${target}: phase "${name}" failed: ${(error as Error).message}`);

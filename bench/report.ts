@@ -78,14 +78,19 @@ export function rows(devices: number, inflight: number): Row[] {
     { key: 'rss_before_mib', label: 'RSS before devices (MiB)', digits: 1 },
     { key: 'rss_after_mib', label: `RSS with ${devices} devices (MiB)`, digits: 1 },
     { key: 'rss_per_device_kib', label: 'RSS per device (KiB)', digits: 1 },
-    { key: 'rest_cpu_pct', label: `broker CPU at rest with ${devices} devices (% of a core)`, digits: 0 },
+    { key: 'ext_rss_before_mib', label: 'external broker: RSS before devices (MiB)', digits: 1, optional: true },
+    { key: 'ext_rss_after_mib', label: `external broker: RSS with ${devices} devices (MiB)`, digits: 1, optional: true },
+    { key: 'ext_rss_per_device_kib', label: 'external broker: RSS per device (KiB)', digits: 1, optional: true },
+    { key: 'rest_cpu_pct', label: `hub / bare broker CPU at rest with ${devices} devices (% of a core)`, digits: 0 },
+    { key: 'ext_rest_cpu_pct', label: 'external broker CPU at rest (% of a core)', digits: 0, optional: true },
     { key: 'rest_redis_cpu_pct', label: 'Redis CPU at rest (% of a core)', digits: 0, optional: true },
     { key: 'rt_rate', label: `round trips/s (${inflight} in flight)`, digits: 0 },
     { key: 'rt_p50_ms', label: 'round trip p50 (ms)', digits: 2 },
     { key: 'rt_p99_ms', label: 'round trip p99 (ms)', digits: 2 },
     { key: 'rt_max_ms', label: 'round trip max (ms)', digits: 2 },
-    { key: 'rt_cpu_s_per_10k', label: 'broker CPU s per 10k round trips', digits: 2 },
-    { key: 'rt_gc_s_per_10k', label: 'hub GC s per 10k round trips (in the broker CPU)', digits: 2, optional: true },
+    { key: 'rt_cpu_s_per_10k', label: 'hub / bare broker CPU s per 10k round trips', digits: 2 },
+    { key: 'rt_ext_cpu_s_per_10k', label: 'external broker CPU s per 10k round trips', digits: 2, optional: true },
+    { key: 'rt_gc_s_per_10k', label: 'hub GC s per 10k round trips (in the hub CPU)', digits: 2, optional: true },
     { key: 'rt_load_cpu_s_per_10k', label: 'load client CPU s per 10k round trips', digits: 2 },
     { key: 'rt_sim_cpu_s_per_10k', label: 'device simulators CPU s per 10k round trips', digits: 2 },
     { key: 'rt_redis_cpu_s_per_10k', label: 'Redis CPU s per 10k round trips', digits: 2, optional: true },
@@ -93,7 +98,8 @@ export function rows(devices: number, inflight: number): Row[] {
     { key: 'rt_crossed_pct', label: 'round trips to a device on another node (%)', digits: 1, noRatio: true, optional: true },
     { key: 'fanout_s', label: `fan-out to ${devices} devices (s)`, digits: 2 },
     { key: 'fanout_succeeded', label: 'fan-out: devices that answered', digits: 0, noRatio: true },
-    { key: 'fanout_cpu_s', label: 'broker CPU s during the fan-out', digits: 2 },
+    { key: 'fanout_cpu_s', label: 'hub / bare broker CPU s during the fan-out', digits: 2 },
+    { key: 'fanout_ext_cpu_s', label: 'external broker CPU s during the fan-out', digits: 2, optional: true },
     { key: 'fanout_gc_s', label: 'hub GC s during the fan-out', digits: 2, optional: true },
     { key: 'fanout_redis_cpu_s', label: 'Redis CPU s during the fan-out', digits: 2, optional: true },
     { key: 'redis_memory_mib', label: 'Redis memory growth with the devices (MiB)', digits: 1, optional: true },
@@ -111,11 +117,13 @@ export function ratio(a: number | null | undefined, b: number | null | undefined
   return a === null || a === undefined || b === null || b === undefined || b === 0 || Number.isNaN(a) || Number.isNaN(b) ? null : a / b;
 }
 
-/** Ratio columns: the hub against each bare broker, the cluster against one hub. */
+/** Ratio columns: the hub against each bare broker, the cluster and the hub on an external broker against the embedded hub. */
 const RATIO_PAIRS: readonly [TargetName, TargetName][] = [
   ['hub', 'aedes'],
   ['hub', 'mosquitto'],
   ['cluster', 'hub'],
+  ['external-mosquitto', 'hub'],
+  ['external-nats', 'hub'],
 ];
 
 function ratioPairs(results: Partial<Record<TargetName, TargetResult>>): [TargetName, TargetName][] {

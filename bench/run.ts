@@ -1,7 +1,8 @@
 /**
- * `npm run bench`: the hub against bare Aedes and bare Mosquitto, with the same simulated
- * devices and the same load, each system under test in its own process. Prints a markdown
- * table and writes the same figures as JSON. See bench/README.md.
+ * `npm run bench`: the hub against bare Aedes and bare Mosquitto, as a cluster, and on an
+ * external Mosquitto or NATS cluster, with the same simulated devices and the same load, each
+ * system under test in its own process(es). Prints a markdown table and writes the same
+ * figures as JSON. See bench/README.md.
  */
 import { mkdirSync, readdirSync, writeFileSync } from 'node:fs';
 import { dirname, join, resolve } from 'node:path';
@@ -13,7 +14,8 @@ import { listenOverflows, machine, machineLine, sampleProcess } from './procfs.j
 import { deviceIds, registerDevices } from './register.js';
 import { ratiosOf, table, type Figures, type NodeFigures, type Report, type TargetResult } from './report.js';
 import type { ConnectPlan, ConnectStats, FromWorker, SimDeviceSpec, StormStats, ToWorker, WorkerStats } from './sim-devices.js';
-import { DEFAULT_TARGETS, ROOT, startAedes, startHub, startMosquitto, TARGET_NAMES, type RunningTarget, type TargetName, type TransportName } from './targets.js';
+import { startNats } from './nats.js';
+import { DEFAULT_TARGETS, EXTERNAL_TARGETS, ROOT, startAedes, startHub, startMosquitto, TARGET_NAMES, type RunningTarget, type TargetName, type TransportName } from './targets.js';
 
 const USAGE = `Usage: npm run bench -- [flags]
 
@@ -23,7 +25,10 @@ const USAGE = `Usage: npm run bench -- [flags]
   --duration S          measure round trips for S seconds instead of a count
   --warmup W            round trips before measuring (default 1000)
   --transport T         tcp or ws (MQTT over WebSocket) for devices and load (default tcp)
-  --targets LIST        any of hub,aedes,mosquitto,cluster (default hub,aedes,mosquitto)
+  --targets LIST        any of hub,aedes,mosquitto,cluster,external-mosquitto,external-nats
+                        (default hub,aedes,mosquitto); external-*: the hub joined to its own
+                        Mosquitto or 3-node NATS cluster with --broker, devices and load
+                        client on that broker
   --nodes N             cluster: hub processes sharing one Redis database (default 3;
                         Redis at REDIS_URL, default redis://127.0.0.1:6379)
   --out FILE            JSON results (default bench/results/latest.json)
@@ -46,6 +51,8 @@ const ROUND_TRIP_DEVICES = 1000;
 const SETTLE_MS = 1000;
 /** How long the target's CPU is read with every device connected and no traffic. */
 const REST_MS = 5000;
+/** external-nats: nats-server processes in the cluster. */
+const NATS_NODES = 3;
 
 interface Options {
   devices: number;
@@ -361,13 +368,17 @@ async function runTarget(session: Session, name: TargetName): Promise<TargetResu
   const { sup, options, ids } = session;
   const n = ids.length;
   const cluster = name === 'cluster';
-  const hubLike = name === 'hub' || cluster;
+  /** The hub joined to its own broker with --broker: devices and the load client connect there. */
+  const external = EXTERNAL_TARGETS.includes(name);
+  const hubLike = name === 'hub' || cluster || external;
   const figures: Figures = {};
   let nodeFigures: NodeFigures[] | undefined;
   const dir = sup.tempDir(`rhizo-bench-${name}-`);
   const children: ManagedChild[] = [];
-  /** The target's own processes (one, or the cluster's nodes), first in `children`. */
+  /** The target's own processes (one, or the cluster's nodes, or the hub on an external broker). */
   const brokers: ManagedChild[] = [];
+  /** external-*: the broker's processes (Mosquitto, or the nats-server nodes), read apart from the hub's. */
+  const extBrokers: ManagedChild[] = [];
   let claim: RedisClaim | undefined;
   let lapses = 0;
   try {
@@ -380,7 +391,27 @@ async function runTarget(session: Session, name: TargetName): Promise<TargetResu
       operator = reg.operator;
     }
     let nodes: RunningTarget[];
-    if (cluster) {
+    /** Where simulator process i connects: deviceUrls[i mod length]. */
+    let deviceUrls: string[];
+    if (external) {
+      // The broker first (stopped last, after the hub), then the hub joined to it.
+      let brokerUrl: string;
+      if (name === 'external-nats') {
+        if (options.transport !== 'tcp') throw new Error(`${name}: NATS 2.9 has no MQTT over WebSocket; run it with --transport tcp`);
+        const nats = await phase(name, 'start broker', 90_000, () => startNats(sup, dir, NATS_NODES, (child) => (children.push(child), extBrokers.push(child))));
+        deviceUrls = nats.urls;
+        brokerUrl = nats.urls[0]!;
+        log(name, `NATS cluster of ${NATS_NODES} nodes, MQTT at ${nats.urls.join(', ')}`);
+      } else {
+        const mosquitto = await phase(name, 'start broker', 30_000, () => startMosquitto(sup, dir, options.transport));
+        children.push(mosquitto.child);
+        extBrokers.push(mosquitto.child);
+        deviceUrls = [mosquitto.url];
+        brokerUrl = mosquitto.mqttUrl!;
+      }
+      const hub = await phase(name, 'start', 30_000, () => startHub(sup, dir, options.transport, undefined, { broker: brokerUrl, spawned: (child) => (children.push(child), brokers.push(child)) }));
+      nodes = [hub];
+    } else if (cluster) {
       claim = await phase(name, 'claim a Redis database', 15_000, claimRedisDb);
       log(name, `Redis database ${claim.url}; starting ${options.nodes} nodes one after another`);
       const spawned = (child: ManagedChild) => {
@@ -394,6 +425,7 @@ async function runTarget(session: Session, name: TargetName): Promise<TargetResu
         });
       };
       nodes = await phase(name, 'start nodes', 30_000 * options.nodes, () => startCluster(sup, dir, options.transport, claim!, options.nodes, spawned));
+      deviceUrls = nodes.map((t) => t.url);
     } else {
       const started = await phase(name, 'start', 30_000, () =>
         name === 'hub' ? startHub(sup, dir, options.transport) : name === 'aedes' ? startAedes(sup, options.transport) : startMosquitto(sup, dir, options.transport),
@@ -401,26 +433,31 @@ async function runTarget(session: Session, name: TargetName): Promise<TargetResu
       children.push(started.child);
       brokers.push(started.child);
       nodes = [started];
+      deviceUrls = [started.url];
     }
     let target = nodes[0]!;
     const pids = nodes.map((t) => t.child.pid);
+    const extPids = extBrokers.map((b) => b.pid);
     const redis = cluster ? redisPid() : null;
     if (cluster && redis === null) log(name, 'no single redis-server process to read (pgrep -x redis-server): the Redis CPU rows stay empty');
-    const before = await phase(name, 'RSS before devices', 10_000, async () => (await sleep(SETTLE_MS), pids.map(sampleProcess)));
+    const [before, extBefore] = await phase(name, 'RSS before devices', 10_000, async () => (await sleep(SETTLE_MS), [pids.map(sampleProcess), extPids.map(sampleProcess)] as const));
     figures.rss_before_mib = before.reduce((a, s) => a + s.rssKiB, 0) / 1024;
+    if (external) figures.ext_rss_before_mib = extBefore.reduce((a, s) => a + s.rssKiB, 0) / 1024;
     const redisMemBefore = claim ? await redisUsedMemory(claim) : NaN;
 
-    // Connect the devices: each simulator process to one node.
-    const sims = startSimulators(sup, ids.map((id) => ({ id, token: tokens.get(id) })), options.perProcess, nodes.length);
+    // Connect the devices: each simulator process to one node (of the hub cluster, or of the
+    // NATS cluster). On an external broker they connect without credentials (it admits anyone)
+    // and announce themselves with a birth and a will, which is how the hub learns of them.
+    const sims = startSimulators(sup, ids.map((id) => ({ id, token: external ? undefined : tokens.get(id) })), options.perProcess, deviceUrls.length);
     children.push(...sims.map((s) => s.child));
-    log(name, `connecting ${n} devices over ${options.transport} from ${sims.length} process(es) to ${nodes.map((t) => t.url).join(', ')}`);
+    log(name, `connecting ${n} devices over ${options.transport} from ${sims.length} process(es) to ${deviceUrls.join(', ')}`);
     await phase(name, 'start device simulators', 30_000, () => Promise.all(sims.map((s) => nextMessage(s.child, 'ready'))));
     const overflowsBefore = listenOverflows();
     const connected = await phase(name, 'connect devices', 60_000 + n * (cluster ? 20 : 10), async () => {
       const started = performance.now();
       const replies = sims.map((s) => nextMessage<Extract<FromWorker, { type: 'connected' }>>(s.child, 'connected'));
       for (const s of sims) {
-        const plan: ConnectPlan = { url: nodes[s.node]!.url, devices: s.devices, localAddress: s.localAddress, rate: options.connectRate / sims.length, window: options.connectWindow, handshakeTimeoutMs: 30_000, reconnect: false };
+        const plan: ConnectPlan = { url: deviceUrls[s.node]!, devices: s.devices, localAddress: s.localAddress, rate: options.connectRate / sims.length, window: options.connectWindow, handshakeTimeoutMs: 30_000, reconnect: false, presence: external };
         sendTo<ToWorker>(s.child, { type: 'connect', plan });
       }
       const stats: ConnectStats[] = (await Promise.all(replies)).map((r) => r.stats);
@@ -437,11 +474,15 @@ async function runTarget(session: Session, name: TargetName): Promise<TargetResu
     figures.listen_overflows = listenOverflows() - overflowsBefore;
     log(name, `${ok}/${n} up in ${connected.seconds.toFixed(2)} s` + (ok < n ? `; failures ${JSON.stringify(connected.stats.map((s) => ({ connack: s.connackFailures, refused: s.refused, errors: s.errors })))}` : ''));
     if (ok === 0) throw new Error(`${name}: no device could connect`);
-    if (name === 'hub') await phase(name, 'devices online', 60_000 + n * 5, () => waitOnline(target, operator!.secret, ok));
+    if (name === 'hub' || external) await phase(name, 'devices online', 60_000 + n * 5, () => waitOnline(target, operator!.secret, ok));
     if (cluster) await phase(name, 'devices online on every node', 60_000 + n * 5, () => waitClusterOnline(nodes, ok));
-    const after = await phase(name, 'RSS with devices', 10_000, async () => (await sleep(SETTLE_MS), pids.map(sampleProcess)));
+    const [after, extAfter] = await phase(name, 'RSS with devices', 10_000, async () => (await sleep(SETTLE_MS), [pids.map(sampleProcess), extPids.map(sampleProcess)] as const));
     figures.rss_after_mib = after.reduce((a, s) => a + s.rssKiB, 0) / 1024;
     figures.rss_per_device_kib = after.reduce((a, s, i) => a + s.rssKiB - before[i]!.rssKiB, 0) / ok;
+    if (external) {
+      figures.ext_rss_after_mib = extAfter.reduce((a, s) => a + s.rssKiB, 0) / 1024;
+      figures.ext_rss_per_device_kib = extAfter.reduce((a, s, i) => a + s.rssKiB - extBefore[i]!.rssKiB, 0) / ok;
+    }
     if (cluster) {
       const listed = await Promise.all(nodes.map((t) => healthCounts(t.httpUrl!)));
       figures.listed_devices_min = Math.min(...listed.map((c) => c?.devices ?? NaN));
@@ -465,27 +506,32 @@ async function runTarget(session: Session, name: TargetName): Promise<TargetResu
 
     // CPU the target spends on connected devices doing nothing (keepalives, timers, GC, heartbeats).
     const rest = await phase(name, 'CPU at rest', 10_000, async () => {
-      const [t0, r0] = [cpuOf(pids), redis === null ? NaN : cpuOf([redis])];
+      const [t0, r0, e0] = [cpuOf(pids), redis === null ? NaN : cpuOf([redis]), cpuOf(extPids)];
       await sleep(REST_MS);
-      return { cpu: cpuOf(pids) - t0, redisCpu: redis === null ? NaN : cpuOf([redis]) - r0 };
+      return { cpu: cpuOf(pids) - t0, redisCpu: redis === null ? NaN : cpuOf([redis]) - r0, extCpu: cpuOf(extPids) - e0 };
     });
     figures.rest_cpu_pct = (rest.cpu / (REST_MS / 1000)) * 100;
+    if (external) figures.ext_rest_cpu_pct = (rest.extCpu / (REST_MS / 1000)) * 100;
     if (cluster) figures.rest_redis_cpu_pct = (rest.redisCpu / (REST_MS / 1000)) * 100;
 
     // Round trips with K in flight, from a load client on the first node.
     const load = sup.fork(`load-client`, join(ROOT, 'dist', 'bench', 'load-client.js'));
     children.push(load);
-    const credentials = operator ? { username: operator.name, password: operator.secret } : undefined;
+    // On an external broker the load client logs in to the broker (anonymous), not to the hub.
+    const credentials = operator && !external ? { username: operator.name, password: operator.secret } : undefined;
     const mode = hubLike ? 'hub' : 'bare';
-    const rtDevices = cluster ? interleave(sims.map((s) => s.devices.map((d) => d.id)), Math.min(ok, ROUND_TRIP_DEVICES)) : ids.slice(0, Math.min(ok, ROUND_TRIP_DEVICES));
-    if (cluster) {
+    const loadUrl = external ? deviceUrls[0]! : target.url;
+    // Round trips spread over the nodes the devices are on (hub cluster, NATS cluster).
+    const spread = cluster || (sims.length > 1 && deviceUrls.length > 1);
+    const rtDevices = spread ? interleave(sims.map((s) => s.devices.map((d) => d.id)), Math.min(ok, ROUND_TRIP_DEVICES)) : ids.slice(0, Math.min(ok, ROUND_TRIP_DEVICES));
+    if (spread) {
       const onFirst = new Set(sims.filter((s) => s.node === 0).flatMap((s) => s.devices.map((d) => d.id)));
       // Round robin over the list: each device gets the same share of the round trips.
       figures.rt_crossed_pct = (rtDevices.filter((d) => !onFirst.has(d)).length / rtDevices.length) * 100;
     }
     const rtSpec: RoundTripSpec = {
       mode,
-      url: target.url,
+      url: loadUrl,
       credentials,
       devices: rtDevices,
       inflight: options.inflight,
@@ -500,16 +546,18 @@ async function runTarget(session: Session, name: TargetName): Promise<TargetResu
     const gcBefore = await gcNow();
     const rt = await phase(name, 'round trips', rtLimit, async () => {
       // CPU seconds of the target's processes, the load client, the device simulators and Redis.
-      const cpuNow = () => [cpuOf(pids), cpuOf([load.pid]), cpuOf(sims.map((s) => s.child.pid)), redis === null ? NaN : cpuOf([redis])];
+      const cpuNow = () => [cpuOf(pids), cpuOf([load.pid]), cpuOf(sims.map((s) => s.child.pid)), redis === null ? NaN : cpuOf([redis]), cpuOf(extPids)];
       let atMark: number[] = [];
       const mark = nextMessage(load, 'mark').then(() => (atMark = cpuNow()));
+      // The load client's error rejects `result` too, which this phase reports: not unhandled here.
+      mark.catch(() => {});
       const result = nextMessage<Extract<FromLoad, { type: 'roundtrips' }>>(load, 'roundtrips');
       sendTo<ToLoad>(load, { type: 'roundtrips', spec: rtSpec });
       const { result: r } = await result;
       const atEnd = cpuNow();
       await mark;
       const used = atEnd.map((c, i) => c - atMark[i]!);
-      return { ...r, cpu: used[0]!, loadCpu: used[1]!, simCpu: used[2]!, redisCpu: used[3]! };
+      return { ...r, cpu: used[0]!, loadCpu: used[1]!, simCpu: used[2]!, redisCpu: used[3]!, extCpu: used[4]! };
     });
     figures.rt_rate = rt.rate;
     figures.rt_p50_ms = rt.p50;
@@ -519,27 +567,30 @@ async function runTarget(session: Session, name: TargetName): Promise<TargetResu
     figures.rt_load_cpu_s_per_10k = (rt.loadCpu / rt.count) * 10_000;
     figures.rt_sim_cpu_s_per_10k = (rt.simCpu / rt.count) * 10_000;
     if (cluster) figures.rt_redis_cpu_s_per_10k = (rt.redisCpu / rt.count) * 10_000;
+    if (external) figures.rt_ext_cpu_s_per_10k = (rt.extCpu / rt.count) * 10_000;
     // Read outside the measuring window: the warm-up's GC is in it, so it counts in the divisor too.
     if (hubLike) figures.rt_gc_s_per_10k = (((await gcNow()) - gcBefore) / (rt.count + options.warmup)) * 10_000;
     figures.rt_errors = sum(rt.errors);
     log(name, `${rt.rate.toFixed(0)} round trips/s, p50 ${rt.p50.toFixed(2)} ms, p99 ${rt.p99.toFixed(2)} ms` + (figures.rt_errors ? `, errors ${JSON.stringify(rt.errors)}` : ''));
 
     // Fan-out: one command to every device (a job on the first node, for a cluster).
-    const fanSpec: FanOutSpec = { mode, url: target.url, httpUrl: target.httpUrl, credentials, devices: ids, expected: ok, concurrency: Math.min(ok, JOB_CONCURRENCY_MAX), tag: DEVICE_TAG };
+    const fanSpec: FanOutSpec = { mode, url: loadUrl, httpUrl: target.httpUrl, credentials, apiToken: operator?.secret, devices: ids, expected: ok, concurrency: Math.min(ok, JOB_CONCURRENCY_MAX), tag: DEVICE_TAG };
     log(name, `fan-out to ${ok} devices`);
     const gcBeforeFan = await gcNow();
     const fan = await phase(name, 'fan-out', 60_000 + n * 20, async () => {
       const cpuBefore = cpuOf(pids);
       const redisBefore = redis === null ? NaN : cpuOf([redis]);
+      const extCpuBefore = cpuOf(extPids);
       const result = nextMessage<Extract<FromLoad, { type: 'fanout' }>>(load, 'fanout');
       sendTo<ToLoad>(load, { type: 'fanout', spec: fanSpec });
       const { result: r } = await result;
-      return { ...r, cpu: cpuOf(pids) - cpuBefore, redisCpu: redis === null ? NaN : cpuOf([redis]) - redisBefore };
+      return { ...r, cpu: cpuOf(pids) - cpuBefore, redisCpu: redis === null ? NaN : cpuOf([redis]) - redisBefore, extCpu: cpuOf(extPids) - extCpuBefore };
     });
     figures.fanout_s = fan.seconds;
     figures.fanout_succeeded = fan.succeeded;
     figures.fanout_cpu_s = fan.cpu;
     if (cluster) figures.fanout_redis_cpu_s = fan.redisCpu;
+    if (external) figures.fanout_ext_cpu_s = fan.extCpu;
     if (hubLike) figures.fanout_gc_s = (await gcNow()) - gcBeforeFan;
     log(name, `fan-out: ${fan.succeeded}/${ok} answered in ${fan.seconds.toFixed(2)} s`);
 
@@ -552,6 +603,7 @@ async function runTarget(session: Session, name: TargetName): Promise<TargetResu
     );
     figures.dropped = stats.reduce((a, s) => a + s.lost, 0);
 
+    if (options.storm && external) log(name, 'no reconnect storm: it restarts the embedded hub under its devices; here the devices are on the broker (rows —)');
     if (options.storm && name === 'hub') {
       target = await runStorm({ sup, options, ids, dir, target, sims, load, credentials: credentials! }, figures, (next) => (children[0] = next.child));
     }
@@ -560,7 +612,7 @@ async function runTarget(session: Session, name: TargetName): Promise<TargetResu
   } catch (error) {
     const message = (error as Error).message;
     log(name, `FAILED: ${message}`);
-    for (const b of cluster ? brokers : children.slice(0, 1)) {
+    for (const b of cluster || external ? [...extBrokers, ...brokers] : children.slice(0, 1)) {
       const tail = b.tail();
       if (tail) log(name, `${b.name}'s last output:\n${tail}`);
     }

@@ -9,6 +9,8 @@
 import { readFileSync } from 'node:fs';
 import { parseArgs } from 'node:util';
 import { backoffDelay, DEFAULT_BACKOFF_BASE_MS, DEFAULT_BACKOFF_CAP_MS } from '../src/hypha/agent.js';
+import { newPresenceNonce, offlinePayload } from '../src/hypha/presence.js';
+import type { PresenceMessage } from '../src/protocol/schemas.js';
 import { wallMs } from './processes.js';
 import { MqttConn, topics } from './wire.js';
 
@@ -32,6 +34,13 @@ export interface ConnectPlan {
    * full-jitter backoff (the CLI does; the bench counts drops instead, until a storm).
    */
   reconnect: boolean;
+  /**
+   * Announce each device as hypha does on an external broker (docs/protocol.md "Presence
+   * messages"): a retained will `{"online":false,nonce}` on `P/devices/{id}/presence` in the
+   * CONNECT, and after CONNACK, behind the command subscription, a retained birth with the
+   * same nonce, new on every connect. The embedded hub sees connections itself and drops both.
+   */
+  presence?: boolean | undefined;
 }
 
 export interface ConnectStats {
@@ -89,6 +98,12 @@ type Outcome = { kind: 'up' } | { kind: 'connack' | 'refused' | 'error'; code: s
 const PING_CHECK_MS = 15_000;
 /** Keepalive is 60 s; a ping after 40 s of silence keeps well inside the broker's 90 s. */
 const PING_AFTER_MS = 40_000;
+
+/** The birth of a simulated device: what the hub reads on an external broker to list it online. */
+function birthOf(nonce: string, transport: 'mqtt' | 'mqtt-ws'): string {
+  const birth: PresenceMessage = { online: true, nonce, transport, agent: 'bench-sim/1' };
+  return JSON.stringify(birth);
+}
 
 function responseFor(commandPayload: Buffer): string | null {
   let id: unknown;
@@ -191,13 +206,17 @@ export class DeviceFleet {
       clearTimeout(timer);
       done(o);
     };
+    const nonce = plan.presence ? newPresenceNonce() : '';
+    const will = plan.presence ? { topic: topics.presence(device.id), payload: offlinePayload(nonce), qos: 1 as const, retain: true } : undefined;
     const conn = new MqttConn(
-      { url: plan.url, clientId: device.id, username: device.token === undefined ? undefined : device.id, password: device.token, clean: false, keepalive: 60, localAddress: plan.localAddress },
+      { url: plan.url, clientId: device.id, username: device.token === undefined ? undefined : device.id, password: device.token, clean: false, keepalive: 60, localAddress: plan.localAddress, will },
       {
         onConnack: (code) => {
           if (code === 0) {
             this.attempts.delete(device.id);
             conn.subscribe(topics.command(device.id), 1);
+            // After the subscription on the same connection: once the birth is read, commands arrive.
+            if (plan.presence) conn.publish(topics.presence(device.id), birthOf(nonce, plan.url.startsWith('ws') ? 'mqtt-ws' : 'mqtt'), 1, true);
           } else {
             finish({ kind: 'connack', code: String(code) });
             conn.close();
@@ -313,6 +332,9 @@ with result "ok" and exit code 0. Stops on Ctrl-C.
   --local-address A    source address of the connections (e.g. 127.0.0.2)
   --rate R             connects started per second (default 0: as fast as --window allows)
   --window W           handshakes in progress at most at once (default 200)
+  --presence           publish a retained birth and leave a retained will on
+                       P/devices/{id}/presence, as hypha does: a hub on an external broker
+                       (--broker) lists a device online only from its birth
   --help               this text
 
 One process holds at most about as many devices as it may open files (ulimit -n).`;
@@ -327,6 +349,7 @@ async function runCli(): Promise<void> {
       'local-address': { type: 'string' },
       rate: { type: 'string', default: '0' },
       window: { type: 'string', default: '200' },
+      presence: { type: 'boolean', default: false },
       help: { type: 'boolean', default: false },
     },
   });
@@ -368,6 +391,7 @@ async function runCli(): Promise<void> {
     window: Number(values.window),
     handshakeTimeoutMs: 30_000,
     reconnect: true,
+    presence: values.presence,
   });
   const failed = Object.values(stats.connackFailures).reduce((a, b) => a + b, 0);
   console.log(

@@ -1,14 +1,17 @@
 /**
  * The systems under test, each started as its own process (or processes) so that RSS and CPU
- * time can be read from /proc: the rhizosphere hub, bare Aedes, bare Mosquitto, and several
- * hub processes as one cluster (cluster.ts).
+ * time can be read from /proc: the rhizosphere hub, bare Aedes, bare Mosquitto, several hub
+ * processes as one cluster (cluster.ts), and the hub on an external Mosquitto or NATS cluster
+ * (nats.ts) it joins with --broker.
  */
 import { writeFileSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { freePort, sleep, waitForPort, type ManagedChild, type Supervisor } from './processes.js';
 
-export type TargetName = 'hub' | 'aedes' | 'mosquitto' | 'cluster';
-export const TARGET_NAMES: readonly TargetName[] = ['hub', 'aedes', 'mosquitto', 'cluster'];
+export type TargetName = 'hub' | 'aedes' | 'mosquitto' | 'cluster' | 'external-mosquitto' | 'external-nats';
+export const TARGET_NAMES: readonly TargetName[] = ['hub', 'aedes', 'mosquitto', 'cluster', 'external-mosquitto', 'external-nats'];
+/** The hub joined to a broker of its own with --broker: devices and the load client connect to that broker. */
+export const EXTERNAL_TARGETS: readonly TargetName[] = ['external-mosquitto', 'external-nats'];
 /** Without --targets: the cluster needs a Redis, so it runs only when asked for. */
 export const DEFAULT_TARGETS: readonly TargetName[] = ['hub', 'aedes', 'mosquitto'];
 export type TransportName = 'tcp' | 'ws';
@@ -20,6 +23,8 @@ export interface RunningTarget {
   url: string;
   /** REST base (hub only). */
   httpUrl?: string;
+  /** A broker's plain MQTT URL (mqtt://), whatever the transport: where a hub joins it. */
+  mqttUrl?: string;
   /** The hub's ports, to restart it on the same ones. */
   ports?: HubPorts;
   /** performance.now() when the port of `url` first accepted a connection. */
@@ -42,6 +47,8 @@ export interface HubOptions {
   extraArgs?: string[];
   /** Called with the process as soon as it is spawned, before it is ready (for the cleanup). */
   spawned?: (child: ManagedChild) => void;
+  /** Join this external broker (--broker URL): the hub has no MQTT port of its own, and `url` is this one. */
+  broker?: string;
 }
 
 /**
@@ -49,12 +56,13 @@ export interface HubOptions {
  * Given `ports`, it listens on those (a restart), else on free ones.
  */
 export async function startHub(sup: Supervisor, dataDir: string, transport: TransportName, ports?: HubPorts, options: HubOptions = {}): Promise<RunningTarget> {
-  const [mqttPort, httpPort] = ports ? [ports.mqtt, ports.http] : [await freePort(), await freePort()];
+  const broker = options.broker;
+  const [mqttPort, httpPort] = ports ? [ports.mqtt, ports.http] : [broker ? 0 : await freePort(), await freePort()];
   const name = options.name ?? 'hub';
   const child = sup.spawn(name, process.execPath, [
     join(ROOT, 'bin', 'rhizosphere.js'),
     '--host', '127.0.0.1',
-    '--mqtt-port', String(mqttPort),
+    ...(broker ? ['--broker', broker] : ['--mqtt-port', String(mqttPort)]),
     '--http-port', String(httpPort),
     '--data-dir', dataDir,
     '--log-level', 'warn',
@@ -66,15 +74,16 @@ export async function startHub(sup: Supervisor, dataDir: string, transport: Tran
   options.spawned?.(child);
   const httpUrl = `http://127.0.0.1:${httpPort}`;
   // The devices' port first: in a restart, that is when the hub is back for them.
-  const [first, second] = transport === 'ws' ? [httpPort, mqttPort] : [mqttPort, httpPort];
+  const [first, second] = broker ? [httpPort, httpPort] : transport === 'ws' ? [httpPort, mqttPort] : [mqttPort, httpPort];
   await waitForPort(child, first);
   const acceptingAt = performance.now();
   await waitForPort(child, second);
+  // On an external broker the hub opens its HTTP port only once it has joined that broker.
   while ((await fetch(`${httpUrl}/healthz`).then((r) => r.status, () => 0)) !== 200) {
     if (!child.running) throw new Error(`${name} exited:\n${child.tail()}`);
     await sleep(50);
   }
-  const url = transport === 'ws' ? `ws://127.0.0.1:${httpPort}/mqtt` : `mqtt://127.0.0.1:${mqttPort}`;
+  const url = broker ?? (transport === 'ws' ? `ws://127.0.0.1:${httpPort}/mqtt` : `mqtt://127.0.0.1:${mqttPort}`);
   return { name: 'hub', child, url, httpUrl, ports: { mqtt: mqttPort, http: httpPort }, acceptingAt };
 }
 
@@ -118,5 +127,6 @@ export async function startMosquitto(sup: Supervisor, dir: string, transport: Tr
   writeFileSync(conf, mosquittoConfig(port, wsPort));
   const child = sup.spawn('mosquitto', MOSQUITTO, ['-c', conf]);
   await waitForPort(child, wsPort || port);
-  return { name: 'mosquitto', child, url: wsPort ? `ws://127.0.0.1:${wsPort}/mqtt` : `mqtt://127.0.0.1:${port}`, acceptingAt: performance.now() };
+  const mqttUrl = `mqtt://127.0.0.1:${port}`;
+  return { name: 'mosquitto', child, url: wsPort ? `ws://127.0.0.1:${wsPort}/mqtt` : mqttUrl, mqttUrl, acceptingAt: performance.now() };
 }

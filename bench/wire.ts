@@ -1,7 +1,8 @@
 /**
  * A lean MQTT 3.1.1 connection on mqtt-packet over a raw TCP socket or a WebSocket: tens of
  * thousands of them fit in a few processes, where one MQTT.js client per device would not.
- * Only what the bench needs: CONNECT, SUBSCRIBE, QoS 0/1 PUBLISH, PUBACK, PINGREQ.
+ * Only what the bench needs: CONNECT (with a will), SUBSCRIBE, QoS 0/1 PUBLISH (retained or
+ * not), PUBACK, PINGREQ.
  */
 import { connect as tcpConnect, type Socket } from 'node:net';
 import mqttPacket from 'mqtt-packet';
@@ -13,6 +14,7 @@ export const TOPIC_PREFIX = 'rhizosphere';
 export const topics = {
   command: (id: string) => `${TOPIC_PREFIX}/devices/${id}/command`,
   response: (id: string) => `${TOPIC_PREFIX}/devices/${id}/response`,
+  presence: (id: string) => `${TOPIC_PREFIX}/devices/${id}/presence`,
   allResponses: `${TOPIC_PREFIX}/devices/+/response`,
   clientRequest: (id: string) => `${TOPIC_PREFIX}/clients/${id}/request`,
   clientResponse: (id: string) => `${TOPIC_PREFIX}/clients/${id}/response`,
@@ -28,6 +30,8 @@ export interface ConnectOptions {
   clean?: boolean;
   keepalive?: number;
   localAddress?: string | undefined;
+  /** The will the broker publishes when the connection ends without a DISCONNECT. */
+  will?: { topic: string; payload: string; qos: 0 | 1; retain: boolean } | undefined;
 }
 
 export interface ConnHandlers {
@@ -94,8 +98,18 @@ export class MqttConn {
       this.options.localAddress,
       () => {
         this.open = true;
-        const { clientId, username, password, clean = false, keepalive = 60 } = this.options;
-        this.send({ cmd: 'connect', protocolId: 'MQTT', protocolVersion: 4, clientId, clean, keepalive, username, password: password === undefined ? undefined : Buffer.from(password) });
+        const { clientId, username, password, clean = false, keepalive = 60, will } = this.options;
+        this.send({
+          cmd: 'connect',
+          protocolId: 'MQTT',
+          protocolVersion: 4,
+          clientId,
+          clean,
+          keepalive,
+          username,
+          password: password === undefined ? undefined : Buffer.from(password),
+          ...(will && { will: { topic: will.topic, payload: Buffer.from(will.payload), qos: will.qos, retain: will.retain } }),
+        });
       },
       (d) => this.parser.parse(d),
       (error) => {
@@ -109,8 +123,8 @@ export class MqttConn {
     this.send({ cmd: 'subscribe', messageId: this.messageId(), subscriptions: [{ topic, qos }] });
   }
 
-  publish(topic: string, payload: string | Buffer, qos: 0 | 1 = 1): void {
-    this.send({ cmd: 'publish', topic, payload, qos, retain: false, dup: false, messageId: qos > 0 ? this.messageId() : undefined } as IPublishPacket);
+  publish(topic: string, payload: string | Buffer, qos: 0 | 1 = 1, retain = false): void {
+    this.send({ cmd: 'publish', topic, payload, qos, retain, dup: false, messageId: qos > 0 ? this.messageId() : undefined } as IPublishPacket);
   }
 
   ping(): void {
