@@ -128,7 +128,7 @@ describe('web console: jobs', () => {
     await page.waitForURL((u) => u.hash.startsWith('#/jobs/') && !u.hash.endsWith(encodeURIComponent(jobId)));
     const longId = decodeURIComponent(new URL(page.url()).hash.slice('#/jobs/'.length));
     await expect.poll(() => count(page, 'sent')).toBe(2);
-    expect(await count(page, 'queued')).toBe(18);
+    await expect.poll(() => count(page, 'queued')).toBe(18);
     await page.screenshot({ path: artifact('console-jobs-running.png'), fullPage: true });
     await page.click('.job-cancel');
     await expect.poll(() => page.getAttribute('.job', 'data-state')).toBe('canceled');
