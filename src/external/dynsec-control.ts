@@ -13,7 +13,7 @@ import mqtt, { type IClientOptions, type MqttClient } from 'mqtt';
 import type { DynsecCommand } from '../auth/dynsec-roles.js';
 import { StartError } from '../errors.js';
 import type { Logger } from '../log.js';
-import type { UplinkCredentials } from './uplink.js';
+import { credentialOptions, endGracefully, type UplinkCredentials } from './uplink.js';
 
 export const CONTROL_TOPIC = '$CONTROL/dynamic-security/v1';
 export const RESPONSE_TOPIC = '$CONTROL/dynamic-security/v1/response';
@@ -122,20 +122,11 @@ export class DynsecControl extends EventEmitter<{ up: []; down: [] }> {
   async close(): Promise<void> {
     this.closing = true;
     for (const batch of [...this.batches]) this.fail(batch, new DynsecUnanswered('closing'));
-    await new Promise<void>((resolve) => {
-      const timer = setTimeout(() => {
-        this.client.end(true);
-        resolve();
-      }, 2000);
-      this.client.end(false, {}, () => {
-        clearTimeout(timer);
-        resolve();
-      });
-    });
+    await endGracefully(this.client);
   }
 
   private clientOptions(): IClientOptions {
-    const { clientId, username, password, ca, cert, key } = this.options;
+    const { clientId } = this.options;
     return {
       clientId,
       protocolVersion: 4,
@@ -145,11 +136,7 @@ export class DynsecControl extends EventEmitter<{ up: []; down: [] }> {
       reconnectPeriod: 0,
       connectTimeout: this.options.connectTimeoutMs ?? 10_000,
       resubscribe: false,
-      ...(username !== undefined ? { username } : {}),
-      ...(password !== undefined ? { password } : {}),
-      ...(ca !== undefined ? { ca } : {}),
-      ...(cert !== undefined ? { cert } : {}),
-      ...(key !== undefined ? { key } : {}),
+      ...credentialOptions(this.options),
     };
   }
 

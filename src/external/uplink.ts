@@ -20,6 +20,31 @@ export interface UplinkCredentials {
   key?: string;
 }
 
+/** The credentials as MQTT.js options, leaving out those not given. */
+export function credentialOptions({ username, password, ca, cert, key }: UplinkCredentials): IClientOptions {
+  return {
+    ...(username !== undefined ? { username } : {}),
+    ...(password !== undefined ? { password } : {}),
+    ...(ca !== undefined ? { ca } : {}),
+    ...(cert !== undefined ? { cert } : {}),
+    ...(key !== undefined ? { key } : {}),
+  };
+}
+
+/** A clean DISCONNECT, or the socket cut after 2 s when the broker does not take it. */
+export function endGracefully(client: MqttClient): Promise<void> {
+  return new Promise<void>((resolve) => {
+    const timer = setTimeout(() => {
+      client.end(true);
+      resolve();
+    }, 2000);
+    client.end(false, {}, () => {
+      clearTimeout(timer);
+      resolve();
+    });
+  });
+}
+
 export interface UplinkSubscription {
   filter: string;
   qos: 0 | 1;
@@ -121,20 +146,11 @@ export class Uplink extends EventEmitter<UplinkEvents> {
 
   async close(): Promise<void> {
     this.closing = true;
-    await new Promise<void>((resolve) => {
-      const timer = setTimeout(() => {
-        this.client.end(true);
-        resolve();
-      }, 2000);
-      this.client.end(false, {}, () => {
-        clearTimeout(timer);
-        resolve();
-      });
-    });
+    await endGracefully(this.client);
   }
 
   private clientOptions(version: 4 | 5): IClientOptions {
-    const { clientId, username, password, ca, cert, key, keepaliveS } = this.options;
+    const { clientId, keepaliveS } = this.options;
     const persistent = this.options.persistentSession ?? true;
     return {
       clientId,
@@ -146,11 +162,7 @@ export class Uplink extends EventEmitter<UplinkEvents> {
       connectTimeout: this.options.connectTimeoutMs ?? 10_000,
       // Subscriptions are made here, on every connect that lost the session.
       resubscribe: false,
-      ...(username !== undefined ? { username } : {}),
-      ...(password !== undefined ? { password } : {}),
-      ...(ca !== undefined ? { ca } : {}),
-      ...(cert !== undefined ? { cert } : {}),
-      ...(key !== undefined ? { key } : {}),
+      ...credentialOptions(this.options),
     };
   }
 
