@@ -1,7 +1,7 @@
 /** Headless Chromium for the console tests (Debian's chromium, driven by playwright-core). */
 import { existsSync, mkdirSync } from 'node:fs';
 import { join } from 'node:path';
-import { chromium, type BrowserContext, type Page } from 'playwright-core';
+import { chromium, type BrowserContext, type Locator, type Page } from 'playwright-core';
 import { expect } from 'vitest';
 import { cleanup, ROOT, tempDir } from './helpers.js';
 
@@ -38,4 +38,14 @@ export async function openPage(): Promise<Page> {
   });
   cleanup(() => expect(problems, 'errors in the page').toEqual([]));
   return page;
+}
+
+/** Runs a command from the open device page and waits for its result card (output, or the error). */
+export async function runCommand(page: Page, command: string, order = 'exec_bash'): Promise<Locator> {
+  await page.selectOption('.order', order);
+  await page.fill('.command-input', command);
+  await page.press('.command-input', 'Enter');
+  const card = page.locator('.result').last();
+  await card.locator('.result-foot, .result-status.error').first().waitFor();
+  return card;
 }

@@ -4,20 +4,10 @@
  * live, a command and a job run through the broker, and the console shows the broker going
  * away and coming back. Screenshots land in test-artifacts/.
  */
-import type { Page } from 'playwright-core';
 import { describe, expect, it } from 'vitest';
-import { artifact, openPage } from './browser.js';
+import { artifact, openPage, runCommand as run } from './browser.js';
 import { startMosquitto } from './brokers.js';
 import { spawnHypha, startTestHub, waitFor } from './helpers.js';
-
-async function run(page: Page, command: string) {
-  await page.selectOption('.order', 'exec_bash');
-  await page.fill('.command-input', command);
-  await page.press('.command-input', 'Enter');
-  const card = page.locator('.result').last();
-  await card.locator('.result-foot, .result-status.error').first().waitFor();
-  return card;
-}
 
 describe('web console on an external broker', () => {
   it('shows the broker, lists its agents live, runs a command and a job through it, and shows it unreachable and back', async () => {

@@ -7,7 +7,7 @@ import { join } from 'node:path';
 import type { Page } from 'playwright-core';
 import { describe, expect, it } from 'vitest';
 import { startHub } from '../src/index.js';
-import { artifact, openPage } from './browser.js';
+import { artifact, openPage, runCommand as run } from './browser.js';
 import { cleanup, freePort, spawnHypha, startAgents, startTestHub, tempDir, waitFor } from './helpers.js';
 
 async function openConsole(url: string): Promise<Page> {
@@ -15,15 +15,6 @@ async function openConsole(url: string): Promise<Page> {
   await page.goto(url);
   await page.waitForSelector('.connection[data-state="connected"]');
   return page;
-}
-
-async function run(page: Page, command: string, order = 'exec_bash') {
-  await page.selectOption('.order', order);
-  await page.fill('.command-input', command);
-  await page.press('.command-input', 'Enter');
-  const card = page.locator('.result').last();
-  await card.locator('.result-foot, .result-status.error').first().waitFor();
-  return card;
 }
 
 describe('web console', () => {
