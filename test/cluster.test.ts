@@ -88,7 +88,9 @@ describe.skipIf(!claimed)('cluster', () => {
       '--mqtt-port', String(mqttPort), '--http-port', String(httpPort), '--allow-anonymous', '--log-level', 'warn',
     ]);
     const http = `http://127.0.0.1:${httpPort}`;
-    await waitFor(() => fetch(`${http}/healthz`).then((r) => r.ok, () => false), { timeoutMs: 20_000, what: `${nodeId} up` });
+    await waitFor(() => fetch(`${http}/healthz`).then((r) => r.ok, () => false), { timeoutMs: 40_000, what: `${nodeId} up` }).catch((error: Error) => {
+      throw new Error(`${error.message}\n${hub.output()}`);
+    });
     return { ...hub, mqttPort, http, mqtt: `mqtt://127.0.0.1:${mqttPort}` };
   }
 
