@@ -60,6 +60,7 @@ export async function startHub(sup: Supervisor, dataDir: string, transport: Tran
   const [mqttPort, httpPort] = ports ? [ports.mqtt, ports.http] : [broker ? 0 : await freePort(), await freePort()];
   const name = options.name ?? 'hub';
   const child = sup.spawn(name, process.execPath, [
+    ...(process.env.BENCH_HUB_NODE_ARGS?.split(' ').filter(Boolean) ?? []),
     join(ROOT, 'bin', 'rhizosphere.js'),
     '--host', '127.0.0.1',
     ...(broker ? ['--broker', broker] : ['--mqtt-port', String(mqttPort)]),

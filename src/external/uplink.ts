@@ -7,7 +7,7 @@
  */
 import { EventEmitter } from 'node:events';
 import { Socket } from 'node:net';
-import mqtt, { type IClientOptions, type IClientPublishOptions, type IPublishPacket, type MqttClient } from 'mqtt';
+import mqtt, { type IClientOptions, type IConnackPacket, type IClientPublishOptions, type IPublishPacket, type MqttClient } from 'mqtt';
 import { StartError } from '../errors.js';
 import type { Logger } from '../log.js';
 
@@ -91,6 +91,35 @@ const SESSION_NEVER_EXPIRES = 0xffffffff;
 const UNACCEPTABLE_PROTOCOL = new Set([1, 0x84]);
 const BAD_CREDENTIALS = new Set([4, 5, 0x86, 0x87, 0x8c]);
 
+const coalesced = new WeakSet<Socket>();
+
+/**
+ * What the hub writes while handling one read from the broker leaves in one write: the socket
+ * is corked as data arrives and uncorked once the loop has run all that data caused
+ * (setImmediate comes after this turn's ticks and promise jobs). MQTT.js alone flushes after
+ * each packet it handles; on the one connection that carries all traffic, those write calls
+ * (on loopback they carry the broker's receive work too) were the largest single cost.
+ */
+function coalesceWrites(socket: Socket): void {
+  coalesced.add(socket);
+  let corked = false;
+  const uncork = () => {
+    corked = false;
+    socket.uncork();
+  };
+  socket.prependListener('data', () => {
+    if (corked) return;
+    corked = true;
+    socket.cork();
+    setImmediate(uncork);
+  });
+}
+
+/** Whether the broker takes `$share/…` (MQTT 5 CONNACK; absent means yes, and 3.1.1 says nothing). */
+function sharedSubscriptionsOf(version: 4 | 5, connack: IConnackPacket): boolean {
+  return version === 5 && connack.properties?.sharedSubscriptionAvailable !== false;
+}
+
 type ErrorWithCode = Error & { code?: string | number };
 
 /** What a failed first connect means, as the one start line naming the flag to fix. */
@@ -160,6 +189,8 @@ export class Uplink extends EventEmitter<UplinkEvents> {
       keepalive: keepaliveS ?? 30,
       reconnectPeriod: 0,
       connectTimeout: this.options.connectTimeoutMs ?? 10_000,
+      // MQTT.js logs every packet through `debug`, which costs even when off.
+      log: () => {},
       // Subscriptions are made here, on every connect that lost the session.
       resubscribe: false,
       ...credentialOptions(this.options),
@@ -172,7 +203,7 @@ export class Uplink extends EventEmitter<UplinkEvents> {
       const client = mqtt.connect(url, this.clientOptions(version));
       const outcome = await new Promise<{ ok: true; sessionPresent: boolean } | { ok: false; error: ErrorWithCode }>((resolve) => {
         client.once('connect', (connack) => {
-          this.sharedSubscriptions = version === 5 && connack.properties?.sharedSubscriptionAvailable !== false;
+          this.sharedSubscriptions = sharedSubscriptionsOf(version, connack);
           resolve({ ok: true, sessionPresent: connack.sessionPresent });
         });
         client.once('error', (error) => resolve({ ok: false, error }));
@@ -197,7 +228,7 @@ export class Uplink extends EventEmitter<UplinkEvents> {
     // From now on MQTT.js reconnects by itself; the outgoing store (QoS 1 in flight) survives.
     client.options.reconnectPeriod = this.options.reconnectPeriodMs ?? 1000;
     client.on('connect', (connack) => {
-      this.sharedSubscriptions = this.protocolVersion === 5 && connack.properties?.sharedSubscriptionAvailable !== false;
+      this.sharedSubscriptions = sharedSubscriptionsOf(this.protocolVersion, connack);
       void this.connected$(connack.sessionPresent);
     });
     client.on('message', (topic, payload, packet) => {
@@ -224,8 +255,11 @@ export class Uplink extends EventEmitter<UplinkEvents> {
   private async connected$(sessionPresent: boolean): Promise<void> {
     const { log, url } = this.options;
     const subscriptions = this.options.subscriptions({ protocolVersion: this.protocolVersion, sharedSubscriptions: this.sharedSubscriptions });
-    // Commands and Replies are small and latency-bound (Nagle with delayed ACK adds tens of ms).
-    if (this.client.stream instanceof Socket) this.client.stream.setNoDelay(true);
+    if (this.client.stream instanceof Socket && !coalesced.has(this.client.stream)) {
+      // Commands and Replies are small and latency-bound (Nagle with delayed ACK adds tens of ms).
+      this.client.stream.setNoDelay(true);
+      coalesceWrites(this.client.stream);
+    }
     if (!sessionPresent) {
       const granted = await this.client.subscribeAsync(
         subscriptions.map((s) => s.filter),
