@@ -25,7 +25,9 @@ export function natsNodeConfig(name: string, ports: NatsNodePorts, routes: numbe
     `listen: 127.0.0.1:${ports.nats}`,
     `server_name: ${name}`,
     `jetstream { store_dir: "${storeDir}" }`,
-    `mqtt { listen: 127.0.0.1:${ports.mqtt} }`,
+    // Replicated on every node: NATS otherwise sizes its MQTT streams by the nodes it sees at
+    // the first MQTT connect, maybe two of three, and a two-replica stream stops with one node.
+    `mqtt { listen: 127.0.0.1:${ports.mqtt}${routes.length > 0 ? `, stream_replicas: ${routes.length + 1}` : ''} }`,
     ...(routes.length > 0 ? [`cluster { name: bench, listen: 127.0.0.1:${ports.cluster}, routes: [${routes.map((p) => `"nats://127.0.0.1:${p}"`).join(', ')}] }`] : []),
     // Warnings and errors only, on stderr (the child's tail in a failure report).
     'debug: false',

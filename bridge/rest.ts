@@ -22,8 +22,11 @@ export interface HubInfo {
   /** The MQTT ports devices connect to (the console shows them in the hypha command line). */
   mqttPort: number | null;
   mqttsPort: number | null;
-  /** On an external broker only: where devices connect, and whether the hub is connected to it now. */
-  broker?: { url: string; readonly connected: boolean; readonly reason: string | null; readonly mqtt: '5' | '3.1.1' | null };
+  /**
+   * On an external broker only: where devices connect (`urls`, every node of --broker), the
+   * node the hub is on (`url`), and whether it is connected to it now.
+   */
+  broker?: { readonly url: string; urls: string[]; readonly connected: boolean; readonly reason: string | null; readonly mqtt: '5' | '3.1.1' | null };
 }
 
 export interface RestOptions {

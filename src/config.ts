@@ -6,6 +6,7 @@
 import { readFileSync } from 'node:fs';
 import { dirname, isAbsolute, resolve } from 'node:path';
 import { z } from 'zod';
+import { brokerListProblem, brokerUrls } from './external/broker-urls.js';
 import { idProblem } from './protocol/ids.js';
 import { DEFAULT_TOPIC_PREFIX, topicPrefixProblem } from './protocol/topics.js';
 
@@ -58,7 +59,7 @@ export const SETTINGS = {
     flag: 'broker',
     type: 'string',
     placeholder: 'URL',
-    help: 'mqtt[s]://HOST:PORT or ws[s]://HOST:PORT/PATH: devices and tools connect to this broker (Mosquitto, EMQX, NATS, …), which the hub joins as a client; no MQTT port of the hub\'s own (empty = the embedded broker)',
+    help: 'mqtt[s]://HOST:PORT or ws[s]://HOST:PORT/PATH: devices and tools connect to this broker (Mosquitto, EMQX, NATS, …), which the hub joins as a client; no MQTT port of the hub\'s own; several URLs, comma-separated, are nodes of one broker cluster, tried in turn (empty = the embedded broker)',
     default: '',
   },
   brokerUsername: { flag: 'broker-username', type: 'string', placeholder: 'NAME', help: 'the user name the hub logs in to --broker with', default: '' },
@@ -160,7 +161,7 @@ export const ConfigSchema = z.strictObject({
     if (problem) ctx.addIssue({ code: 'custom', message: problem });
   }),
   broker: z.string({ error: () => 'must be a URL' }).superRefine((value, ctx) => {
-    const problem = value === '' ? null : brokerUrlProblem(value);
+    const problem = value === '' ? null : brokerListProblem(value);
     if (problem) ctx.addIssue({ code: 'custom', message: problem });
   }),
   brokerUsername: z.string({ error: () => 'must be a string' }),
@@ -181,19 +182,6 @@ export const ConfigSchema = z.strictObject({
 });
 
 /** `mqtt://`, `mqtts://`, `ws://` or `wss://` with a host; null when usable. */
-export function brokerUrlProblem(value: string): string | null {
-  let url: URL;
-  try {
-    url = new URL(value);
-  } catch {
-    return 'must be a URL like mqtt://127.0.0.1:1883';
-  }
-  if (!['mqtt:', 'mqtts:', 'ws:', 'wss:'].includes(url.protocol)) return 'must start with mqtt://, mqtts://, ws:// or wss://';
-  if (!url.hostname) return 'must name a host, like mqtt://127.0.0.1:1883';
-  if (url.username || url.password) return 'must not hold credentials: use --broker-username and --broker-password-file';
-  return null;
-}
-
 /** `redis://[user:password@]host:port[/db]` or `rediss://…`; null when usable. */
 export function redisUrlProblem(value: string): string | null {
   let url: URL;
@@ -384,6 +372,9 @@ function brokerSettingsProblem(config: HubConfig): { key: SettingKey; problem: s
   const dependents = ['brokerUsername', 'brokerPasswordFile', 'brokerCa', 'brokerCert', 'brokerKey', 'brokerClientId'] as const;
   if (config.brokerDynsec && (!config.broker || !config.brokerUsername)) {
     return { key: 'brokerDynsec', problem: 'needs --broker and --broker-username (a user that may administer the broker\'s dynamic-security plugin)' };
+  }
+  if (config.brokerDynsec && brokerUrls(config.broker).length > 1) {
+    return { key: 'brokerDynsec', problem: 'works with one Mosquitto: give --broker a single URL' };
   }
   if (config.brokerHookSecretFile && (!config.broker || !config.brokerUsername)) {
     return { key: 'brokerHookSecretFile', problem: 'needs --broker and --broker-username (the hub\'s own user on the broker, which the hooks let do anything)' };

@@ -34,6 +34,7 @@ import { createLogger, type Logger } from './log.js';
 import { declaredTagsListener } from './device-tags.js';
 import { HubMetrics } from './metrics.js';
 import { watchMqttDevices } from './mqtt-devices.js';
+import { brokerPort, brokerUrls } from './external/broker-urls.js';
 import { startExternalBroker, type ExternalBroker } from './external/index.js';
 import type { Uplink } from './external/uplink.js';
 import { loadBrokerCredentials } from './external/credentials.js';
@@ -75,12 +76,13 @@ const BIRTHS_SETTLE_MS = 2000;
 const UNACCEPTABLE_PROTOCOL_VERSION = 1;
 
 /** `GET /api/hub`'s view of the external broker: the console shows it in its top bar. */
-function brokerInfo(url: string, uplink: Uplink): NonNullable<HubInfo['broker']> {
-  const shown = new URL(url);
-  shown.username = '';
-  shown.password = '';
+function brokerInfo(urls: readonly string[], uplink: Uplink): NonNullable<HubInfo['broker']> {
+  const bare = (url: string) => url.replace(/\/$/, '');
   return {
-    url: shown.toString().replace(/\/$/, ''),
+    urls: urls.map(bare),
+    get url() {
+      return bare(uplink.url);
+    },
     get connected() {
       return uplink.connected;
     },
@@ -91,13 +93,6 @@ function brokerInfo(url: string, uplink: Uplink): NonNullable<HubInfo['broker']>
       return uplink.connected ? (uplink.protocolVersion === 5 ? '5' : '3.1.1') : null;
     },
   };
-}
-
-/** The port of a broker URL, with each scheme's default. */
-function brokerPort(url: string): number {
-  const parsed = new URL(url);
-  if (parsed.port) return Number(parsed.port);
-  return { 'mqtt:': 1883, 'mqtts:': 8883, 'ws:': 80, 'wss:': 443 }[parsed.protocol] ?? 0;
 }
 
 /** The live ports; `mqtts` only when TLS is on. On an external broker (`--broker`), `mqtt` is the broker's port. */
@@ -152,7 +147,7 @@ export class Hub extends EventEmitter<HubEvents> {
     const secure = this.ports.mqtts !== undefined;
     return {
       // On an external broker, devices connect there.
-      mqtt: this.config.broker || `mqtt://${reachable}:${this.ports.mqtt}`,
+      mqtt: brokerUrls(this.config.broker)[0] ?? `mqtt://${reachable}:${this.ports.mqtt}`,
       ...(secure ? { mqtts: `mqtts://${reachable}:${this.ports.mqtts}` } : {}),
       ws: `${secure ? 'wss' : 'ws'}://${reachable}:${this.ports.http}/mqtt`,
       http: `${secure ? 'https' : 'http'}://${reachable}:${this.ports.http}`,
@@ -365,7 +360,7 @@ export async function startHub(options: HubOptions = {}): Promise<Hub> {
     if (config.broker && brokerCredentials) {
       const declaredTags = declaredTagsListener(stores.devices, presence, log);
       external = await startExternalBroker({
-        url: config.broker,
+        urls: brokerUrls(config.broker),
         clientId: config.brokerClientId || `rhizosphere-hub-${config.nodeId || defaultNodeId()}`,
         shareGroup: config.brokerShareGroup,
         severalHubs: config.cluster !== '',
@@ -387,7 +382,8 @@ export async function startHub(options: HubOptions = {}): Promise<Hub> {
     // --broker-dynsec: the broker's dynamic security follows the registry (docs/broker-dynsec.md).
     if (config.brokerDynsec && external && brokerCredentials) {
       const dynsec = await startDynsecSync({
-        url: config.broker,
+        // One Mosquitto (the config refuses a list with --broker-dynsec).
+        url: brokerUrls(config.broker)[0]!,
         clientId: `${config.brokerClientId || `rhizosphere-hub-${config.nodeId || defaultNodeId()}`}-dynsec`,
         ...brokerCredentials,
         username: config.brokerUsername,
@@ -473,7 +469,7 @@ export async function startHub(options: HubOptions = {}): Promise<Hub> {
       version: PACKAGE_VERSION,
       mqttPort: null,
       mqttsPort: null,
-      ...(uplink ? { broker: brokerInfo(config.broker, uplink) } : {}),
+      ...(uplink ? { broker: brokerInfo(brokerUrls(config.broker), uplink) } : {}),
     };
     const http = createHttpFront(log, {
       allowedOrigins: splitList(config.allowedOrigins),
@@ -542,7 +538,7 @@ export async function startHub(options: HubOptions = {}): Promise<Hub> {
     teardown.push(() => withinBudget(Promise.all(closed).then(() => {}), 1000));
     onClose(() => void closed.push(stopListening(tcp)));
     // On an external broker the hub has no MQTT port: devices connect to the broker.
-    const mqttPort = external ? brokerPort(config.broker) : await listen(tcp, config.mqttPort, config.host, '--mqtt-port');
+    const mqttPort = external ? brokerPort(brokerUrls(config.broker)[0]!) : await listen(tcp, config.mqttPort, config.host, '--mqtt-port');
     // With TLS the plain MQTT port stays open too (devices on a private network may keep
     // using it); a firewall decides who reaches which.
     let mqttsPort: number | undefined;

@@ -186,7 +186,9 @@ export async function startNatsCluster(size = 3, { ackWait }: { ackWait?: string
         `jetstream { store_dir: "${join(dir, name, 'js')}" }`,
         // ack_wait: how long a QoS 1 message waits for its PUBACK before NATS sends it again
         // (default 30 s), also to a device that came back through another node.
-        `mqtt { listen: 127.0.0.1:${p.mqtt}${ackWait ? `, ack_wait: "${ackWait}"` : ''} }`,
+        // stream_replicas: NATS sizes its MQTT streams by the nodes it sees when the first MQTT
+        // client connects, which may be two of three: a two-replica stream stops with one node.
+        `mqtt { listen: 127.0.0.1:${p.mqtt}${ackWait ? `, ack_wait: "${ackWait}"` : ''}${size > 1 ? `, stream_replicas: ${size}` : ''} }`,
         ...(size > 1 ? [`cluster { name: c1, listen: 127.0.0.1:${p.cluster}, routes: [${routes.join(', ')}] }`] : []),
         `log_file: "${join(dir, `${name}.log`)}"`,
         '',
@@ -221,4 +223,34 @@ export async function startNatsCluster(size = 3, { ackWait }: { ackWait?: string
     throw new Error(`${(error as Error).message}\n${logs.join('\n')}`);
   }
   return { nodes, urls: nodes.map((node) => node.url) };
+}
+
+/**
+ * The node that leads a JetStream stream (NATS's MQTT keeps `$MQTT_msgs`, `$MQTT_sess` and
+ * `$MQTT_rmsgs`), asked over the NATS protocol of `node`: `$JS.API.STREAM.INFO.<stream>`.
+ */
+export function jetStreamLeader(node: NatsNode, stream: string, timeoutMs = 5000): Promise<string> {
+  return new Promise((resolve, reject) => {
+    const socket = tcpConnect(node.natsPort, '127.0.0.1');
+    let received = '';
+    const done = (error: Error | null, leader?: string) => {
+      clearTimeout(timer);
+      socket.destroy();
+      if (error) reject(error);
+      else resolve(leader!);
+    };
+    const timer = setTimeout(() => done(new Error(`no answer from ${node.name} about ${stream} within ${timeoutMs} ms: ${received.slice(0, 200)}`)), timeoutMs);
+    socket.on('error', (error) => done(error));
+    socket.on('data', (chunk) => {
+      received += chunk.toString();
+      const head = /MSG _INBOX\.leader 1 (\d+)\r\n/.exec(received);
+      if (!head) return;
+      const body = received.slice(head.index + head[0].length, head.index + head[0].length + Number(head[1]));
+      if (Buffer.byteLength(body) < Number(head[1])) return;
+      const info = JSON.parse(body) as { cluster?: { leader?: string }; error?: { description?: string } };
+      if (info.cluster?.leader) done(null, info.cluster.leader);
+      else done(new Error(`${stream}: ${info.error?.description ?? 'no leader'}`));
+    });
+    socket.write(`CONNECT {"verbose":false}\r\nSUB _INBOX.leader 1\r\nPUB $JS.API.STREAM.INFO.${stream} _INBOX.leader 0\r\n\r\n`);
+  });
 }

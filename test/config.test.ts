@@ -3,6 +3,7 @@ import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { ConfigError, DEFAULTS, resolveConfig } from '../src/config.js';
+import { brokerUrls, failoverOptions } from '../src/external/broker-urls.js';
 import { tempDir } from './helpers.js';
 
 function configFile(content: unknown): string {
@@ -39,6 +40,11 @@ describe('config', () => {
       [{ flags: { topicPrefix: 'a/#' } }, /--topic-prefix: "a\/#" must not contain/],
       [{ flags: { logLevel: 'loud' } }, /--log-level: "loud" must be one of/],
       [{ flags: { maxInflightPerDevice: 0 } }, /--max-inflight-per-device: 0 must be at least 1/],
+      [{ flags: { broker: 'http://x:1' } }, /--broker: .*must start with mqtt:\/\/, mqtts:\/\/, ws:\/\/ or wss:\/\//],
+      [{ flags: { broker: 'mqtt://a:1,nonsense' } }, /--broker: .*nonsense must be a URL like mqtt:\/\/127\.0\.0\.1:1883/],
+      [{ flags: { broker: 'mqtt://a:1,mqtts://b:2' } }, /--broker: .*lists nodes of one broker: give every URL the same scheme and path as mqtt:\/\/a:1/],
+      [{ flags: { broker: 'mqtt://u:p@a:1' } }, /--broker: .*must not hold credentials/],
+      [{ flags: { broker: 'mqtt://a:1,mqtt://b:1', brokerDynsec: true, brokerUsername: 'hub' } }, /--broker-dynsec: .*works with one Mosquitto: give --broker a single URL/],
     ];
     for (const [layers, pattern] of cases) {
       let error: unknown;
@@ -51,5 +57,16 @@ describe('config', () => {
       expect((error as Error).message).toMatch(pattern);
       expect((error as Error).message).not.toContain('\n');
     }
+  });
+
+  it('takes several --broker URLs, comma-separated, as the nodes of one broker', () => {
+    expect(resolveConfig({ flags: { broker: 'mqtt://a:1, mqtt://b:2,mqtt://[::1]:3' } }).broker).toBe('mqtt://a:1, mqtt://b:2,mqtt://[::1]:3');
+    expect(brokerUrls('mqtt://a:1, mqtt://b:2,,')).toEqual(['mqtt://a:1', 'mqtt://b:2']);
+    expect(failoverOptions(['mqtt://a:1', 'mqtt://b', 'mqtt://[::1]:3'], 1).servers).toEqual([
+      { host: 'b', port: 1883, protocol: 'mqtt' },
+      { host: '::1', port: 3, protocol: 'mqtt' },
+      { host: 'a', port: 1, protocol: 'mqtt' },
+    ]);
+    expect(failoverOptions(['mqtt://a:1'])).toEqual({});
   });
 });

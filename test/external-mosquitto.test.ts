@@ -11,7 +11,7 @@ import type { MqttClient } from 'mqtt';
 import { describe, expect, it } from 'vitest';
 import { startHub } from '../src/index.js';
 import { startMosquitto } from './brokers.js';
-import { connectMqtt, startTestHub, tempDir, waitFor } from './helpers.js';
+import { connectMqtt, freePort, startTestHub, tempDir, waitFor } from './helpers.js';
 
 const nonce = () => randomBytes(12).toString('base64url');
 
@@ -159,6 +159,12 @@ describe('hub on an external Mosquitto', () => {
     expect(await refused.json()).toMatchObject({ code: 'BROKER_UNAVAILABLE' });
     const info = (await (await fetch(`${hub.urls.http}/api/hub`)).json()) as { broker?: { connected: boolean } };
     expect(info.broker).toMatchObject({ connected: false });
+    // A job does not fail its targets on BROKER_UNAVAILABLE: it tries them again until the broker is back.
+    const created = await fetch(`${hub.urls.http}/api/jobs`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ target: { devices: ['pi-03'] }, order: 'exec_bash', cmd_str: 'job' }) });
+    expect(created.status).toBe(201);
+    const jobId = ((await created.json()) as { id: string }).id;
+    await new Promise((r) => setTimeout(r, 1500));
+    expect(hub.jobs.get(jobId)).toMatchObject({ state: 'running', counts: { queued: 1, failed: 0 } });
 
     // Back (without persistence: the broker forgot every session and retained message).
     await mosquitto.start();
@@ -169,6 +175,10 @@ describe('hub on an external Mosquitto', () => {
     await waitFor(() => hub.device('pi-03')?.online, { what: 'pi-03 online again' });
     const again = await fetch(`${hub.urls.http}/api/devices/pi-03/commands`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ order: 'exec_bash', cmd_str: 'again' }) });
     expect(await again.json()).toMatchObject({ status: 'ok', result: 'ran again' });
+    const job = await waitFor(() => { const j = hub.jobs.get(jobId); return j && j.state !== 'running' ? j : undefined; }, { what: 'the job done' });
+    // Sent once the broker was back; this broker forgot the device's session meanwhile, so it may
+    // have been sent before the device announced itself again (DEVICE_OFFLINE), never refused as unavailable.
+    expect(job.targets[0]!.error ?? '', JSON.stringify(job)).not.toMatch(/BROKER_UNAVAILABLE/);
   });
 
   it('ignores bad presence messages and unregistered devices, refuses response topics it must not publish on, and keeps serving', async () => {
@@ -228,5 +238,30 @@ describe('hub on an external Mosquitto', () => {
 
     const missing = startHub({ broker: mosquitto.url, brokerUsername: 'admin', brokerPasswordFile: join(dir, 'nope'), httpPort: 0, dataDir: tempDir(), logLevel: 'silent' });
     await expect(missing).rejects.toThrow(/^--broker-password-file: cannot read .*nope \(ENOENT\)$/);
+
+    // Several URLs: none reachable is one line naming each; credentials refused by the first that answers end the start there.
+    const [downA, downB] = [`mqtt://127.0.0.1:${await freePort()}`, `mqtt://127.0.0.1:${await freePort()}`];
+    const none = startHub({ broker: `${downA},${downB}`, httpPort: 0, dataDir: tempDir(), logLevel: 'silent' });
+    await expect(none).rejects.toThrow(`--broker: none of its URLs could be reached: ${downA} (ECONNREFUSED), ${downB} (ECONNREFUSED)`);
+    const refusedList = startHub({ broker: `${downA},${mosquitto.url}`, brokerUsername: 'admin', brokerPasswordFile: join(dir, 'pw'), httpPort: 0, dataDir: tempDir(), logLevel: 'silent' });
+    await expect(refusedList).rejects.toThrow(/^--broker-username\/--broker-password-file: .* refused the hub's credentials/);
+  });
+
+  it('joins the first node of a --broker list that answers, and moves to another when its node goes', async () => {
+    const [first, second] = [await startMosquitto(), await startMosquitto()];
+    const down = `mqtt://127.0.0.1:${await freePort()}`;
+    const hub = await startTestHub({ broker: `${down},${first.url},${second.url}` });
+    expect(hub.external?.uplink.url).toBe(first.url);
+    const info = (await (await fetch(`${hub.urls.http}/api/hub`)).json()) as { broker: { url: string; urls: string[] } };
+    expect(info.broker).toMatchObject({ url: first.url, urls: [down, first.url, second.url] });
+
+    await first.kill();
+    await waitFor(() => hub.external?.uplink.connected && hub.external.uplink.url === second.url, { timeoutMs: 15_000, what: 'the hub on the second node' });
+    // A device on that node is commanded through the hub.
+    const device = await scriptedDevice(second.url, 'list-dev');
+    await waitFor(() => hub.device('list-dev')?.online, { what: 'list-dev online' });
+    const reply = await fetch(`${hub.urls.http}/api/devices/list-dev/commands`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ order: 'exec_bash', cmd_str: 'echo x' }) });
+    expect(await reply.json()).toMatchObject({ status: 'ok', result: 'ran echo x' });
+    device.client.end(true);
   });
 });

@@ -5,7 +5,7 @@
  * stays right, and the job and later commands go on.
  */
 import { describe, expect, it } from 'vitest';
-import { startNatsCluster } from './brokers.js';
+import { jetStreamLeader, startNatsCluster } from './brokers.js';
 import { spawnHypha, startTestHub, waitFor, type HyphaProcess } from './helpers.js';
 
 const FLEET = 12;
@@ -20,7 +20,12 @@ describe('hub on a three-node NATS cluster', () => {
   it('carries a fleet and a job through the loss of one node', async () => {
     // As docs/external-broker.md advises: a command in flight to a device on the lost node is sent again 5 s after, not 30.
     const nats = await startNatsCluster(3, { ackWait: '5s' });
-    const hub = await startTestHub({ broker: nats.urls[0] });
+    // The worst node to lose: the one the hub is on, which also leads the stream of QoS 1 messages.
+    const leader = await jetStreamLeader(nats.nodes[0]!, '$MQTT_msgs');
+    const victim = nats.nodes.find((node) => node.name === leader)!;
+    const hubUrls = [victim.url, ...nats.urls.filter((url) => url !== victim.url)];
+    const hub = await startTestHub({ broker: hubUrls.join(',') });
+    expect(hub.external?.uplink.url).toBe(victim.url);
     // NATS speaks MQTT 3.1.1 only, and has no shared subscriptions.
     expect(hub.external?.uplink.protocolVersion).toBe(4);
     expect(hub.external?.uplink.sharedSubscriptions).toBe(false);
@@ -35,7 +40,6 @@ describe('hub on a three-node NATS cluster', () => {
     await waitFor(() => ids.every((id) => hub.device(id)?.online), { timeoutMs: 60_000, what: `${FLEET} agents online` });
     // hypha falls back to 3.1.1 by itself.
     expect([...agents.values()].every((agent) => /mqtt=3\.1\.1/.test(agent.output()))).toBe(true);
-    const victim = nats.nodes[2]!;
     const onVictim = ids.filter((id) => connectedUrl(agents.get(id)!) === victim.url);
     expect(onVictim.length).toBe(FLEET / 3);
 
@@ -60,6 +64,9 @@ describe('hub on a three-node NATS cluster', () => {
     await waitFor(() => ids.every((id) => hub.device(id)?.online), { timeoutMs: 30_000, what: 'every agent online' });
     const job = await waitFor(() => { const j = hub.jobs.get(jobId); return j && j.state !== 'running' ? j : undefined; }, { timeoutMs: 90_000, what: 'the job finished' });
     console.log(`NATS cluster: ${onVictim.length} agents moved off the killed node after ${movedAfter} ms; job ${job.state} ${JSON.stringify(job.counts)} ${Date.now() - killedAt} ms after the kill`);
+    // The hub moved to another node of its --broker list by itself.
+    expect(hub.external?.uplink.connected).toBe(true);
+    expect(hub.external?.uplink.url).not.toBe(victim.url);
     expect(job.state).toBe('done');
     expect(job.counts).toMatchObject({ succeeded: FLEET, failed: 0, timed_out: 0 });
 

@@ -21,7 +21,8 @@ export { ExternalLink } from './devices.js';
 export { Uplink } from './uplink.js';
 
 export interface ExternalBrokerOptions extends UplinkCredentials {
-  url: string;
+  /** The broker's URL, or its nodes' (brokerUrls). */
+  urls: readonly string[];
   clientId: string;
   /** Shared-subscription group for Requests (several hubs split them); '' subscribes plainly. */
   shareGroup: string;
@@ -67,7 +68,7 @@ export async function startExternalBroker(options: ExternalBrokerOptions): Promi
   const early: Parameters<Route>[] = [];
   let route: Route = (...message) => void early.push(message);
   const uplink = await Uplink.open({
-    url: options.url,
+    urls: options.urls,
     clientId: options.clientId,
     username: options.username,
     password: options.password,

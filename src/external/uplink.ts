@@ -9,6 +9,7 @@ import { EventEmitter } from 'node:events';
 import { Socket } from 'node:net';
 import mqtt, { type IClientOptions, type IConnackPacket, type IClientPublishOptions, type IPublishPacket, type MqttClient } from 'mqtt';
 import { StartError } from '../errors.js';
+import { brokerPort, failoverOptions } from './broker-urls.js';
 import type { Logger } from '../log.js';
 
 export interface UplinkCredentials {
@@ -61,7 +62,8 @@ export interface BrokerAbilities {
 }
 
 export interface UplinkOptions extends UplinkCredentials {
-  url: string;
+  /** The broker's URL, or its nodes' (brokerUrls), tried in turn. */
+  urls: readonly string[];
   clientId: string;
   log: Logger;
   subscriptions: (broker: BrokerAbilities) => readonly UplinkSubscription[];
@@ -71,6 +73,8 @@ export interface UplinkOptions extends UplinkCredentials {
   /** Retry period after a lost connection (default 1 s). */
   reconnectPeriodMs?: number;
   keepaliveS?: number;
+  /** How long a QoS 1 publish may wait for the broker's acknowledgement before the hub reconnects to send it again (default 10 s). */
+  ackTimeoutMs?: number;
   /**
    * False for one of several hubs: a session that outlived the hub would stay a member of
    * the shared subscription, and the broker would go on queueing that hub's share of the
@@ -85,6 +89,9 @@ export interface UplinkEvents {
   down: [reason: string];
 }
 
+const DEFAULT_ACK_TIMEOUT_MS = 10_000;
+/** Failed publishes kept for the next connection; past that they fail. */
+const UNSENT_KEPT = 10_000;
 /** Never expires: as 3.1.1's clean = false, the broker keeps the hub's subscriptions and queue across a restart of the hub. */
 const SESSION_NEVER_EXPIRES = 0xffffffff;
 /** MQTT 3.1.1 CONNACK return code and MQTT 5 reason code for "unsupported protocol version". */
@@ -120,6 +127,9 @@ function sharedSubscriptionsOf(version: 4 | 5, connack: IConnackPacket): boolean
   return version === 5 && connack.properties?.sharedSubscriptionAvailable !== false;
 }
 
+/** Errors of a node that cannot be reached (as against one that refuses the hub). */
+const UNREACHABLE = new Set(['ECONNREFUSED', 'ENOTFOUND', 'EAI_AGAIN', 'EHOSTUNREACH', 'ENETUNREACH', 'ECONNRESET', 'ETIMEDOUT']);
+
 type ErrorWithCode = Error & { code?: string | number };
 
 /** What a failed first connect means, as the one start line naming the flag to fix. */
@@ -147,20 +157,43 @@ export class Uplink extends EventEmitter<UplinkEvents> {
   private lastDown = 'not connected yet';
   /** Connected since the last 'down' was told (so a run of failed retries tells it once). */
   private wasUp = false;
+  /** QoS 1 publishes not yet acknowledged: sequence number → when published (oldest first). */
+  private readonly unacked = new Map<number, number>();
+  private publishSeq = 0;
+  /** Publishes a closing connection failed, sent again once connected. */
+  private unsent: { topic: string; payload: Buffer | string; options: IClientPublishOptions; done?: (error?: Error) => void }[] = [];
+  private connectedAt = 0;
+  private readonly ackTimeoutMs: number;
+  private readonly ackTimer: NodeJS.Timeout;
 
   private constructor(private readonly options: UplinkOptions) {
     super();
+    this.ackTimeoutMs = options.ackTimeoutMs ?? DEFAULT_ACK_TIMEOUT_MS;
+    this.ackTimer = setInterval(() => this.checkAcks(), Math.min(1000, this.ackTimeoutMs / 2));
+    this.ackTimer.unref();
   }
 
   /** Connects (MQTT 5, else 3.1.1) and subscribes; a failure is a StartError naming the flag. */
   static async open(options: UplinkOptions): Promise<Uplink> {
     const uplink = new Uplink(options);
-    await uplink.firstConnect();
+    try {
+      await uplink.firstConnect();
+    } catch (error) {
+      clearInterval(uplink.ackTimer);
+      throw error;
+    }
     return uplink;
   }
 
   get connected(): boolean {
     return this.client.connected;
+  }
+
+  /** The URL of the node the hub is (or was last) connected to. */
+  get url(): string {
+    const { urls } = this.options;
+    const { host, port } = this.client.options;
+    return urls.find((url) => { const u = new URL(url); return u.hostname.replace(/^\[(.*)\]$/, '$1') === host && brokerPort(url) === port; }) ?? urls[0]!;
   }
 
   /** Why it is down (for /readyz and logs), or null when connected. */
@@ -170,11 +203,43 @@ export class Uplink extends EventEmitter<UplinkEvents> {
 
   /** Publishes; MQTT.js keeps QoS 1 messages across a drop and sends them on reconnect. */
   publish(topic: string, payload: Buffer | string, options: IClientPublishOptions, done?: (error?: Error) => void): void {
-    this.client.publish(topic, payload, options, (error) => done?.(error ?? undefined));
+    if (!options.qos) {
+      this.client.publish(topic, payload, options, (error) => done?.(error ?? undefined));
+      return;
+    }
+    const seq = ++this.publishSeq;
+    this.unacked.set(seq, Date.now());
+    this.client.publish(topic, payload, options, (error) => {
+      this.unacked.delete(seq);
+      // MQTT.js keeps a QoS 1 message across a drop, except one published while it replayed
+      // its store after a connect: a close then fails it ("Connection closed") and forgets it.
+      if (error && !this.closing && this.unsent.length < UNSENT_KEPT) {
+        this.unsent.push({ topic, payload, options, done });
+        return;
+      }
+      done?.(error ?? undefined);
+    });
+  }
+
+  /**
+   * A broker node can keep the connection up and still lose what it was given: NATS, while its
+   * JetStream stream moves to a new leader, takes a QoS 1 publish and never acknowledges it.
+   * MQTT sends unacknowledged messages again only on a new connection, so one left waiting
+   * longer than `ackTimeoutMs` ends this connection: MQTT.js reconnects (to the next node of
+   * --broker) and sends it again; devices drop a command id they have already run.
+   */
+  private checkAcks(): void {
+    const oldest = this.unacked.values().next();
+    if (oldest.done || !this.client.connected) return;
+    const waited = Date.now() - Math.max(oldest.value, this.connectedAt);
+    if (waited < this.ackTimeoutMs) return;
+    this.options.log.warn({ code: 'BROKER_NO_ACK', broker: this.url, waitingMs: waited, unacknowledged: this.unacked.size }, 'the broker has not acknowledged a message: reconnecting to send it again');
+    this.client.stream.destroy();
   }
 
   async close(): Promise<void> {
     this.closing = true;
+    clearInterval(this.ackTimer);
     await endGracefully(this.client);
   }
 
@@ -197,10 +262,27 @@ export class Uplink extends EventEmitter<UplinkEvents> {
     };
   }
 
+  /** The first URL that answers, in order; a node that cannot be reached makes way for the next. */
   private async firstConnect(): Promise<void> {
-    const { url } = this.options;
+    const { urls } = this.options;
+    const unreachable: string[] = [];
+    for (const [index, url] of urls.entries()) {
+      const error = await this.tryConnect(url, index);
+      if (error === null) {
+        if (unreachable.length > 0) this.options.log.warn({ unreachable }, 'broker nodes not reached at start; the hub joined the next');
+        return;
+      }
+      // Refused credentials or a bad certificate are the same on every node: say so now.
+      if (urls.length === 1 || !UNREACHABLE.has(String(error.code))) throw new StartError(startProblem(error, url), { cause: error });
+      unreachable.push(`${url} (${error.code})`);
+    }
+    throw new StartError(`--broker: none of its URLs could be reached: ${unreachable.join(', ')}`);
+  }
+
+  /** Connects to `url` (MQTT 5, else 3.1.1) with the others to fall back on later: null when connected. */
+  private async tryConnect(url: string, index: number): Promise<ErrorWithCode | null> {
     for (const version of [5, 4] as const) {
-      const client = mqtt.connect(url, this.clientOptions(version));
+      const client = mqtt.connect(url, { ...this.clientOptions(version), ...failoverOptions(this.options.urls, index) });
       const outcome = await new Promise<{ ok: true; sessionPresent: boolean } | { ok: false; error: ErrorWithCode }>((resolve) => {
         client.once('connect', (connack) => {
           this.sharedSubscriptions = sharedSubscriptionsOf(version, connack);
@@ -214,17 +296,17 @@ export class Uplink extends EventEmitter<UplinkEvents> {
         this.client = client;
         this.attach(client);
         await this.connected$(outcome.sessionPresent);
-        return;
+        return null;
       }
       client.end(true);
       if (version === 5 && typeof outcome.error.code === 'number' && UNACCEPTABLE_PROTOCOL.has(outcome.error.code)) continue;
-      throw new StartError(startProblem(outcome.error, url), { cause: outcome.error });
+      return outcome.error;
     }
-    throw new StartError(`--broker ${url}: the broker speaks neither MQTT 5 nor 3.1.1`);
+    return Object.assign(new Error('the broker speaks neither MQTT 5 nor 3.1.1'), { code: 'UNSUPPORTED_PROTOCOL' });
   }
 
   private attach(client: MqttClient): void {
-    const { log, url } = this.options;
+    const { log } = this.options;
     // From now on MQTT.js reconnects by itself; the outgoing store (QoS 1 in flight) survives.
     client.options.reconnectPeriod = this.options.reconnectPeriodMs ?? 1000;
     client.on('connect', (connack) => {
@@ -241,19 +323,20 @@ export class Uplink extends EventEmitter<UplinkEvents> {
     });
     client.on('error', (error) => {
       this.lastDown = (error as ErrorWithCode).code ? `${(error as ErrorWithCode).code}: ${error.message}` : error.message;
-      log.warn({ broker: url, err: error.message }, 'broker connection error');
+      log.warn({ broker: this.url, err: error.message }, 'broker connection error');
     });
     client.on('close', () => {
       if (this.closing || !this.wasUp) return;
       this.wasUp = false;
       if (this.lastDown === 'connected') this.lastDown = 'connection lost';
-      log.warn({ broker: url, reason: this.lastDown }, 'broker unreachable: requests get BROKER_UNAVAILABLE until it is back');
+      log.warn({ broker: this.url, reason: this.lastDown }, 'broker unreachable: requests get BROKER_UNAVAILABLE until it is back');
       this.emit('down', this.lastDown);
     });
   }
 
   private async connected$(sessionPresent: boolean): Promise<void> {
-    const { log, url } = this.options;
+    const { log } = this.options;
+    const url = this.url;
     const subscriptions = this.options.subscriptions({ protocolVersion: this.protocolVersion, sharedSubscriptions: this.sharedSubscriptions });
     if (this.client.stream instanceof Socket && !coalesced.has(this.client.stream)) {
       // Commands and Replies are small and latency-bound (Nagle with delayed ACK adds tens of ms).
@@ -271,6 +354,10 @@ export class Uplink extends EventEmitter<UplinkEvents> {
     }
     this.lastDown = 'connected';
     this.wasUp = true;
+    this.connectedAt = Date.now();
+    const unsent = this.unsent.splice(0);
+    if (unsent.length > 0) log.info({ broker: url, messages: unsent.length }, 'sending again what the last connection failed to send');
+    for (const message of unsent) this.publish(message.topic, message.payload, message.options, message.done);
     log.info({ broker: url, mqtt: this.protocolVersion === 5 ? '5' : '3.1.1', session: sessionPresent ? 'resumed' : 'new' }, 'connected to the broker');
     this.emit('up', { sessionPresent });
   }

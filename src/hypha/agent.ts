@@ -29,6 +29,8 @@ export const MQTT_VERSIONS = ['auto', 5, 4] as const;
 export type MqttVersionSetting = (typeof MQTT_VERSIONS)[number];
 /** Command ids remembered to drop QoS 1 redeliveries; the hub never reuses an id, so a short memory suffices. */
 const RECENT_IDS_KEPT = 1000;
+/** Answers kept for the next connection when a closing one failed them (beyond that, logged and dropped). */
+const UNSENT_RESPONSES_KEPT = 1000;
 /** On stop: how long killed commands get to end and have their answers published. */
 const STOP_COMMANDS_WAIT_MS = 3000;
 /** On stop: how long the broker gets to acknowledge the last answers before the connection is cut. */
@@ -159,6 +161,8 @@ export class Agent extends EventEmitter<AgentEvents> {
   private readonly log: Logger;
   private readonly runner: Runner;
   private readonly recentIds = new RecentIds(RECENT_IDS_KEPT);
+  /** Answers a closed connection failed to send, for the next one (sendResponse). */
+  private readonly unsent: CommandResponse[] = [];
   private readonly backoff: { baseMs: number; capMs: number; random: () => number };
   private readonly client: MqttClient;
   /** The brokers to try, in turn (one unless several `urls` were given). */
@@ -308,6 +312,7 @@ export class Agent extends EventEmitter<AgentEvents> {
     this.log.info('connected', { url: redactUrl(this.url), id: this.id, mqtt: this.protocolVersion === 5 ? '5' : '3.1.1', session: sessionPresent ? 'resumed' : 'new' });
     this.subscribeToCommands();
     this.subscribeToTunnels(sessionPresent);
+    for (const response of this.unsent.splice(0)) this.sendResponse(response);
     this.announce();
     this.declareTags();
     this.settleFirstConnect.resolve();
@@ -500,10 +505,25 @@ export class Agent extends EventEmitter<AgentEvents> {
   private publishResponse(response: CommandResponse): void {
     const { id, exit_code, duration_ms, truncated, code, message } = response;
     this.log.info('response', { id, exit_code, duration_ms, truncated: truncated || undefined, code, message });
-    this.client.publish(this.responseTopic, JSON.stringify(response), { qos: 1 }, (err) => {
-      if (err) this.log.error('response not delivered', { id, error: err });
-    });
+    this.sendResponse(response);
     this.emit('response', response);
+  }
+
+  /**
+   * MQTT.js keeps an unacknowledged answer across a drop, except one published while it was
+   * still replaying its store after a connect: if the connection closes then, it fails that
+   * publish ("Connection closed") and forgets it. Such answers wait here for the next connect.
+   */
+  private sendResponse(response: CommandResponse): void {
+    this.client.publish(this.responseTopic, JSON.stringify(response), { qos: 1 }, (err) => {
+      if (!err) return;
+      if (this.stopping !== undefined || this.unsent.length >= UNSENT_RESPONSES_KEPT) {
+        this.log.error('response not delivered', { id: response.id, error: err });
+        return;
+      }
+      this.log.warn('response not delivered: sent again on the next connection', { id: response.id, error: err.message });
+      this.unsent.push(response);
+    });
   }
 
   private async shutDown(): Promise<void> {

@@ -34,6 +34,8 @@ export const TARGET_TEXT_MAX = 64 * 1024;
 const STATUS_INTERVAL_MS = 200;
 const FLUSH_INTERVAL_MS = 200;
 const BUSY_RETRY_MS = 500;
+/** After BROKER_UNAVAILABLE: about the uplink's reconnect period. */
+const BROKER_RETRY_MS = 1000;
 /** At start, the retained status of this many of the newest jobs is published again. */
 const REPUBLISH_AT_START = 200;
 
@@ -376,7 +378,7 @@ export class JobRunner {
     this.pump(job);
   }
 
-  /** The dispatcher did not send the command: retry later (BUSY), wait for the device (offline), or fail. */
+  /** The dispatcher did not send the command: retry later (BUSY, BROKER_UNAVAILABLE), wait for the device (offline), or fail. */
   private refused(job: Job, target: Target, reply: Reply): void {
     job.attempting--;
     if (this.closed) return;
@@ -385,10 +387,12 @@ export class JobRunner {
       return;
     }
     const code = reply.status === 'error' ? reply.code : 'INTERNAL';
-    if (code === 'BUSY') {
+    if (code === 'BUSY' || code === 'BROKER_UNAVAILABLE') {
+      // Both pass: the device is busy, or the hub is rejoining its broker (it does so by itself).
+      const wait = code === 'BUSY' ? BUSY_RETRY_MS : BROKER_RETRY_MS;
       job.ready.push(target.device);
-      job.pausedUntil = Date.now() + BUSY_RETRY_MS;
-      this.scheduleRetry(job, BUSY_RETRY_MS);
+      job.pausedUntil = Date.now() + wait;
+      this.scheduleRetry(job, wait);
       return;
     }
     if (code === 'DEVICE_OFFLINE') {

@@ -231,7 +231,7 @@ export class DevicesAdmin {
     this.secretBox.hidden = secret === null;
     if (!secret) return this.secretBox.replaceChildren();
     const { id, token } = secret.issued;
-    const command = hyphaCommand(id, token, deviceUrl(this.hub.info));
+    const command = hyphaCommand(id, token, deviceUrls(this.hub.info));
     const done = el('button', 'secret-done', 'Done');
     done.type = 'button';
     done.addEventListener('click', () => {
@@ -332,19 +332,22 @@ export class DevicesAdmin {
 }
 
 /** The line an operator pastes on the device. Ids and tokens are plain ASCII (A-Z a-z 0-9 . _ : - and base64url): no quoting needed. */
-export function hyphaCommand(id: string, token: string, url: string): string {
-  return `hypha --url ${url} --id ${id} --token ${token}`;
+export function hyphaCommand(id: string, token: string, urls: string[]): string {
+  return `hypha ${urls.map((url) => `--url ${url}`).join(' ')} --id ${id} --token ${token}`;
 }
 
 /**
- * Where a device connects: the external broker (--broker), else the hub's own MQTT port. A
- * loopback host is the hub's own view: devices reach that machine by the name the browser used.
+ * Where a device connects: the external broker's nodes (--broker), else the hub's own MQTT
+ * port. A loopback host is the hub's own view: devices reach that machine by the name the
+ * browser used.
  */
-export function deviceUrl(info: HubInfo): string {
-  if (!info.broker) return `mqtt://${location.hostname}:${info.mqttPort ?? DEFAULT_MQTT_PORT}`;
-  const url = new URL(info.broker.url);
-  if (['127.0.0.1', 'localhost', '[::1]'].includes(url.hostname)) url.hostname = location.hostname;
-  return url.toString().replace(/\/$/, '');
+export function deviceUrls(info: HubInfo): string[] {
+  if (!info.broker) return [`mqtt://${location.hostname}:${info.mqttPort ?? DEFAULT_MQTT_PORT}`];
+  return info.broker.urls.map((raw) => {
+    const url = new URL(raw);
+    if (['127.0.0.1', 'localhost', '[::1]'].includes(url.hostname)) url.hostname = location.hostname;
+    return url.toString().replace(/\/$/, '');
+  });
 }
 
 

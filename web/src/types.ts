@@ -46,7 +46,8 @@ export interface HubInfo {
   /** The hub's MQTT port, for the hypha command line; the console assumes 1883 when the hub does not say. */
   mqttPort?: number;
   /** On an external broker (--broker): where devices connect, and whether the hub reaches it now. */
-  broker?: { url: string; connected: boolean; reason: string | null; mqtt: '5' | '3.1.1' | null };
+  /** `url` is the node the hub is on now; `urls` every node it may join (--broker). */
+  broker?: { url: string; urls: string[]; connected: boolean; reason: string | null; mqtt: '5' | '3.1.1' | null };
 }
 
 export type Role = 'admin' | 'operator' | 'viewer';
