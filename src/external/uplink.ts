@@ -160,6 +160,8 @@ export class Uplink extends EventEmitter<UplinkEvents> {
   /** QoS 1 publishes not yet acknowledged: sequence number → when published (oldest first). */
   private readonly unacked = new Map<number, number>();
   private publishSeq = 0;
+  /** The latest publish (by sequence number) the broker has acknowledged. */
+  private lastAckedSeq = 0;
   /** Publishes a closing connection failed, sent again once connected. */
   private unsent: { topic: string; payload: Buffer | string; options: IClientPublishOptions; done?: (error?: Error) => void }[] = [];
   private connectedAt = 0;
@@ -211,6 +213,7 @@ export class Uplink extends EventEmitter<UplinkEvents> {
     this.unacked.set(seq, Date.now());
     this.client.publish(topic, payload, options, (error) => {
       this.unacked.delete(seq);
+      if (!error && seq > this.lastAckedSeq) this.lastAckedSeq = seq;
       // MQTT.js keeps a QoS 1 message across a drop, except one published while it replayed
       // its store after a connect: a close then fails it ("Connection closed") and forgets it.
       if (error && !this.closing && this.unsent.length < UNSENT_KEPT) {
@@ -225,13 +228,16 @@ export class Uplink extends EventEmitter<UplinkEvents> {
    * A broker node can keep the connection up and still lose what it was given: NATS, while its
    * JetStream stream moves to a new leader, takes a QoS 1 publish and never acknowledges it.
    * MQTT sends unacknowledged messages again only on a new connection, so one left waiting
-   * longer than `ackTimeoutMs` ends this connection: MQTT.js reconnects (to the next node of
+   * longer than `ackTimeoutMs` while later ones were acknowledged ends this connection: MQTT.js reconnects (to the next node of
    * --broker) and sends it again; devices drop a command id they have already run.
    */
   private checkAcks(): void {
-    const oldest = this.unacked.values().next();
+    const oldest = this.unacked.entries().next();
     if (oldest.done || !this.client.connected) return;
-    const waited = Date.now() - Math.max(oldest.value, this.connectedAt);
+    const [seq, sentAt] = oldest.value;
+    // A busy broker acknowledges in order, only late: the message is lost only when later ones were acknowledged past it.
+    if (this.lastAckedSeq < seq) return;
+    const waited = Date.now() - Math.max(sentAt, this.connectedAt);
     if (waited < this.ackTimeoutMs) return;
     this.options.log.warn({ code: 'BROKER_NO_ACK', broker: this.url, waitingMs: waited, unacknowledged: this.unacked.size }, 'the broker has not acknowledged a message: reconnecting to send it again');
     this.client.stream.destroy();
