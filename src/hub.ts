@@ -271,6 +271,8 @@ export async function startHub(options: HubOptions = {}): Promise<Hub> {
   // Read before anything starts, so a bad certificate file leaves nothing to unwind.
   const tls = loadTls(config);
   const brokerCredentials = config.broker ? loadBrokerCredentials(config) : null;
+  /** The nodes of --broker (none in the embedded mode). */
+  const brokerNodes = brokerUrls(config.broker);
   const hookSecret = config.brokerHookSecretFile ? loadHookSecret(config.brokerHookSecretFile) : null;
   const log = logger ?? createLogger({ level: config.logLevel });
   if (tls) warnAboutValidity(tls, log);
@@ -360,7 +362,7 @@ export async function startHub(options: HubOptions = {}): Promise<Hub> {
     if (config.broker && brokerCredentials) {
       const declaredTags = declaredTagsListener(stores.devices, presence, log);
       external = await startExternalBroker({
-        urls: brokerUrls(config.broker),
+        urls: brokerNodes,
         clientId: config.brokerClientId || `rhizosphere-hub-${config.nodeId || defaultNodeId()}`,
         shareGroup: config.brokerShareGroup,
         severalHubs: config.cluster !== '',
@@ -383,7 +385,7 @@ export async function startHub(options: HubOptions = {}): Promise<Hub> {
     if (config.brokerDynsec && external && brokerCredentials) {
       const dynsec = await startDynsecSync({
         // One Mosquitto (the config refuses a list with --broker-dynsec).
-        url: brokerUrls(config.broker)[0]!,
+        url: brokerNodes[0]!,
         clientId: `${config.brokerClientId || `rhizosphere-hub-${config.nodeId || defaultNodeId()}`}-dynsec`,
         ...brokerCredentials,
         username: config.brokerUsername,
@@ -469,7 +471,7 @@ export async function startHub(options: HubOptions = {}): Promise<Hub> {
       version: PACKAGE_VERSION,
       mqttPort: null,
       mqttsPort: null,
-      ...(uplink ? { broker: brokerInfo(brokerUrls(config.broker), uplink) } : {}),
+      ...(uplink ? { broker: brokerInfo(brokerNodes, uplink) } : {}),
     };
     const http = createHttpFront(log, {
       allowedOrigins: splitList(config.allowedOrigins),
@@ -538,7 +540,7 @@ export async function startHub(options: HubOptions = {}): Promise<Hub> {
     teardown.push(() => withinBudget(Promise.all(closed).then(() => {}), 1000));
     onClose(() => void closed.push(stopListening(tcp)));
     // On an external broker the hub has no MQTT port: devices connect to the broker.
-    const mqttPort = external ? brokerPort(brokerUrls(config.broker)[0]!) : await listen(tcp, config.mqttPort, config.host, '--mqtt-port');
+    const mqttPort = external ? brokerPort(brokerNodes[0]!) : await listen(tcp, config.mqttPort, config.host, '--mqtt-port');
     // With TLS the plain MQTT port stays open too (devices on a private network may keep
     // using it); a firewall decides who reaches which.
     let mqttsPort: number | undefined;

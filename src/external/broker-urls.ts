@@ -50,6 +50,11 @@ export function brokerPort(url: string): number {
   return { 'mqtt:': 1883, 'mqtts:': 8883, 'ws:': 80, 'wss:': 443 }[parsed.protocol] ?? 0;
 }
 
+/** Where MQTT.js opens the socket for `url`: the host (IPv6 without URL's brackets) and port. */
+export function brokerEndpoint(url: string): { host: string; port: number } {
+  return { host: new URL(url).hostname.replace(/^\[(.*)\]$/, '$1'), port: brokerPort(url) };
+}
+
 /**
  * MQTT.js options that make a client connect to `urls[start]` first and, on each reconnect,
  * to the next one round the list (nothing for a single URL).
@@ -58,10 +63,6 @@ export function failoverOptions(urls: readonly string[], start = 0): Pick<IClien
   if (urls.length < 2) return {};
   const ordered = [...urls.slice(start), ...urls.slice(0, start)];
   return {
-    servers: ordered.map((url) => {
-      const parsed = new URL(url);
-      // URL keeps an IPv6 host in brackets; a socket wants it bare.
-      return { host: parsed.hostname.replace(/^\[(.*)\]$/, '$1'), port: brokerPort(url), protocol: parsed.protocol.slice(0, -1) as 'mqtt' | 'mqtts' | 'ws' | 'wss' };
-    }),
+    servers: ordered.map((url) => ({ ...brokerEndpoint(url), protocol: new URL(url).protocol.slice(0, -1) as 'mqtt' | 'mqtts' | 'ws' | 'wss' })),
   };
 }

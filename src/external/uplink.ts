@@ -9,7 +9,7 @@ import { EventEmitter } from 'node:events';
 import { Socket } from 'node:net';
 import mqtt, { type IClientOptions, type IConnackPacket, type IClientPublishOptions, type IPublishPacket, type MqttClient } from 'mqtt';
 import { StartError } from '../errors.js';
-import { brokerPort, failoverOptions } from './broker-urls.js';
+import { brokerEndpoint, failoverOptions } from './broker-urls.js';
 import type { Logger } from '../log.js';
 
 export interface UplinkCredentials {
@@ -98,17 +98,17 @@ const SESSION_NEVER_EXPIRES = 0xffffffff;
 const UNACCEPTABLE_PROTOCOL = new Set([1, 0x84]);
 const BAD_CREDENTIALS = new Set([4, 5, 0x86, 0x87, 0x8c]);
 
-const coalesced = new WeakSet<Socket>();
-
 /**
  * What the hub writes while handling one read from the broker leaves in one write: the socket
  * is corked as data arrives and uncorked once the loop has run all that data caused
  * (setImmediate comes after this turn's ticks and promise jobs). MQTT.js alone flushes after
  * each packet it handles; on the one connection that carries all traffic, those write calls
  * (on loopback they carry the broker's receive work too) were the largest single cost.
+ * outbound.ts corks each embedded connection per round the same way, from its first write;
+ * they stay apart because a shared wrapper split out of its governWrites slowed the embedded
+ * hot path (1.55-1.59 to 1.67-1.72 hub CPU s per 10000 round trips, alternating bench runs).
  */
 function coalesceWrites(socket: Socket): void {
-  coalesced.add(socket);
   let corked = false;
   const uncork = () => {
     corked = false;
@@ -195,7 +195,7 @@ export class Uplink extends EventEmitter<UplinkEvents> {
   get url(): string {
     const { urls } = this.options;
     const { host, port } = this.client.options;
-    return urls.find((url) => { const u = new URL(url); return u.hostname.replace(/^\[(.*)\]$/, '$1') === host && brokerPort(url) === port; }) ?? urls[0]!;
+    return urls.find((url) => { const at = brokerEndpoint(url); return at.host === host && at.port === port; }) ?? urls[0]!;
   }
 
   /** Why it is down (for /readyz and logs), or null when connected. */
@@ -344,7 +344,7 @@ export class Uplink extends EventEmitter<UplinkEvents> {
     const { log } = this.options;
     const url = this.url;
     const subscriptions = this.options.subscriptions({ protocolVersion: this.protocolVersion, sharedSubscriptions: this.sharedSubscriptions });
-    if (this.client.stream instanceof Socket && !coalesced.has(this.client.stream)) {
+    if (this.client.stream instanceof Socket) {
       // Commands and Replies are small and latency-bound (Nagle with delayed ACK adds tens of ms).
       this.client.stream.setNoDelay(true);
       coalesceWrites(this.client.stream);
