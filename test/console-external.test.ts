@@ -43,6 +43,7 @@ describe('web console on an external broker', () => {
     expect(await page.getAttribute('.job .job-legend .count-succeeded', 'data-count')).toBe('4');
 
     // The broker goes away: the top bar says so, with the reason in its title, and a command is refused BROKER_UNAVAILABLE.
+    const connectedBefore = new Map(ids.map((id) => [id, hub.device(id)?.connectedAt]));
     await mosquitto.kill();
     await expect.poll(() => badge.getAttribute('data-state'), { timeout: 10_000 }).toBe('unreachable');
     expect(await badge.textContent()).toBe(`broker unreachable: ${mosquitto.url}`);
@@ -56,6 +57,9 @@ describe('web console on an external broker', () => {
     await mosquitto.start();
     await expect.poll(() => badge.getAttribute('data-state'), { timeout: 15_000 }).toBe('connected');
     await expect.poll(() => page.locator('.device-row.online').count(), { timeout: 20_000 }).toBe(4);
+    // The restarted broker forgot every session: the hub shows the agents online from before
+    // until each announces itself again (3 s at most), and a command in between reaches nobody.
+    await waitFor(() => ids.every((id) => hub.device(id)?.online && hub.device(id)?.connectedAt !== connectedBefore.get(id)), { timeoutMs: 20_000, what: 'every agent back through the restarted broker' });
     const again = await run(page, 'echo back');
     expect(await again.locator('.output.stdout pre').textContent()).toContain('back');
   }, 90_000);
