@@ -15,8 +15,8 @@ function runHypha(args: string[], env: Record<string, string> = {}) {
   return spawnSync(process.execPath, [HYPHA_BIN, ...args], { encoding: 'utf8', timeout: 15_000, env: { ...process.env, ...env } });
 }
 
-async function bareBroker(port = 0) {
-  const broker = await Aedes.createBroker();
+async function bareBroker(port = 0, options: Parameters<typeof Aedes.createBroker>[0] = {}) {
+  const broker = await Aedes.createBroker(options);
   const server = createServer((socket) => broker.handle(socket));
   await new Promise<void>((r) => server.listen(port, '127.0.0.1', r));
   cleanup(() => new Promise<void>((r) => broker.close(() => server.close(() => r()))));
@@ -104,6 +104,41 @@ describe('hypha backoff', () => {
 });
 
 describe('hypha command intake', () => {
+  it('ends a connection whose command subscription the broker refuses and connects again, backing off further each time, until it is granted', async () => {
+    // As a NATS node refuses a SUBSCRIBE whose JetStream consumer it could not create in time.
+    let refuse = true;
+    const { broker, port } = await bareBroker(0, {
+      authorizeSubscribe: (_client, subscription, callback) => callback(null, refuse && subscription.topic.endsWith('/command') ? null : subscription),
+    });
+    const agent = await startAgent({ url: `mqtt://127.0.0.1:${port}`, id: 'pi-refused', logLevel: 'error', backoffBaseMs: 50, backoffCapMs: 400 });
+    cleanup(() => agent.stop());
+    const retries: { attempt: number; reason: string }[] = [];
+    agent.on('retry', ({ attempt, reason }) => retries.push({ attempt, reason }));
+    await waitFor(() => retries.length >= 3, { what: 'three refused connections' });
+    expect(retries[0]!.reason).toBe('the broker refused the subscription to rhizosphere/devices/pi-refused/command');
+    // The backoff grows across refusals instead of starting over at each CONNACK.
+    expect(retries.slice(0, 3).map((retry) => retry.attempt)).toEqual([1, 2, 3]);
+
+    refuse = false;
+    const answers: Response[] = [];
+    broker.subscribe('rhizosphere/devices/pi-refused/response', (packet, done) => {
+      answers.push(JSON.parse(packet.payload.toString()) as Response);
+      done();
+    }, () => {});
+    let n = 0;
+    const answer = await waitFor(
+      async () => {
+        const command = { type: 'command', id: `c-${n++}`, order: 'exec_bash', cmd_str: 'echo granted', timeout_ms: 5000 };
+        broker.publish({ cmd: 'publish', topic: 'rhizosphere/devices/pi-refused/command', payload: Buffer.from(JSON.stringify(command)), qos: 1, retain: false, dup: false }, () => {});
+        await new Promise((r) => setTimeout(r, 200));
+        return answers.find((reply) => reply.result === 'granted');
+      },
+      { timeoutMs: 10_000, what: 'an answer once the subscription is granted' },
+    );
+    expect(answer).toMatchObject({ exit_code: 0 });
+    expect(agent.connected).toBe(true);
+  });
+
   it('answers an invalid command BAD_REQUEST by its id, drops duplicates, and keeps working', async () => {
     const { broker, port } = await bareBroker();
     const agent = await startAgent({ url: `mqtt://127.0.0.1:${port}`, id: 'pi-in', logLevel: 'error' });

@@ -105,6 +105,13 @@ export interface AgentEvents {
   response: [CommandResponse];
 }
 
+/** Whether a SUBACK refused the filter (MQTT.js reports a refusal as an error that carries the SUBACK). */
+function subscriptionRefused(err: Error | null | undefined, granted: { qos: number }[] | undefined): boolean {
+  const suback = (err as { packet?: { granted?: (number | { qos: number })[] } } | null | undefined)?.packet;
+  const codes = [...(granted ?? []).map((grant) => grant.qos), ...(suback?.granted ?? []).map((grant) => (typeof grant === 'number' ? grant : grant.qos))];
+  return codes.some((code) => (code & 0x80) !== 0);
+}
+
 /**
  * Full-jitter exponential backoff: uniformly random in [0, min(cap, base·2^attempt)), so a
  * fleet that lost the hub at the same moment does not come back in lockstep.
@@ -303,7 +310,6 @@ export class Agent extends EventEmitter<AgentEvents> {
   }
 
   private onConnect(sessionPresent: boolean): void {
-    this.attempt = 0;
     this.connectedAt = monotonicNow();
     this.lastError = undefined;
     // QoS 1 commands and answers are small and latency-bound; Nagle's algorithm with delayed
@@ -319,14 +325,22 @@ export class Agent extends EventEmitter<AgentEvents> {
     this.emit('connect', { sessionPresent });
   }
 
-  /** Made on every connect, even with a resumed session: this subscription is how the hub recognizes a device. */
+  /**
+   * Made on every connect, even with a resumed session: this subscription is how the hub
+   * recognizes a device. Refused (a NATS node that could not create its consumer in time, an
+   * ACL), the connection is useless for commands: it is ended and tried again with backoff,
+   * which grows until a subscription is granted.
+   */
   private subscribeToCommands(): void {
     this.client.subscribe(this.commandTopic, { qos: 1 }, (err, granted) => {
-      if (err) {
+      if (subscriptionRefused(err, granted)) {
+        this.log.error('subscription refused by the broker: connecting again', { topic: this.commandTopic });
+        this.lastError = `the broker refused the subscription to ${this.commandTopic}`;
+        this.client.stream?.destroy();
+      } else if (err) {
         this.log.error('subscribe failed', { topic: this.commandTopic, error: err });
-      } else if (granted?.some((grant) => grant.qos === 128)) {
-        this.log.error('subscription refused by the broker', { topic: this.commandTopic });
       } else {
+        this.attempt = 0;
         this.log.debug('subscribed', { topic: this.commandTopic });
       }
     });
@@ -344,11 +358,7 @@ export class Agent extends EventEmitter<AgentEvents> {
       return;
     }
     this.client.subscribe(this.tunnelsTopic, { qos: 1 }, (err, granted) => {
-      // MQTT.js reports a refused filter as an error that carries the SUBACK.
-      const suback = (err as { packet?: { granted?: (number | { qos: number })[] } } | null)?.packet;
-      const codes = [...(granted ?? []).map((grant) => grant.qos), ...(suback?.granted ?? []).map((grant) => (typeof grant === 'number' ? grant : grant.qos))];
-      const refused = codes.some((code) => (code & 0x80) !== 0);
-      if (refused) {
+      if (subscriptionRefused(err, granted)) {
         if (!this.tunnelsRefusalLogged) this.log.warn('the hub refused the tunnel subscription: no tunnels on this connection', { topic: this.tunnelsTopic });
         this.tunnelsRefusalLogged = true;
       } else if (err) {
