@@ -88,6 +88,20 @@ export const SETTINGS = {
     help: 'a file whose first line (16+ characters) a --broker with an HTTP auth hook (EMQX 5, mosquitto-go-auth) presents: the hub then answers its connect and ACL checks at /broker/ (docs/broker-hooks.md)',
     default: '',
   },
+  agentFile: {
+    flag: 'agent-file',
+    type: 'string',
+    placeholder: 'FILE',
+    help: 'the standalone agent the hub serves at /agent/hypha.js and sends with `agent upgrade` (default: the one npm run build makes, dist/agent/hypha.js)',
+    default: '',
+  },
+  installUrl: {
+    flag: 'install-url',
+    type: 'string',
+    placeholder: 'URL',
+    help: 'the broker URL(s), comma-separated, that /install.sh gives devices (default: this hub\'s MQTT port, or --broker, on the host name the script was fetched from)',
+    default: '',
+  },
 } as const;
 
 export type SettingKey = keyof typeof SETTINGS;
@@ -178,6 +192,11 @@ export const ConfigSchema = z.strictObject({
   }),
   brokerDynsec: z.boolean({ error: () => 'must be true or false' }),
   brokerHookSecretFile: filePath,
+  agentFile: filePath,
+  installUrl: z.string({ error: () => 'must be a URL' }).superRefine((value, ctx) => {
+    const problem = value === '' ? null : brokerListProblem(value);
+    if (problem) ctx.addIssue({ code: 'custom', message: problem });
+  }),
   handlers: handlerList,
 });
 

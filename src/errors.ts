@@ -19,6 +19,7 @@ export const ERROR_CODES = {
   CONNECT_FAILED: { http: 502, summary: 'the device could not open the TCP connection a port forward asked for' },
   BROKER_UNAVAILABLE: { http: 503, summary: 'the hub runs on an external broker (--broker) and has no connection to it now; it reconnects by itself' },
   IO_ERROR: { http: 500, summary: 'reading or writing a file on the device (or beside the target on the client) failed; the message says how' },
+  UPGRADE_FAILED: { http: 502, summary: 'an agent upgrade did not take: the new agent failed its check on the device, or did not come back in time (the device keeps or restores its previous agent)' },
 } as const;
 
 export type ErrorCode = keyof typeof ERROR_CODES;

@@ -27,6 +27,8 @@ import { jobsRouter } from '../bridge/jobs-rest.js';
 import { recordingsRouter } from '../bridge/recordings-rest.js';
 import { deviceHttpRouter } from '../bridge/device-http.js';
 import { brokerHooksRouter, loadHookSecret } from '../bridge/broker-hooks.js';
+import { agentRouter, AgentDistribution, DEFAULT_AGENT_FILE } from './agent-distribution.js';
+import { AgentUpgrader } from './agent-upgrade.js';
 import { consoleContentSecurityPolicy, mountConsole } from './console.js';
 import { createHttpFront, mqttOverWebSocket } from './http.js';
 import { PACKAGE_VERSION } from './package-root.js';
@@ -447,7 +449,9 @@ export async function startHub(options: HubOptions = {}): Promise<Hub> {
       settle.unref();
       onClose(() => clearTimeout(settle));
     }
+    const agentDistribution = new AgentDistribution(config.agentFile || DEFAULT_AGENT_FILE);
     const jobs = new JobRunner({
+      tasks: { agent_upgrade: new AgentUpgrader({ distribution: agentDistribution, relay: tunnels, presence, log }) },
       stores,
       presence,
       dispatcher,
@@ -523,6 +527,14 @@ export async function startHub(options: HubOptions = {}): Promise<Hub> {
     const handlers = new HandlerHost({ log, broker, db: stores.db, auth });
     http.app.use('/handlers', handlers.router);
     mountConsole(http.app);
+    http.app.use(
+      agentRouter(agentDistribution, {
+        mqttUrl: config.installUrl,
+        mqttPort: () => info.mqttPort,
+        mqttsPort: () => info.mqttsPort,
+        brokerUrls: external ? brokerNodes : [],
+      }),
+    );
     const maxPacketBytes = Math.max(config.maxPayloadBytes, config.maxResponseBytes) + 64 * 1024;
     const handle = mqttConnectionHandler(broker, { maxPacketBytes, maxBufferedBytes: config.maxClientBufferBytes }, log);
     const ws = mqttOverWebSocket(handle, maxPacketBytes);

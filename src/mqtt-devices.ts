@@ -8,7 +8,7 @@ import type { Aedes, AedesPublishPacket, Client } from 'aedes';
 import type { Logger } from './log.js';
 import type { Principal } from './auth/roles.js';
 import type { DeviceLink, OfflineReason, Presence } from './presence.js';
-import type { Command, Transport } from './protocol/schemas.js';
+import { parsePayload, PresenceMessageSchema, type Command, type Transport } from './protocol/schemas.js';
 import type { Topics } from './protocol/topics.js';
 
 /** How long a device stays online after its connection closed while a new connection with the same id is being set up. */
@@ -91,6 +91,8 @@ export function watchMqttDevices(
       takeovers.delete(client.id);
     }
     presence.attach(client.id, link);
+    const agent = earlyAgents.get(client);
+    if (agent !== undefined) presence.setAgent(client.id, link, agent);
     // A safety net under 'clientDisconnect': when a second connection with the same id dies in
     // the middle of taking over, Aedes unregisters the wrong client and never reports the
     // first one's end. The socket's own close always comes; presence ignores a link it has
@@ -147,6 +149,21 @@ export function watchMqttDevices(
     if (!endReasons.has(client)) endReasons.set(client, 'error');
     log.debug({ clientId: client.id, err: error.message }, 'client connection error');
   };
+  /** Agents announced before their connection counted as a device (the birth overtook the SUBSCRIBE's handling). */
+  const earlyAgents = new WeakMap<Client, string>();
+  const onBirth = (client: Client, payload: Buffer | string) => {
+    if (payload.length === 0) return;
+    const parsed = parsePayload(PresenceMessageSchema, payload);
+    if (!parsed.ok) {
+      log.debug({ device: client.id, problem: parsed.message }, 'malformed presence message ignored');
+      return;
+    }
+    const agent = parsed.value.online ? parsed.value.agent : undefined;
+    if (agent === undefined) return;
+    const link = links.get(client);
+    if (link) presence.setAgent(client.id, link, agent);
+    else earlyAgents.set(client, agent);
+  };
   const onActivity = (_packet: unknown, client: Client | null) => {
     if (!client) return;
     const link = links.get(client);
@@ -159,6 +176,7 @@ export function watchMqttDevices(
     // The access hooks let only device X publish on X's response and telemetry topics.
     if (topic?.id !== client.id) return;
     if (topic.kind === 'response') on.response(topic.id, packet.payload);
+    else if (topic.kind === 'presence') onBirth(client, packet.payload);
     else if (topic.kind === 'telemetry' && packet.topic === topics.deviceTags(client.id)) on.declaredTags(topic.id, packet.payload);
   };
 

@@ -15,4 +15,7 @@ function findRoot(from: string): string {
 
 export const PACKAGE_ROOT = findRoot(dirname(fileURLToPath(import.meta.url)));
 
+/** True only in the standalone agent file (src/build/agent-bundle.ts replaces this module there). */
+export const STANDALONE_AGENT: boolean = false;
+
 export const PACKAGE_VERSION: string = (JSON.parse(readFileSync(join(PACKAGE_ROOT, 'package.json'), 'utf8')) as { version: string }).version;

@@ -24,6 +24,8 @@ export interface DeviceLink {
   unavailable?(): string | null;
   /** Whether the device serves tunnels over this link; left out where the transport finds out itself. */
   readonly tunnels?: boolean;
+  /** The agent and version the device announced when this link came up (an external broker's birth). */
+  readonly agent?: string;
 }
 
 export interface DeviceEntry {
@@ -43,6 +45,8 @@ export interface DeviceEntry {
   readonly tags: readonly string[];
   /** In a cluster: the node that holds the device (or held it last); undefined when standalone. */
   readonly node?: string;
+  /** The agent and version of the device's last birth, e.g. "hypha/0.1.0"; null when it never said. */
+  readonly agent: string | null;
 }
 
 /** A device as the REST API and events show it (PROTOCOL.md `GET /api/devices`). */
@@ -55,6 +59,8 @@ export interface DeviceInfo {
   remoteAddress: string | null;
   /** An addition to the v1 fields. */
   tags: string[];
+  /** An addition to the v1 fields: the agent and version of its last birth, or null. */
+  agent: string | null;
   /** In a cluster only: the node that holds the device (or held it last). */
   node?: string;
 }
@@ -98,6 +104,7 @@ interface MutableEntry {
   clients: Map<string, number>;
   tags: string[];
   node?: string;
+  agent: string | null;
   /**
    * The database held the device when presence learned of it: what is seen of it then only
    * updates its row, and a row removed meanwhile (by an admin, another node) stays removed.
@@ -116,6 +123,7 @@ export function toDeviceInfo(entry: DeviceEntry): DeviceInfo {
     lastSeen: iso(entry.lastSeen),
     remoteAddress: entry.remoteAddress,
     tags: [...entry.tags],
+    agent: entry.agent,
     ...(entry.node !== undefined ? { node: entry.node } : {}),
   };
 }
@@ -123,7 +131,7 @@ export function toDeviceInfo(entry: DeviceEntry): DeviceInfo {
 const sameTags = (a: readonly string[], b: readonly string[]) => a.length === b.length && a.every((tag, i) => tag === b[i]);
 
 function blankEntry(id: string, tags: string[], stored: boolean): MutableEntry {
-  return { id, online: false, transport: null, remoteAddress: null, connectedAt: null, lastSeen: null, link: null, clients: new Map(), tags, stored };
+  return { id, online: false, transport: null, remoteAddress: null, connectedAt: null, lastSeen: null, link: null, clients: new Map(), tags, stored, agent: null };
 }
 
 export class Presence extends EventEmitter<PresenceEvents> {
@@ -182,6 +190,7 @@ export class Presence extends EventEmitter<PresenceEvents> {
       remoteAddress: record.remoteAddress,
       connectedAt: record.connectedAt,
       lastSeen: record.lastSeen,
+      agent: record.agent ?? null,
     };
   }
 
@@ -225,6 +234,9 @@ export class Presence extends EventEmitter<PresenceEvents> {
     entry.remoteAddress = link.remoteAddress;
     entry.connectedAt = now;
     entry.lastSeen = now;
+    // On the embedded broker the birth comes just after (setAgent); until then it is not known
+    // which agent this connection runs (an upgrade may have just changed it).
+    entry.agent = link.agent ?? null;
     if (previous && previous !== link) {
       this.log.info({ device: id, transport: link.transport }, 'device reconnected; the older connection is replaced');
       previous.close('replaced by a newer connection with the same id');
@@ -283,7 +295,10 @@ export class Presence extends EventEmitter<PresenceEvents> {
       this.entries.set(id, entry);
     }
     if (entry.link && !this.isRemote(entry)) return false;
-    if (entry.online && entry.node === hold.node && entry.link?.transport === hold.link.transport) return true;
+    if (entry.online && entry.node === hold.node && entry.link?.transport === hold.link.transport) {
+      if (hold.link.agent !== undefined) entry.agent = hold.link.agent;
+      return true;
+    }
     this.holdRemotely(entry, hold);
     this.log.debug({ device: id, node: hold.node }, 'device online on another node');
     this.emit('online', toDeviceInfo(entry));
@@ -311,6 +326,7 @@ export class Presence extends EventEmitter<PresenceEvents> {
     entry.remoteAddress = null;
     entry.connectedAt = hold.since;
     entry.lastSeen = Date.now();
+    if (hold.link.agent !== undefined) entry.agent = hold.link.agent;
   }
 
   /** A clean stop of a cluster node: its devices are announced offline before the broker goes (they reconnect elsewhere). */
@@ -323,6 +339,18 @@ export class Presence extends EventEmitter<PresenceEvents> {
   announce(id: string): void {
     const entry = this.entries.get(id);
     if (entry && !this.closing) this.publishStatus(id, this.statusOf(entry));
+  }
+
+  /**
+   * The device announced its agent and version (its birth on the embedded broker): kept,
+   * written, and in its status. Ignored unless `link` is the device's current one.
+   */
+  setAgent(id: string, link: DeviceLink, agent: string): void {
+    const entry = this.entries.get(id);
+    if (!entry || entry.link !== link || entry.agent === agent) return;
+    entry.agent = agent;
+    this.persist(entry);
+    if (!this.closing) this.publishStatus(id, this.statusOf(entry));
   }
 
   /** Called for every packet from a device: keeps last-seen current without touching the disk each time. */
@@ -343,6 +371,7 @@ export class Presence extends EventEmitter<PresenceEvents> {
   statusOf(entry: DeviceEntry): NodeStatus {
     const since = entry.online ? entry.connectedAt : entry.lastSeen;
     const status: NodeStatus = { online: entry.online, since: iso(since) ?? new Date(0).toISOString(), transport: entry.transport, tags: [...entry.tags] };
+    if (entry.agent !== null) status.agent = entry.agent;
     // In a cluster a device not yet seen anywhere is announced by this node.
     const node = entry.node ?? this.options.nodeId;
     if (node !== undefined) status.node = node;
@@ -365,6 +394,7 @@ export class Presence extends EventEmitter<PresenceEvents> {
       remoteAddress: entry.remoteAddress,
       connectedAt: entry.connectedAt,
       lastSeen: entry.lastSeen,
+      agent: entry.agent,
       stored: entry.stored,
     });
   }

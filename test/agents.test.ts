@@ -143,7 +143,8 @@ describe('agents and the hub', () => {
     expect(code).toBe(0);
     const lines = out.trim().split('\n').sort();
     expect(lines).toHaveLength(2);
-    expect(lines[0]).toMatch(/^rhizosphere\/devices\/pi-x\/status \{"online":true,"since":"[^"]+","transport":"mqtt","tags":\[\]\}$/);
+    // `agent` from hypha's birth (docs/protocol.md "Status").
+    expect(lines[0]).toMatch(/^rhizosphere\/devices\/pi-x\/status \{"online":true,"since":"[^"]+","transport":"mqtt","tags":\[\],"agent":"hypha\/[^"]+"\}$/);
     expect(lines[1]).toMatch(/^rhizosphere\/devices\/pi-y\/status \{"online":true/);
   });
 

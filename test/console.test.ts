@@ -8,6 +8,7 @@ import type { Page } from 'playwright-core';
 import { describe, expect, it } from 'vitest';
 import { startHub } from '../src/index.js';
 import { artifact, openPage, runCommand as run } from './browser.js';
+import { PACKAGE_VERSION } from '../src/package-root.js';
 import { cleanup, freePort, spawnHypha, startAgents, startTestHub, tempDir, waitFor } from './helpers.js';
 
 async function openConsole(url: string): Promise<Page> {
@@ -37,8 +38,11 @@ describe('web console', () => {
     }
     await page.screenshot({ path: artifact('console-device-list.png') });
 
+    // Each agent's version, from its birth, in the list and on its page.
+    await expect.poll(() => page.locator('.device-row[data-id="pi-kitchen-01"] .agent').textContent()).toBe(`hypha/${PACKAGE_VERSION}`);
     await page.click('.device-row[data-id="pi-kitchen-01"]');
     expect(page.url()).toContain('#/devices/pi-kitchen-01');
+    await expect.poll(() => page.locator('.device-facts').textContent()).toContain(`hypha/${PACKAGE_VERSION}`);
     const hello = await run(page, 'echo hello');
     expect(await hello.locator('.output.stdout pre').textContent()).toBe('hello');
     expect(await hello.locator('.exit-code').textContent()).toBe('exit 0');

@@ -32,7 +32,7 @@ describe('REST API', () => {
 
     const list = (await (await fetch(`${hub.urls.http}/api/devices`)).json()) as unknown[];
     expect(list).toEqual([
-      { id: 'pi-01', online: true, transport: 'mqtt', connectedAt: expect.any(String), lastSeen: expect.any(String), remoteAddress: '127.0.0.1', tags: [] },
+      { id: 'pi-01', online: true, transport: 'mqtt', connectedAt: expect.any(String), lastSeen: expect.any(String), remoteAddress: '127.0.0.1', tags: [], agent: null },
     ]);
     const one = await fetch(`${hub.urls.http}/api/devices/pi-01`);
     expect(await one.json()).toMatchObject({ id: 'pi-01', online: true });

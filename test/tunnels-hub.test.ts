@@ -296,6 +296,10 @@ describe('refusals', () => {
     expect(await dash.error('x')).toMatchObject({ code: 'FORBIDDEN', message: expect.stringContaining(`${P}/clients/dash-1/tunnels/x/in`) });
     expect(ops.received('x')).toEqual([]);
 
+    // Agent upgrades carry the hub's own build: no client may open one, operator or not.
+    await ops.send('up', { t: 'open', device: 'pi-t', kind: 'agent_upgrade', size: 10, sha256: 'a'.repeat(64), version: '9.9.9' });
+    expect(await ops.error('up')).toMatchObject({ code: 'FORBIDDEN', message: expect.stringContaining('opened by the hub only') });
+
     const cases: [string, Control | Uint8Array | string, string, RegExp][] = [
       ['nope', 'stray bytes', 'UNKNOWN_TUNNEL', /nope is not open/],
       ['bad-cols', { ...shellOpen, cols: 0 }, 'BAD_REQUEST', /^cols /],

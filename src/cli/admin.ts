@@ -124,9 +124,12 @@ async function dispatch(noun: string | undefined, verb: string | undefined, name
             declaredTags: d.declaredTags,
             registered: d.hasToken,
             lastSeen: d.lastSeen === null ? null : new Date(d.lastSeen).toISOString(),
+            agent: d.agent,
           })),
         },
-        list.length === 0 ? 'no devices' : list.map((d) => `${d.id.padEnd(24)} ${d.state.padEnd(8)} ${(d.hasToken ? 'token' : 'no token').padEnd(9)} ${tagsOf(d)}`).join('\n'),
+        list.length === 0
+          ? 'no devices'
+          : list.map((d) => `${d.id.padEnd(24)} ${d.state.padEnd(8)} ${(d.hasToken ? 'token' : 'no token').padEnd(9)} ${(d.agent ?? '-').padEnd(16)} ${tagsOf(d)}`.trimEnd()).join('\n'),
       );
     }
     case 'device remove':

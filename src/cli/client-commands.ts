@@ -11,7 +11,7 @@ import { parseArgsProblem } from './args.js';
 import { ProgressLine } from './progress.js';
 import { cpCommand, forwardCommand, parseForward, RemoteUsageError, shellCommand } from './remote-access.js';
 
-export const CLIENT_COMMANDS = ['exec', 'devices', 'run', 'shell', 'cp', 'forward'] as const;
+export const CLIENT_COMMANDS = ['exec', 'devices', 'run', 'agent', 'shell', 'cp', 'forward'] as const;
 
 export class ClientUsageError extends Error {}
 
@@ -25,6 +25,11 @@ token, or env RHIZOSPHERE_TOKEN_NAME and RHIZOSPHERE_TOKEN; --url also from env 
         [--concurrency N] [--timeout SECONDS] [--deadline SECONDS] [--order …]
                                              a fleet job: progress on stderr, a summary table on stdout;
                                              exit 0 when every target succeeded, else 1
+  rhizosphere agent upgrade --url URL [--http-url URL] (--tag T... | --device D... | --online | --all)
+        [--concurrency N] [--timeout SECONDS] [--deadline SECONDS]
+                                             a job that sends the hub's agent build (GET /agent/hypha.js)
+                                             to each device, which swaps it in and restarts; a target
+                                             succeeds once the device is back as the new version
   rhizosphere shell --url URL DEVICE         an interactive shell on DEVICE in this terminal (Ctrl-C goes
                                              to the device; the shell's exit status is this one's)
   rhizosphere cp --url URL LOCAL DEVICE:/PATH   upload a file (PATH ending in / keeps the name)
@@ -117,23 +122,34 @@ export async function runClientCommand(argv: string[], env: NodeJS.ProcessEnv, i
     const selector = { ...(v.online ? { online: true } : {}), ...(v.tag ? { tags: v.tag } : {}) };
     return withHub(url, connectOptions, (hub) => devicesCommand(hub, selector, v.json === true, io));
   }
-  if (command === 'run') {
-    if (positionals.length > 0 && dashdash >= 0) throw new ClientUsageError(`run: unexpected argument "${positionals[0]}" before --`);
-    const words = dashdash >= 0 ? after : positionals;
-    if (words.length === 0) throw new ClientUsageError('run: the command is missing: rhizosphere run --url URL --tag T -- CMD...');
+  /** The target and limits of a fleet job (run, agent upgrade). */
+  const jobSettings = (what: string) => {
     const target: { tags?: string[]; devices?: string[]; online?: boolean } = {};
     if (v.all) target.tags = [];
     if (v.tag) target.tags = v.tag;
     if (v.device) target.devices = v.device;
     if (v.online) target.online = true;
-    if (Object.keys(target).length === 0) throw new ClientUsageError('run: say which devices: --tag T, --device D, --online or --all');
-    if (v['http-url'] === undefined && httpUrlFromMqttUrl(url) === null) throw new ClientUsageError('run: --http-url is required with an mqtt:// or mqtts:// --url (jobs are created over REST)');
+    if (Object.keys(target).length === 0) throw new ClientUsageError(`${what}: say which devices: --tag T, --device D, --online or --all`);
+    if (v['http-url'] === undefined && httpUrlFromMqttUrl(url) === null) throw new ClientUsageError(`${what}: --http-url is required with an mqtt:// or mqtts:// --url (jobs are created over REST)`);
     if (v['http-url'] !== undefined && !/^https?:\/\//.test(v['http-url'])) throw new ClientUsageError(`--http-url ${v['http-url']}: must start with http:// or https://`);
     const concurrency = v.concurrency === undefined ? undefined : whole('--concurrency', v.concurrency, 1, 10_000);
     const deadlineMs = v.deadline === undefined ? undefined : seconds('--deadline', v.deadline, 1000, 604_800_000);
-    return withHub(url, connectOptions, (hub) =>
-      runCommand(hub, { target, order, cmd_str: words.join(' '), timeout_ms: timeoutMs, concurrency, deadline_ms: deadlineMs }, io),
-    );
+    return { target, timeout_ms: timeoutMs, concurrency, deadline_ms: deadlineMs };
+  };
+  if (command === 'run') {
+    if (positionals.length > 0 && dashdash >= 0) throw new ClientUsageError(`run: unexpected argument "${positionals[0]}" before --`);
+    const words = dashdash >= 0 ? after : positionals;
+    if (words.length === 0) throw new ClientUsageError('run: the command is missing: rhizosphere run --url URL --tag T -- CMD...');
+    const settings = jobSettings('run');
+    return withHub(url, connectOptions, (hub) => runCommand(hub, { ...settings, order, cmd_str: words.join(' ') }, io));
+  }
+  if (command === 'agent') {
+    if (positionals[0] !== 'upgrade' || positionals.length > 1 || after.length > 0) {
+      throw new ClientUsageError('agent: rhizosphere agent upgrade --url URL (--tag T... | --device D... | --online | --all)');
+    }
+    if (v.order !== undefined) throw new ClientUsageError('agent upgrade: --order is not a flag of an upgrade');
+    const settings = jobSettings('agent upgrade');
+    return withHub(url, connectOptions, (hub) => runCommand(hub, { ...settings, order: 'agent_upgrade', cmd_str: undefined }, io));
   }
   if (command === 'shell' || command === 'cp' || command === 'forward') {
     if (after.length > 0) throw new ClientUsageError(`${command}: unexpected argument "${after[0]}" after --`);
@@ -203,8 +219,8 @@ async function devicesCommand(hub: HubClient, selector: DeviceSelector, json: bo
 
 interface RunSpec {
   target: { tags?: string[]; devices?: string[]; online?: boolean };
-  order: Order | undefined;
-  cmd_str: string;
+  order: Order | 'agent_upgrade' | undefined;
+  cmd_str: string | undefined;
   timeout_ms: number | undefined;
   concurrency: number | undefined;
   deadline_ms: number | undefined;

@@ -3,7 +3,7 @@
  * environment variable (flag over environment over default), which suits systemd units.
  * A bad flag or value ends the start with one line on stderr and exit status 2.
  */
-import { statSync } from 'node:fs';
+import { realpathSync, statSync } from 'node:fs';
 import { resolve as resolvePath } from 'node:path';
 import { parseArgs } from 'node:util';
 import { parseArgsProblem } from './args.js';
@@ -16,6 +16,9 @@ import { MAX_DEVICE_TAGS, tagProblem } from '../protocol/tags.js';
 import { DEFAULT_TOPIC_PREFIX, topicPrefixProblem } from '../protocol/topics.js';
 import { loadOrCreateToken, readTokenFile } from '../hypha/token-file.js';
 import { loadPemFiles } from '../pem.js';
+import { AGENT_VERSION } from '../hypha/presence.js';
+import { DEFAULT_COMMIT_WINDOW_MS, SelfUpgrade } from '../hypha/self-upgrade.js';
+import { STANDALONE_AGENT } from '../package-root.js';
 
 const EXIT_USAGE = 2;
 const EXIT_FORCED = 1;
@@ -40,6 +43,7 @@ type FlagName =
   | 'file-root'
   | 'max-file-bytes'
   | 'max-tunnels'
+  | 'upgrade-window'
   | 'log-level';
 
 /** Flags that may be given more than once; their environment variable holds a comma-separated list. */
@@ -75,6 +79,12 @@ const FLAGS: Record<FlagName, FlagSpec> = {
   'file-root': { env: 'HYPHA_FILE_ROOT', value: 'DIR', help: 'file tunnels may only read and write inside DIR (symbolic links followed)', default: 'any path this user may use' },
   'max-file-bytes': { env: 'HYPHA_MAX_FILE_BYTES', value: 'BYTES', help: 'largest file a file tunnel moves; past that PAYLOAD_TOO_LARGE', default: String(DEFAULT_MAX_FILE_BYTES) },
   'max-tunnels': { env: 'HYPHA_MAX_TUNNELS', value: 'N', help: 'tunnels open at once; past that BUSY', default: String(DEFAULT_MAX_TUNNELS) },
+  'upgrade-window': {
+    env: 'HYPHA_UPGRADE_WINDOW',
+    value: 'SECONDS',
+    help: 'after an agent upgrade, how long the new agent has to connect before the previous one is restored',
+    default: String(DEFAULT_COMMIT_WINDOW_MS / 1000),
+  },
   'log-level': { env: 'HYPHA_LOG_LEVEL', value: 'LEVEL', help: `${LOG_LEVELS.join(', ')}`, default: 'info' },
 };
 
@@ -107,6 +117,7 @@ function usage(): string {
     `  ${'--no-tunnels'.padEnd(28)} offer no tunnels (shells, file transfers, TCP forwards) to the hub`,
     `  ${''.padEnd(28)} env ${NO_TUNNELS_ENV}=1`,
     `  ${'--help'.padEnd(28)} show this help`,
+    `  ${'--version'.padEnd(28)} print the agent's version (${AGENT_VERSION}) and exit`,
     '',
     'Logs go to stdout, one line per event. SIGTERM or SIGINT stops hypha: running commands',
     'are killed, their answers sent, open tunnels ended (shells killed, unfinished uploads',
@@ -124,10 +135,11 @@ interface Setting {
 }
 
 /** Each flag's value, else its environment variable's (an empty variable counts as unset). */
-function readSettings(argv: string[], env: NodeJS.ProcessEnv): { settings: Partial<Record<FlagName, Setting>>; help: boolean; tunnels: boolean } {
+function readSettings(argv: string[], env: NodeJS.ProcessEnv): { settings: Partial<Record<FlagName, Setting>>; help: boolean; version: boolean; tunnels: boolean } {
   const options = Object.fromEntries([
     ...FLAG_NAMES.map((name) => [name, { type: 'string', multiple: REPEATABLE.has(name) }]),
     ['help', { type: 'boolean' }],
+    ['version', { type: 'boolean' }],
     ['no-tunnels', { type: 'boolean' }],
   ]) as Record<string, { type: 'string' | 'boolean'; multiple?: boolean }>;
   let parsed;
@@ -145,7 +157,7 @@ function readSettings(argv: string[], env: NodeJS.ProcessEnv): { settings: Parti
     else if (envValue) settings[name] = { value: envValue, origin: FLAGS[name].env, source: 'env' };
   }
   const noTunnels = parsed.values['no-tunnels'] === true || isTrue(env[NO_TUNNELS_ENV]);
-  return { settings, help: parsed.values.help === true, tunnels: !noTunnels };
+  return { settings, help: parsed.values.help === true, version: parsed.values.version === true, tunnels: !noTunnels };
 }
 
 function wholeNumber(setting: Setting | undefined, min: number, max = Number.MAX_SAFE_INTEGER): number | undefined {
@@ -305,14 +317,31 @@ function stopOnSignals(agent: Agent, log: Logger): void {
 }
 
 async function main(): Promise<void> {
-  const { settings, help, tunnels } = readSettings(process.argv.slice(2), process.env);
+  const { settings, help, version, tunnels } = readSettings(process.argv.slice(2), process.env);
   if (help) {
     process.stdout.write(`${usage()}\n`);
     return;
   }
+  if (version) {
+    process.stdout.write(`${AGENT_VERSION}\n`);
+    return;
+  }
   const log = createLogger({ level: logLevelOf(settings['log-level']) });
-  const options = agentOptions(settings, tunnels, log);
-  let agent: Agent;
+  let agent: Agent | undefined;
+  const selfUpgrade = new SelfUpgrade({
+    agentFile: STANDALONE_AGENT && process.argv[1] ? realpathSync(process.argv[1]) : undefined,
+    version: AGENT_VERSION,
+    supervised: Boolean(process.env.INVOCATION_ID) || isTrue(process.env.HYPHA_SUPERVISED),
+    commitWindowMs: (wholeNumber(settings['upgrade-window'], 1, 86_400) ?? DEFAULT_COMMIT_WINDOW_MS / 1000) * 1000,
+    log,
+    exitForRestart: () => {
+      if (!agent) return process.exit(0);
+      void agent.stop().finally(() => process.exit(0));
+    },
+  });
+  // First of all: a new agent that never committed gives way to the previous one (its supervisor starts that).
+  if (selfUpgrade.startCheck()) process.exit(0);
+  const options = { ...agentOptions(settings, tunnels, log), selfUpgrade };
   try {
     agent = await startAgent(options);
   } catch (err) {

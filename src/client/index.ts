@@ -514,7 +514,7 @@ export class HubClient extends Emitter<HubClientEvents> {
       this.emit('status', id, null);
       return;
     }
-    let raw: { online?: unknown; since?: unknown; transport?: unknown; tags?: unknown };
+    let raw: { online?: unknown; since?: unknown; transport?: unknown; tags?: unknown; agent?: unknown };
     try {
       raw = JSON.parse(payload) as typeof raw;
     } catch {
@@ -529,6 +529,7 @@ export class HubClient extends Emitter<HubClientEvents> {
       since: typeof raw.since === 'string' ? raw.since : '',
       transport: typeof raw.transport === 'string' ? (raw.transport as DeviceStatus['transport']) : null,
       tags: Object.freeze(Array.isArray(raw.tags) ? (raw.tags.every(isString) ? raw.tags : raw.tags.filter(isString)) : []) as string[],
+      agent: typeof raw.agent === 'string' ? raw.agent : null,
     });
     const before = this.statuses.get(id);
     this.statuses.set(id, status);

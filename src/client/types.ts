@@ -88,6 +88,8 @@ export interface DeviceStatus {
   transport: Transport | null;
   /** The tags selectors match: assigned by an admin or declared by the device. */
   tags: string[];
+  /** The agent and version the device last announced, e.g. "hypha/0.1.0"; null when it never said. */
+  agent: string | null;
 }
 
 export interface DeviceSelector {
@@ -100,13 +102,26 @@ export interface DeviceSelector {
 }
 
 // Type-only: the wire shapes are shared with the hub, none of its code comes along.
-export type { JobCounts, JobState, JobStatus, JobSummary, JobTarget, JobView, TargetState } from '../protocol/jobs.js';
+export type { JobCounts, JobOrder, JobState, JobStatus, JobSummary, JobTarget, JobView, TargetState } from '../protocol/jobs.js';
 
-/** Body of `POST /api/jobs`. */
-export interface JobSpec {
+/**
+ * Body of `POST /api/jobs`: a command (`order` defaults to exec_bash, with `cmd_str`), or
+ * `order: 'agent_upgrade'` without `cmd_str` (the hub sends its agent build to each target).
+ */
+export type JobSpec = CommandJobSpec | AgentUpgradeJobSpec;
+
+export interface CommandJobSpec {
   target: DeviceSelector;
   order?: Order;
   cmd_str: string;
+  timeout_ms?: number;
+  concurrency?: number;
+  deadline_ms?: number;
+}
+
+export interface AgentUpgradeJobSpec {
+  target: DeviceSelector;
+  order: 'agent_upgrade';
   timeout_ms?: number;
   concurrency?: number;
   deadline_ms?: number;

@@ -34,6 +34,8 @@ class RemoteLink implements DeviceLink {
     readonly node: string,
     readonly transport: Transport,
     private readonly sendCommand: (command: Command) => void,
+    /** As the holding node's status gave it. */
+    readonly agent?: string,
   ) {}
 
   send(command: Command): void {
@@ -108,7 +110,8 @@ export function watchRemoteDevices({ broker, topics, presence, dispatcher, membe
   const holdOf = (id: string, node: string, status: NodeStatus): RemoteHold => {
     const transport = status.transport && TRANSPORTS.includes(status.transport) ? status.transport : 'mqtt';
     const since = Date.parse(status.since);
-    return { node, link: new RemoteLink(node, transport, sendTo(id)), since: Number.isNaN(since) ? Date.now() : since };
+    const agent = typeof status.agent === 'string' && status.agent.length <= 64 ? status.agent : undefined;
+    return { node, link: new RemoteLink(node, transport, sendTo(id), agent), since: Number.isNaN(since) ? Date.now() : since };
   };
 
   /** This node holds the device and a stale status said otherwise: publish ours again (at most every REPAIR_GAP_MS). */

@@ -16,6 +16,7 @@ import { MAX_DEVICE_TAGS, tagProblem } from '../protocol/tags.js';
 import { DEFAULT_TOPIC_PREFIX, Topics } from '../protocol/topics.js';
 import { applyTarget, brokerTarget, urlProblem, type BrokerTarget } from './broker-urls.js';
 import { createLogger, type Logger, type LogLevel } from './log.js';
+import type { SelfUpgrade } from './self-upgrade.js';
 import { birthPayload, judgePresence, newPresenceNonce, offlinePayload } from './presence.js';
 import { failureResponse, monotonicNow, Runner, type CommandResponse } from './runner.js';
 import { TunnelManager } from './tunnels/index.js';
@@ -94,6 +95,8 @@ export interface AgentOptions {
   maxTunnels?: number;
   /** Loads node-pty for shell tunnels; replaceable in tests. */
   loadPty?: () => Promise<unknown>;
+  /** How the standalone agent replaces itself (agent_upgrade tunnels); it commits once its command subscription is granted. */
+  selfUpgrade?: SelfUpgrade;
 }
 
 export interface AgentEvents {
@@ -188,6 +191,7 @@ export class Agent extends EventEmitter<AgentEvents> {
   private duplicateLogged = false;
   /** Undefined when tunnels are switched off. */
   private readonly tunnels: TunnelManager | undefined;
+  private readonly selfUpgrade: SelfUpgrade | undefined;
   private readonly tunnelsTopic: string;
   private tunnelsRefusalLogged = false;
   private attempt = 0;
@@ -229,7 +233,10 @@ export class Agent extends EventEmitter<AgentEvents> {
             maxFileBytes: options.maxFileBytes,
             maxTunnels: options.maxTunnels,
             loadPty: options.loadPty,
+            selfUpgrade: options.selfUpgrade,
           });
+    this.selfUpgrade = options.selfUpgrade;
+    void this.tunnels?.probeShells();
     this.firstConnect = new Promise<void>((resolve, reject) => (this.settleFirstConnect = { resolve, reject }));
     // Only callers who await firstConnect care that a stop came first.
     this.firstConnect.catch(() => {});
@@ -342,6 +349,7 @@ export class Agent extends EventEmitter<AgentEvents> {
       } else {
         this.attempt = 0;
         this.log.debug('subscribed', { topic: this.commandTopic });
+        void this.selfUpgrade?.commit().catch((error: unknown) => this.log.warn('cannot commit the agent upgrade', { error }));
       }
     });
   }

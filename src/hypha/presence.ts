@@ -11,7 +11,8 @@ import type { PresenceMessage } from '../protocol/schemas.js';
 export type PresenceTransport = 'mqtt' | 'mqtt-ws';
 
 /** Goes into every birth, so a fleet's operator can tell which agents run which release. */
-export const AGENT_NAME = `hypha/${PACKAGE_VERSION}`;
+export const AGENT_VERSION = PACKAGE_VERSION;
+export const AGENT_NAME = `hypha/${AGENT_VERSION}`;
 
 /** 12 random bytes, base64url: 16 characters of A-Z a-z 0-9 _ - (PRESENCE_NONCE_PATTERN). */
 export function newPresenceNonce(): string {

@@ -13,7 +13,7 @@ import { HubError } from '../errors.js';
 import type { Logger } from '../log.js';
 import type { Presence } from '../presence.js';
 import { expect, ORDERS, TIMEOUT_MS_DEFAULT, TIMEOUT_MS_MAX, TIMEOUT_MS_MIN, validate, type Order, type Reply } from '../protocol/schemas.js';
-import type { JobCounts, JobSummary, JobTarget, JobView } from '../protocol/jobs.js';
+import { HUB_TASKS, type HubTask, type JobCounts, type JobOrder, type JobSummary, type JobTarget, type JobView } from '../protocol/jobs.js';
 import type { Topics } from '../protocol/topics.js';
 import type { Stores } from '../store/stores.js';
 import { resolveSelector, SelectorSchema, type Selector } from './selector.js';
@@ -46,19 +46,40 @@ const whole = (what: string, min: number, max: number) =>
     .min(min, { error: `must be at least ${min}` })
     .max(max, { error: `must be at most ${max}` });
 
-/** A job as `POST /api/jobs` (or `hub.jobs.create`) takes it. */
-export const JobSpecSchema = z.object(
-  {
-    target: SelectorSchema,
-    order: z.enum(ORDERS, { error: expect(`must be one of ${ORDERS.join(', ')}`) }),
-    cmd_str: z.string({ error: expect('must be a string') }).min(1, { error: 'must not be empty' }),
-    timeout_ms: whole(' of milliseconds', TIMEOUT_MS_MIN, TIMEOUT_MS_MAX).optional(),
-    concurrency: whole('', 1, CONCURRENCY_MAX).optional(),
-    deadline_ms: whole(' of milliseconds', DEADLINE_MS_MIN, DEADLINE_MS_MAX).optional(),
-  },
-  { error: 'must be a JSON object' },
-);
+const JOB_ORDERS = [...ORDERS, ...HUB_TASKS] as const;
+
+/** A job as `POST /api/jobs` (or `hub.jobs.create`) takes it; a hub task (`agent_upgrade`) takes no cmd_str. */
+export const JobSpecSchema = z
+  .object(
+    {
+      target: SelectorSchema,
+      order: z.enum(JOB_ORDERS, { error: expect(`must be one of ${JOB_ORDERS.join(', ')}`) }),
+      cmd_str: z.string({ error: expect('must be a string') }).min(1, { error: 'must not be empty' }).optional(),
+      timeout_ms: whole(' of milliseconds', TIMEOUT_MS_MIN, TIMEOUT_MS_MAX).optional(),
+      concurrency: whole('', 1, CONCURRENCY_MAX).optional(),
+      deadline_ms: whole(' of milliseconds', DEADLINE_MS_MIN, DEADLINE_MS_MAX).optional(),
+    },
+    { error: 'must be a JSON object' },
+  )
+  .superRefine((spec, ctx) => {
+    const isTask = (HUB_TASKS as readonly string[]).includes(spec.order);
+    if (!isTask && spec.cmd_str === undefined) ctx.addIssue({ code: 'custom', path: ['cmd_str'], message: 'is required' });
+    if (isTask && spec.cmd_str !== undefined) ctx.addIssue({ code: 'custom', path: ['cmd_str'], message: `is not a field of an ${spec.order} job` });
+  });
 export type JobSpec = z.infer<typeof JobSpecSchema>;
+
+/**
+ * Work the hub does itself on each target instead of sending one command (an agent upgrade).
+ * `start` answers at once, like the dispatcher: a refusal the runner treats as it treats the
+ * dispatcher's (DEVICE_OFFLINE waits for the device, BUSY retries), or the outcome to come.
+ */
+export interface TargetTask {
+  /** What the job records as its cmd_str (e.g. the build it installs); throws a HubError when the task cannot run at all. */
+  describe(): string;
+  /** The timeout per target when the job gives none. */
+  readonly defaultTimeoutMs: number;
+  start(device: string, origin: Origin, timeoutMs: number): { refused: Reply } | { outcome: Promise<Reply> };
+}
 
 /** Who created a job: recorded with it, and the actor of every command it sends. */
 export interface JobCreator {
@@ -90,7 +111,7 @@ interface Job {
   actor: string;
   actorKind: string;
   remote: string | null;
-  order: Order;
+  order: JobOrder;
   cmdStr: string;
   timeoutMs: number;
   concurrency: number;
@@ -123,6 +144,8 @@ export interface JobRunnerOptions {
   log: Logger;
   /** Publishes a retained QoS 1 message. */
   publish: (topic: string, payload: string) => void;
+  /** The hub tasks a job may run (absent: refused with UNSUPPORTED). */
+  tasks?: Partial<Record<HubTask, TargetTask>>;
 }
 
 const emptyCounts = (): Counts => ({ queued: 0, sent: 0, succeeded: 0, failed: 0, timed_out: 0, canceled: 0 });
@@ -153,15 +176,17 @@ function newJobId(): string {
   return `${Date.now().toString(36)}-${randomBytes(5).toString('hex')}`;
 }
 
-/** The final state of a target from its command's Reply. */
-export function outcomeOf(order: Order, reply: Reply): { state: TargetState; result: string | null; error: string | null; exit_code: number | null } {
+/** The final state of a target from its command's Reply (a hub task's Reply: ok is success). */
+export function outcomeOf(order: JobOrder, reply: Reply): { state: TargetState; result: string | null; error: string | null; exit_code: number | null } {
   if (reply.status === 'error') {
     return { state: reply.code === 'TIMEOUT' ? 'timed_out' : 'failed', result: null, error: `${reply.code}: ${reply.message}`, exit_code: null };
   }
   const succeeded =
-    order === 'exec_bash_no_return' ? true : order === 'exec_bash_ret_okng_only' ? reply.result === 'ok' : reply.exit_code === 0;
+    order === 'exec_bash_no_return' || isHubTask(order) ? true : order === 'exec_bash_ret_okng_only' ? reply.result === 'ok' : reply.exit_code === 0;
   return { state: succeeded ? 'succeeded' : 'failed', result: cut(reply.result), error: cut(reply.error) || null, exit_code: reply.exit_code };
 }
+
+const isHubTask = (order: string): order is HubTask => (HUB_TASKS as readonly string[]).includes(order);
 
 export class JobRunner {
   /** Jobs with work left (or results not yet written), by id. */
@@ -204,6 +229,9 @@ export class JobRunner {
     if (!checked.ok) throw new HubError('BAD_REQUEST', checked.message);
     const spec = checked.value;
     const { stores, presence, log } = this.options;
+    const task = isHubTask(spec.order) ? this.options.tasks?.[spec.order] : undefined;
+    if (isHubTask(spec.order) && !task) throw new HubError('UNSUPPORTED', `this hub does not run ${spec.order} jobs`);
+    const cmdStr = task ? task.describe() : spec.cmd_str!;
     const selection = resolveSelector(spec.target, { stored: stores.devices.list(), live: presence.table });
     const now = Date.now();
     const job: Job = {
@@ -213,8 +241,8 @@ export class JobRunner {
       actorKind: creator.actorKind,
       remote: creator.remote ?? null,
       order: spec.order,
-      cmdStr: spec.cmd_str,
-      timeoutMs: spec.timeout_ms ?? TIMEOUT_MS_DEFAULT,
+      cmdStr,
+      timeoutMs: spec.timeout_ms ?? task?.defaultTimeoutMs ?? TIMEOUT_MS_DEFAULT,
       concurrency: spec.concurrency ?? CONCURRENCY_DEFAULT,
       deadlineAt: now + (spec.deadline_ms ?? DEADLINE_MS_DEFAULT),
       selector: spec.target,
@@ -358,6 +386,7 @@ export class JobRunner {
   private send(job: Job, target: Target): void {
     const { dispatcher } = this.options;
     const origin: Origin = { clientId: `job:${job.id}`, via: 'api', actor: job.actor, actorKind: job.actorKind, remote: job.remote };
+    if (isHubTask(job.order)) return this.runTask(job, target, origin);
     const before = dispatcher.inflight;
     job.attempting++;
     const reply = dispatcher.request({ device: target.device, order: job.order, cmd_str: job.cmdStr, timeout_ms: job.timeoutMs }, origin);
@@ -368,6 +397,20 @@ export class JobRunner {
       this.setState(job, target, { state: 'sent', result: null, error: null, exit_code: null }, Date.now());
     }
     void reply.then((answer) => (accepted ? this.answered(job, target, answer) : this.refused(job, target, answer)));
+  }
+
+  private runTask(job: Job, target: Target, origin: Origin): void {
+    const task = this.options.tasks?.[job.order as HubTask];
+    job.attempting++;
+    if (!task) {
+      // A job resumed by a hub that no longer runs this task.
+      return this.refused(job, target, { type: 'response', id: null, device: target.device, status: 'error', code: 'UNSUPPORTED', message: `this hub does not run ${job.order} jobs` });
+    }
+    const started = task.start(target.device, origin, job.timeoutMs);
+    if ('refused' in started) return this.refused(job, target, started.refused);
+    job.attempting--;
+    this.setState(job, target, { state: 'sent', result: null, error: null, exit_code: null }, Date.now());
+    void started.outcome.then((answer) => this.answered(job, target, answer));
   }
 
   private answered(job: Job, target: Target, reply: Reply): void {
@@ -570,7 +613,7 @@ export class JobRunner {
       actor: row.actor,
       actorKind: row.actor_kind,
       remote: row.remote,
-      order: row.command_order as Order,
+      order: row.command_order as JobOrder,
       cmdStr: row.cmd_str,
       timeoutMs: row.timeout_ms,
       concurrency: row.concurrency,
@@ -603,7 +646,7 @@ function summaryOfRow(row: JobRow, counts: Counts): JobSummary {
     counts,
     created_at: iso(row.created_at)!,
     actor: row.actor,
-    order: row.command_order as Order,
+    order: row.command_order as JobOrder,
     cmd_str: row.cmd_str,
     timeout_ms: row.timeout_ms,
     concurrency: row.concurrency,

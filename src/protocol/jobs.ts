@@ -5,6 +5,14 @@
  */
 import type { Order } from './schemas.js';
 
+/**
+ * What a job does on each target: one of the orders, or work the hub does itself (docs/protocol.md
+ * "Agent upgrades": `agent_upgrade` sends the hub's agent build to each device).
+ */
+export const HUB_TASKS = ['agent_upgrade'] as const;
+export type HubTask = (typeof HUB_TASKS)[number];
+export type JobOrder = Order | HubTask;
+
 export const JOB_STATES = ['running', 'done', 'canceled'] as const;
 export type JobState = (typeof JOB_STATES)[number];
 export const TARGET_STATES = ['queued', 'sent', 'succeeded', 'failed', 'timed_out', 'canceled'] as const;
@@ -23,7 +31,8 @@ export interface JobStatus {
 export interface JobSummary extends JobStatus {
   created_at: string;
   actor: string;
-  order: Order;
+  order: JobOrder;
+  /** For a hub task, what it carries (the agent build). */
   cmd_str: string;
   timeout_ms: number;
   concurrency: number;

@@ -140,6 +140,8 @@ export interface Status {
   since: string;
   transport: Transport | null;
   tags: string[];
+  /** An addition: the agent and version of the device's last birth ("hypha/0.1.0"), when it announced one. */
+  agent?: string;
 }
 
 export type Validation<T> = { ok: true; value: T } | { ok: false; field: string; message: string };

@@ -53,6 +53,14 @@ const KIND_FIELDS = {
     mode: whole('permission bits', 0, 0o7777).default(DEFAULT_FILE_MODE),
   },
   file_get: { path },
+  agent_upgrade: {
+    size: byteCount,
+    sha256: z
+      .string({ error: expect('must be a string') })
+      .regex(/^[0-9a-fA-F]{64}$/, { error: 'must be 64 hex digits' })
+      .transform((hex) => hex.toLowerCase()),
+    version: z.string({ error: expect('must be a string') }).regex(/^[A-Za-z0-9.+_-]{1,64}$/, { error: 'must be 1 to 64 of A-Z a-z 0-9 . + _ -' }),
+  },
   tcp: {
     host: z
       .string({ error: expect('must be a host name or address') })
@@ -80,20 +88,23 @@ const deviceSide = {
   file_put: z.object({ ...base, actor, kind: z.literal('file_put'), ...KIND_FIELDS.file_put }),
   file_get: z.object({ ...base, actor, kind: z.literal('file_get'), ...KIND_FIELDS.file_get }),
   tcp: z.object({ ...base, actor, kind: z.literal('tcp'), ...KIND_FIELDS.tcp }),
+  agent_upgrade: z.object({ ...base, actor, kind: z.literal('agent_upgrade'), ...KIND_FIELDS.agent_upgrade }),
 };
 const clientSide = {
   shell: z.strictObject({ ...base, device, kind: z.literal('shell'), ...KIND_FIELDS.shell }),
   file_put: z.strictObject({ ...base, device, kind: z.literal('file_put'), ...KIND_FIELDS.file_put }),
   file_get: z.strictObject({ ...base, device, kind: z.literal('file_get'), ...KIND_FIELDS.file_get }),
   tcp: z.strictObject({ ...base, device, kind: z.literal('tcp'), ...KIND_FIELDS.tcp }),
+  agent_upgrade: z.strictObject({ ...base, device, kind: z.literal('agent_upgrade'), ...KIND_FIELDS.agent_upgrade }),
 };
 
 export type ShellOpenRequest = z.infer<typeof deviceSide.shell>;
 export type FilePutOpenRequest = z.infer<typeof deviceSide.file_put>;
 export type FileGetOpenRequest = z.infer<typeof deviceSide.file_get>;
 export type TcpOpenRequest = z.infer<typeof deviceSide.tcp>;
+export type AgentUpgradeOpenRequest = z.infer<typeof deviceSide.agent_upgrade>;
 /** An `open` as a device receives it, defaults filled in. */
-export type OpenRequest = ShellOpenRequest | FilePutOpenRequest | FileGetOpenRequest | TcpOpenRequest;
+export type OpenRequest = ShellOpenRequest | FilePutOpenRequest | FileGetOpenRequest | TcpOpenRequest | AgentUpgradeOpenRequest;
 /** An `open` as a client sends it to the hub, defaults filled in (the fields of its kind are set). */
 export type ClientOpen = OpenControl & { device: string };
 

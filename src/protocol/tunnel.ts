@@ -35,7 +35,8 @@ export function tunnelIdProblem(id: string): string | null {
   return null;
 }
 
-export const TUNNEL_KINDS = ['shell', 'file_put', 'file_get', 'tcp'] as const;
+/** `agent_upgrade` is opened by the hub itself only (`rhizosphere agent upgrade`), never by a client. */
+export const TUNNEL_KINDS = ['shell', 'file_put', 'file_get', 'tcp', 'agent_upgrade'] as const;
 export type TunnelKind = (typeof TUNNEL_KINDS)[number];
 
 /** `open`, client → hub: which device, which kind, and the kind's parameters. */
@@ -55,6 +56,8 @@ export interface OpenControl {
   sha256?: string;
   /** file_put: permission bits of a newly created file (default 0o644). */
   mode?: number;
+  /** agent_upgrade: the version of the agent carried (its `hypha --version`). */
+  version?: string;
   /** tcp: where the device connects, as seen from the device. */
   host?: string;
   port?: number;

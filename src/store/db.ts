@@ -208,6 +208,11 @@ const MIGRATIONS: string[] = [
     created_at    INTEGER NOT NULL
   );
   `,
+  // 8: the agent and version each device last announced in its birth ("hypha/0.1.0"), a
+  // connection column like last_seen (each node writes its own; not replicated)
+  `
+  ALTER TABLE devices ADD COLUMN agent TEXT;
+  `,
 ];
 
 /** The version of the credentials (devices, their tags, tokens, users): it changes with each of them. */

@@ -30,6 +30,8 @@ export interface StoredDevice {
   remoteAddress: string | null;
   connectedAt: number | null;
   lastSeen: number | null;
+  /** The agent and version of its last birth, e.g. "hypha/0.1.0" (null: none seen). */
+  agent: string | null;
 }
 
 /** What presence records about a connection. */
@@ -39,6 +41,8 @@ export interface SeenRecord {
   remoteAddress: string | null;
   connectedAt: number | null;
   lastSeen: number | null;
+  /** The agent and version the device announced (its birth); null when it never said. */
+  agent?: string | null;
   /**
    * The row existed when the hub learned of the device: only update it. A row removed since
    * (by an admin command, another node) must not come back as a device without a token.
@@ -67,6 +71,7 @@ interface Row {
   remote_address: string | null;
   connected_at: number | null;
   last_seen: number | null;
+  agent: string | null;
 }
 
 
@@ -90,6 +95,7 @@ function toDevice(row: Row): StoredDevice {
     remoteAddress: row.remote_address,
     connectedAt: row.connected_at,
     lastSeen: row.last_seen,
+    agent: row.agent,
   };
 }
 
@@ -108,13 +114,13 @@ export class DeviceStore {
     this.all = db.prepare<[], Row>('SELECT * FROM devices ORDER BY id');
     this.credentials = db.prepare<[], Pick<Row, 'id' | 'token_hash' | 'state' | 'tags' | 'declared_tags'>>('SELECT id, token_hash, state, tags, declared_tags FROM devices');
     this.seen = db.prepare(
-      `INSERT INTO devices (id, created_at, transport, remote_address, connected_at, last_seen)
-       VALUES (@id, @now, @transport, @remoteAddress, @connectedAt, @lastSeen)
+      `INSERT INTO devices (id, created_at, transport, remote_address, connected_at, last_seen, agent)
+       VALUES (@id, @now, @transport, @remoteAddress, @connectedAt, @lastSeen, @agent)
        ON CONFLICT(id) DO UPDATE SET transport = excluded.transport, remote_address = excluded.remote_address,
-         connected_at = excluded.connected_at, last_seen = excluded.last_seen`,
+         connected_at = excluded.connected_at, last_seen = excluded.last_seen, agent = excluded.agent`,
     );
     this.seenUpdate = db.prepare(
-      `UPDATE devices SET transport = @transport, remote_address = @remoteAddress, connected_at = @connectedAt, last_seen = @lastSeen WHERE id = @id`,
+      `UPDATE devices SET transport = @transport, remote_address = @remoteAddress, connected_at = @connectedAt, last_seen = @lastSeen, agent = @agent WHERE id = @id`,
     );
   }
 
@@ -253,7 +259,8 @@ export class DeviceStore {
   recordSeen(records: Iterable<SeenRecord>): void {
     const now = Date.now();
     this.db.transaction((list: Iterable<SeenRecord>) => {
-      for (const { stored, ...r } of list) {
+      for (const { stored, ...seen } of list) {
+        const r = { ...seen, agent: seen.agent ?? null };
         if (stored) this.seenUpdate.run(r);
         else this.seen.run({ ...r, now });
       }

@@ -90,6 +90,8 @@ interface Actor {
 /** The client's end as the relay sees it: an MQTT connection, or a local client. */
 interface Endpoint {
   readonly id: string;
+  /** A client inside the hub (not an MQTT connection). */
+  readonly local?: boolean;
   who(): Actor & { principal: Principal | undefined };
   /** A frame for this client's tunnel `clientTunnel`. */
   deliver(clientTunnel: string, frame: Uint8Array): void;
@@ -173,6 +175,7 @@ export function startTunnelRelay(options: TunnelRelayOptions): TunnelRelay {
     ...(open.size !== undefined ? { size: open.size } : {}),
     ...(open.sha256 !== undefined ? { sha256: open.sha256 } : {}),
     ...(open.kind === 'tcp' ? { host: open.host, port: open.port } : {}),
+    ...(open.version !== undefined ? { version: open.version } : {}),
   });
 
   /**
@@ -301,7 +304,10 @@ export function startTunnelRelay(options: TunnelRelayOptions): TunnelRelay {
     const entry = presence.get(device);
     if (!entry) return refused('UNKNOWN_DEVICE', `no device ${device} has connected to this hub`, device);
     if (!entry.online || !entry.link) return refused('DEVICE_OFFLINE', `device ${device} is not connected`, device);
-    if (open.kind === 'file_put' && open.size! > limits.maxFileBytes) {
+    if (open.kind === 'agent_upgrade' && !client.local) {
+      return refused('FORBIDDEN', 'agent_upgrade tunnels are opened by the hub only, with its own agent build (rhizosphere agent upgrade)', device);
+    }
+    if ((open.kind === 'file_put' || open.kind === 'agent_upgrade') && open.size! > limits.maxFileBytes) {
       return refused('PAYLOAD_TOO_LARGE', `size is ${open.size} bytes (limit ${limits.maxFileBytes})`, device);
     }
     const count = byDevice.get(device)?.size ?? 0;
@@ -327,7 +333,7 @@ export function startTunnelRelay(options: TunnelRelayOptions): TunnelRelay {
       toDevice: new FrameWriter(),
       bytesIn: 0,
       bytesOut: 0,
-      hash: open.kind === 'file_put' || open.kind === 'file_get' ? createHash('sha256') : null,
+      hash: open.kind === 'file_put' || open.kind === 'file_get' || open.kind === 'agent_upgrade' ? createHash('sha256') : null,
       openTimer: null,
       idleTimer: null,
       recorder: null,
@@ -390,7 +396,7 @@ export function startTunnelRelay(options: TunnelRelayOptions): TunnelRelay {
     if (frame.type === 'data') {
       if (t.open.kind === 'file_get') return fail(t, 'BAD_REQUEST', 'a file_get tunnel carries no DATA from the client', 'client');
       t.bytesIn += frame.data.byteLength;
-      if (t.open.kind === 'file_put' && t.bytesIn > t.open.size!) {
+      if ((t.open.kind === 'file_put' || t.open.kind === 'agent_upgrade') && t.bytesIn > t.open.size!) {
         return fail(t, 'PAYLOAD_TOO_LARGE', `more than the ${t.open.size} bytes the open announced`, 'client');
       }
       t.hash?.update(frame.data);
@@ -462,7 +468,7 @@ export function startTunnelRelay(options: TunnelRelayOptions): TunnelRelay {
     const gap = t.fromDevice.check(frame.seq);
     if (gap) return fail(t, 'BAD_REQUEST', gap, 'device');
     if (frame.type === 'data') {
-      if (t.open.kind === 'file_put') return fail(t, 'BAD_REQUEST', 'a file_put tunnel carries no DATA from the device', 'device');
+      if (t.open.kind === 'file_put' || t.open.kind === 'agent_upgrade') return fail(t, 'BAD_REQUEST', `a ${t.open.kind} tunnel carries no DATA from the device`, 'device');
       t.bytesOut += frame.data.byteLength;
       if (t.fileSize !== undefined && t.bytesOut > t.fileSize) return fail(t, 'PAYLOAD_TOO_LARGE', `more than the ${t.fileSize} bytes opened announced`, 'device');
       t.hash?.update(frame.data);
@@ -551,6 +557,7 @@ export function startTunnelRelay(options: TunnelRelayOptions): TunnelRelay {
       };
       const endpoint: Endpoint = {
         id,
+        local: true,
         who: () => actorFor(principal, id, remote),
         // Later, in order: the local client may answer at once without re-entering the relay.
         deliver: (clientTunnel, frame) => queueMicrotask(() => local.onFrame(clientTunnel, frame)),

@@ -129,6 +129,7 @@ export class DeviceList {
     const meta = el('span', 'device-meta');
     meta.append(
       el('span', 'transport', device.transport ?? '—'),
+      ...(device.agent ? [el('span', 'agent', device.agent)] : []),
       el('span', 'since', device.online ? `online since ${relativeTime(device.connectedAt, now)}` : `last seen ${relativeTime(device.lastSeen, now)}`),
     );
     row.append(meta);

@@ -195,7 +195,7 @@ export class DeviceView {
     pill.textContent = online ? 'online' : 'offline';
     pill.className = `state-pill ${online ? 'online' : 'offline'}`;
     facts.textContent = device
-      ? [device.transport, device.remoteAddress, online ? `since ${clockTime(device.connectedAt)}` : `last seen ${clockTime(device.lastSeen)}`].filter(Boolean).join(' · ')
+      ? [device.transport, device.remoteAddress, device.agent, online ? `since ${clockTime(device.connectedAt)}` : `last seen ${clockTime(device.lastSeen)}`].filter(Boolean).join(' · ')
       : 'unknown device';
     banner.hidden = online;
     banner.textContent = online

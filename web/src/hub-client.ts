@@ -112,7 +112,7 @@ export class HubClient extends EventTarget {
   private applyStatus(id: string, status: Readonly<DeviceStatus>): void {
     let device = this.devices.get(id);
     if (!device) {
-      device = { id, online: false, transport: null, connectedAt: null, lastSeen: null, remoteAddress: null, tags: [] };
+      device = { id, online: false, transport: null, connectedAt: null, lastSeen: null, remoteAddress: null, tags: [], agent: null };
       this.devices.set(id, device);
       this.idsVersion++;
     }
@@ -120,6 +120,7 @@ export class HubClient extends EventTarget {
     device.online = status.online;
     device.transport = status.transport ?? device.transport;
     device.tags = status.tags;
+    device.agent = status.agent ?? device.agent;
     if (device.online) device.connectedAt = status.since;
     else device.lastSeen = status.since;
     this.changed(id);

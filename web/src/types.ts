@@ -15,6 +15,8 @@ export interface Device {
   lastSeen: string | null;
   remoteAddress: string | null;
   tags: string[];
+  /** The agent and version it last announced ("hypha/0.1.0"), or null. */
+  agent: string | null;
 }
 
 export interface OkReply {

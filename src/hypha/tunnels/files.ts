@@ -59,7 +59,15 @@ async function putTarget(path: string, context: TunnelContext): Promise<string> 
   return target;
 }
 
-export async function openFilePut(open: FilePutOpenRequest, channel: Channel, context: TunnelContext): Promise<TunnelHandler> {
+/** What an upload does once its bytes are in place, before and after it answers `done` (agent upgrades). */
+export interface PutFinish {
+  /** Throws a TunnelError to answer that instead of `done`. */
+  check(target: string): Promise<void>;
+  /** After `done` went out. */
+  then(): void;
+}
+
+export async function openFilePut(open: FilePutOpenRequest, channel: Channel, context: TunnelContext, finish?: PutFinish): Promise<TunnelHandler> {
   checkSize(open.size, context, open.path);
   const target = await putTarget(open.path, context);
   const existing = await lstat(target).catch((err: NodeJS.ErrnoException) => {
@@ -84,7 +92,7 @@ export async function openFilePut(open: FilePutOpenRequest, channel: Channel, co
   }
   context.log.debug('upload started', { tunnel: channel.id, temp });
   channel.control({ t: 'opened' });
-  return new FilePut(open, target, temp, handle, channel);
+  return new FilePut(open, target, temp, handle, channel, finish);
 }
 
 class FilePut implements TunnelHandler {
@@ -102,6 +110,7 @@ class FilePut implements TunnelHandler {
     private readonly temp: string,
     private readonly handle: FileHandle,
     private readonly channel: Channel,
+    private readonly finish?: PutFinish,
   ) {}
 
   data(bytes: Buffer): void {
@@ -128,8 +137,10 @@ class FilePut implements TunnelHandler {
       await rename(this.temp, this.target);
       this.renamed = true;
       await syncDirectory(dirname(this.target));
+      await this.finish?.check(this.target);
       this.channel.control({ t: 'done', size, sha256 });
       this.channel.close();
+      this.finish?.then();
     });
   }
 
@@ -142,14 +153,15 @@ class FilePut implements TunnelHandler {
     return this.disposing;
   }
 
-  /** Queues a step of the upload; a failure ends the tunnel with IO_ERROR (dispose then deletes the temporary file). */
+  /** Queues a step of the upload; a failure ends the tunnel with its code, IO_ERROR for the file system's (dispose then deletes the temporary file). */
   private queue(step: () => Promise<void>): void {
     this.writing = this.writing.then(async () => {
       if (this.channel.ended) return;
       try {
         await step();
       } catch (err) {
-        this.channel.fail('IO_ERROR', fsError(err, this.open.path).message);
+        const failure = fsError(err, this.open.path);
+        this.channel.fail(failure.code, failure.message);
       }
     });
   }

@@ -1,6 +1,7 @@
 /** What the manager needs from each kind of tunnel (shell, files, tcp). */
 import type { Logger } from '../log.js';
 import type { Channel } from './channel.js';
+import type { SelfUpgrade } from '../self-upgrade.js';
 
 export interface TunnelHandler {
   /** DATA from the hub, in order; the handler calls channel.consumed() once it is written. Absent: the kind takes no DATA. */
@@ -22,6 +23,8 @@ export interface TunnelContext {
   maxFileBytes: number;
   /** Loads node-pty; replaceable so a test can act as a device without it. */
   loadPty: () => Promise<unknown>;
+  /** How this agent replaces itself; absent: agent_upgrade tunnels are UNSUPPORTED. */
+  selfUpgrade?: SelfUpgrade;
 }
 
 /**

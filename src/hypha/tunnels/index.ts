@@ -8,7 +8,9 @@ import { FrameError, FrameSequence, FrameWriter, decodeFrame, tunnelIdProblem, t
 import type { Topics } from '../../protocol/topics.js';
 import type { Logger } from '../log.js';
 import { Channel, TunnelError } from './channel.js';
+import { openAgentUpgrade } from './agent-upgrade.js';
 import { openFileGet, openFilePut } from './files.js';
+import type { SelfUpgrade } from '../self-upgrade.js';
 import type { TunnelContext, TunnelHandler } from './handler.js';
 import { parseAck, parseOpen, parseResize, type OpenRequest } from './schemas.js';
 import { openShell } from './shell.js';
@@ -31,6 +33,8 @@ export interface TunnelManagerOptions {
   maxFileBytes?: number;
   maxTunnels?: number;
   loadPty?: () => Promise<unknown>;
+  /** How this agent replaces itself (agent_upgrade tunnels); absent: it cannot. */
+  selfUpgrade?: SelfUpgrade;
 }
 
 interface Tunnel {
@@ -58,7 +62,23 @@ export class TunnelManager {
       fileRoot: options.fileRoot,
       maxFileBytes: options.maxFileBytes ?? DEFAULT_MAX_FILE_BYTES,
       loadPty: options.loadPty ?? (() => import('node-pty')),
+      selfUpgrade: options.selfUpgrade,
     };
+  }
+
+  /**
+   * Says once, at start, when shells cannot be served: node-pty is optional (the standalone
+   * agent carries none), and everything else works without it.
+   */
+  async probeShells(): Promise<boolean> {
+    try {
+      const loaded = (await this.context.loadPty()) as { spawn?: unknown; default?: { spawn?: unknown } };
+      if (typeof (loaded.spawn ?? loaded.default?.spawn) === 'function') return true;
+    } catch {
+      // not installed, or built for another Node.js
+    }
+    this.options.log.warn('node-pty is not installed: this agent runs commands, file transfers and port forwards, but no shells (npm install node-pty beside hypha.js adds them)');
+    return false;
   }
 
   get openCount(): number {
@@ -204,6 +224,8 @@ export class TunnelManager {
         return openFileGet(open, channel, this.context);
       case 'tcp':
         return openTcp(open, channel, this.context);
+      case 'agent_upgrade':
+        return openAgentUpgrade(open, channel, this.context);
     }
   }
 
@@ -262,6 +284,8 @@ function describe(open: OpenRequest): Record<string, unknown> {
       return { path: open.path };
     case 'tcp':
       return { host: open.host, port: open.port };
+    case 'agent_upgrade':
+      return { version: open.version, size: open.size };
   }
 }
 

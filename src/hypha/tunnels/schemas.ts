@@ -15,6 +15,7 @@ export {
   parseOpen,
   type FileGetOpenRequest,
   type FilePutOpenRequest,
+  type AgentUpgradeOpenRequest,
   type OpenRequest,
   type ShellOpenRequest,
   type TcpOpenRequest,
