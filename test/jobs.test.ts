@@ -198,6 +198,27 @@ describe('fleet jobs', () => {
     expect(job.targets.find((t) => t.device === 'never')).toMatchObject({ state: 'timed_out', error: expect.stringContaining('deadline') });
   });
 
+  it('targets every named device, also ones the hub has never seen: they wait offline and catch up if they connect before the deadline', async () => {
+    // Anonymous access: devices need not be registered to connect.
+    const hub = await startTestHub();
+    await startDevices(hub, ['seen-1']);
+    const created = await api(hub, 'POST', '/api/jobs', { order: 'exec_bash', cmd_str: 'uptime', target: { devices: ['seen-1', 'fresh-1', 'fresh-2'] }, deadline_ms: 3000 });
+    expect(created).toMatchObject({ status: 201, body: { targets: 3, unknown: ['fresh-1', 'fresh-2'] } });
+    const id = created.body.id as string;
+    await waitFor(() => hub.jobs.get(id)!.counts.succeeded === 1, { what: 'the known device done' });
+    expect(hub.jobs.get(id)!.targets.map((t) => [t.device, t.state])).toEqual([['seen-1', 'succeeded'], ['fresh-1', 'queued'], ['fresh-2', 'queued']]);
+    // fresh-1 connects for the first time, before the deadline; fresh-2 never does.
+    await startDevices(hub, ['fresh-1']);
+    const job = await untilFinished(hub, id);
+    expect(job.targets.map((t) => [t.device, t.state])).toEqual([['seen-1', 'succeeded'], ['fresh-1', 'succeeded'], ['fresh-2', 'timed_out']]);
+
+    // Other keys still apply: a device never seen has no tags and is offline.
+    const tagged = await api(hub, 'POST', '/api/jobs', { order: 'exec_bash', cmd_str: 'x', target: { devices: ['ghost'], tags: ['kitchen'] } });
+    expect(tagged.body).toMatchObject({ targets: 0, unknown: ['ghost'] });
+    const online = await api(hub, 'POST', '/api/jobs', { order: 'exec_bash', cmd_str: 'x', target: { devices: ['ghost'], online: true } });
+    expect(online.body).toMatchObject({ targets: 0, unknown: ['ghost'] });
+  });
+
   it('cancels what has not been sent; what was sent finishes and is recorded', async () => {
     const hub = await startTestHub();
     const ids = names('c', 10);

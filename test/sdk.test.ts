@@ -190,11 +190,12 @@ describe('client SDK', () => {
     // Cancel: one device is offline, so its target waits, then is canceled.
     hub.stores.devices.add('k-off', ['kitchen']);
     const slow = await ops.jobs.create({ target: { devices: ['k-off', 'ghost'] }, cmd_str: 'true' });
-    expect(slow).toMatchObject({ targets: 1, unknown: ['ghost'] });
+    // A named device the hub has never seen is a target too: it waits, offline.
+    expect(slow).toMatchObject({ targets: 2, unknown: ['ghost'] });
     const watching = ops.jobs.watch(slow.id);
     const canceled = await ops.jobs.cancel(slow.id);
     expect(canceled.state).toBe('canceled');
-    expect((await watching).counts).toMatchObject({ canceled: 1, queued: 0, sent: 0 });
+    expect((await watching).counts).toMatchObject({ canceled: 2, queued: 0, sent: 0 });
 
     await expect(ops.jobs.get('no-such-job')).rejects.toMatchObject({ code: 'BAD_REQUEST', message: 'no job no-such-job' });
     await expect(ops.jobs.create({ target: {}, cmd_str: 'true' })).rejects.toMatchObject({ code: 'BAD_REQUEST' });

@@ -229,7 +229,7 @@ interface RunSpec {
 async function runCommand(hub: HubClient, spec: RunSpec, io: ClientIo): Promise<number> {
   const body = Object.fromEntries(Object.entries(spec).filter(([, value]) => value !== undefined)) as unknown as Parameters<HubClient['jobs']['create']>[0];
   const created = await hub.jobs.create(body);
-  if (created.unknown && created.unknown.length > 0) io.err(`rhizosphere: not targeted, unknown to the hub: ${created.unknown.join(', ')}\n`);
+  if (created.unknown && created.unknown.length > 0) io.err(`rhizosphere: not known to the hub yet, waiting as offline targets: ${created.unknown.join(', ')}\n`);
   io.err(`rhizosphere: job ${created.id}: ${created.targets} device${created.targets === 1 ? '' : 's'}\n`);
 
   // Ctrl-C cancels what has not been sent; the run then waits for what is in flight.

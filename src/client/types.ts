@@ -130,7 +130,7 @@ export interface AgentUpgradeJobSpec {
 export interface CreatedJob {
   id: string;
   targets: number;
-  /** Ids in `target.devices` the hub does not know (present only when there are some). */
+  /** Ids in `target.devices` the hub did not know yet (present only when there are some): targeted all the same, they wait as offline targets. */
   unknown?: string[];
 }
 

@@ -95,7 +95,7 @@ export interface CreatedJob {
   id: string;
   /** How many devices the job targets. */
   targets: number;
-  /** Device ids listed in the selector that the hub does not know (not targeted). */
+  /** Device ids listed in the selector that the hub does not know yet (targeted: they wait as offline targets). */
   unknown: string[];
 }
 

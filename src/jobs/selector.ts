@@ -63,11 +63,16 @@ export interface SelectorSources {
 export interface Selection {
   /** Matching devices, in the order given (`devices`) or by id. */
   devices: string[];
-  /** Ids listed in `devices` that the hub does not know: not targeted. */
+  /** Ids listed in `devices` that the hub does not know yet: targeted all the same (they wait as offline targets), listed for the caller. */
   unknown: string[];
 }
 
-/** Resolves a selector into device ids. Pending devices (waiting for enrolment) are never targeted. */
+/**
+ * Resolves a selector into device ids. A device named in `devices` is a target whether the hub
+ * knows it or not (never seen, or waiting for enrolment: it waits as an offline target and gets
+ * the command if it connects before the deadline), unless another key excludes it: such a device
+ * has no tags and is offline. Otherwise pending devices are never targeted.
+ */
 export function resolveSelector(selector: Selector, { stored, live }: SelectorSources): Selection {
   const known = new Map<string, string[]>();
   const pending = new Set<string>();
@@ -89,11 +94,17 @@ export function resolveSelector(selector: Selector, { stored, live }: SelectorSo
     const seen = new Set<string>();
     const devices: string[] = [];
     const unknown: string[] = [];
+    // Not known (or pending): no tags, offline.
+    const admitsUnseen = (selector.tags === undefined || selector.tags.length === 0) && selector.online !== true;
     for (const id of selector.devices) {
       if (seen.has(id)) continue;
       seen.add(id);
-      if (!known.has(id)) unknown.push(id);
-      else if (matches(id)) devices.push(id);
+      if (known.has(id)) {
+        if (matches(id)) devices.push(id);
+        continue;
+      }
+      if (!pending.has(id)) unknown.push(id);
+      if (admitsUnseen) devices.push(id);
     }
     return { devices, unknown };
   }
