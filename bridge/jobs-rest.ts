@@ -91,6 +91,16 @@ export function jobsRouter({ jobs, auth, stores, log }: JobsRestOptions): Router
     res.json(job);
   });
 
+  for (const action of ['pause', 'resume'] as const) {
+    router.post(`/jobs/:id/${action}`, principal, operator, (req, res) => {
+      const id = req.params.id as string;
+      const job = action === 'pause' ? jobs.pause(id) : jobs.resume(id);
+      if (!job) return noJob(res, id);
+      audit(req, res, `job.${action}`, 'ok', { job: id, state: job.state, counts: job.counts });
+      res.json(job);
+    });
+  }
+
   router.use('/jobs', (error: Error & { status?: number }, _req: Request, res: Response, _next: NextFunction) => {
     if (error.status && error.status >= 400 && error.status < 500) return sendError(res, 'BAD_REQUEST', error.message, error.status);
     log.error({ err: error }, 'jobs request failed');

@@ -125,6 +125,8 @@ export function createAccess({ topics, log, auth, certificateIdOf, onAuthenticat
       // Requests, Responses and tunnel frames are never stored: a retained one would be replayed to every later subscriber.
       const own = topics.parseClientTopic(packet.topic);
       if (device?.kind === 'response' || device?.kind === 'tunnel' || own?.kind === 'request' || own?.kind === 'tunnel') packet.retain = false;
+      // A state report is a patch of the reported document, not a document: never replayed either.
+      if (device?.kind === 'state' && device.state === 'reported') packet.retain = false;
       callback(null);
     },
 

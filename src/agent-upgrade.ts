@@ -8,15 +8,14 @@
  */
 import type { AgentDistribution } from './agent-distribution.js';
 import type { Principal, Role } from './auth/roles.js';
-import { ClientError, type TunnelEnd } from './client/index.js';
-import { Tunnel } from './client/tunnel.js';
 import type { Origin } from './dispatcher.js';
-import { HubError, isErrorCode, type ErrorCode } from './errors.js';
-import type { TargetTask } from './jobs/runner.js';
+import { HubError } from './errors.js';
+import { taskDone, taskError } from './jobs/task-replies.js';
+import type { TargetTask, TaskParams } from './jobs/runner.js';
 import type { Logger } from './log.js';
 import type { Presence } from './presence.js';
 import type { Reply } from './protocol/schemas.js';
-import { decodeFrame, MAX_DATA_BYTES } from './protocol/tunnel.js';
+import { uploadFromHub } from './tunnels/local-upload.js';
 import type { TunnelRelay } from './tunnels/relay.js';
 
 /** Per target: the transfer, the device's check, its restart and reconnect. */
@@ -30,21 +29,11 @@ export interface AgentUpgraderOptions {
   log: Logger;
 }
 
-const errorReply = (device: string, code: ErrorCode, message: string): Reply => ({ type: 'response', id: null, device, status: 'error', code, message });
-const okReply = (device: string, result: string): Reply => ({
-  type: 'response',
-  id: null,
-  device,
-  status: 'ok',
-  result,
-  error: '',
-  exit_code: 0,
-  duration_ms: null,
-  truncated: false,
-});
+const errorReply = taskError;
+const okReply = (device: string, result: string) => taskDone(device, result);
 
 /** The job's creator, as the relay checks and audits it (the runner already checked the role when the job was made). */
-function principalOf(origin: Origin): Principal {
+export function principalOf(origin: Origin): Principal {
   const role: Role = 'operator';
   const name = origin.actor ?? origin.clientId;
   if (origin.actorKind === 'user') return { kind: 'user', name, role };
@@ -54,17 +43,16 @@ function principalOf(origin: Origin): Principal {
 
 export class AgentUpgrader implements TargetTask {
   readonly defaultTimeoutMs = UPGRADE_TIMEOUT_MS_DEFAULT;
-  private opened = 0;
 
   constructor(private readonly options: AgentUpgraderOptions) {}
 
-  describe(): string {
+  describe(_params: TaskParams): string {
     const build = this.options.distribution.current();
     if (!build) throw new HubError('UNSUPPORTED', `the hub has no agent build to send (${this.options.distribution.file} is missing): run npm run build`);
     return `hypha ${build.version} (sha256 ${build.sha256})`;
   }
 
-  start(device: string, origin: Origin, timeoutMs: number): { refused: Reply } | { outcome: Promise<Reply> } {
+  start(device: string, origin: Origin, timeoutMs: number, _params: TaskParams): { refused: Reply } | { outcome: Promise<Reply> } {
     const build = this.options.distribution.current();
     if (!build) return { refused: errorReply(device, 'UNSUPPORTED', `the hub has no agent build to send (${this.options.distribution.file} is missing)`) };
     const entry = this.options.presence.get(device);
@@ -79,34 +67,9 @@ export class AgentUpgrader implements TargetTask {
     const { relay, presence, log } = this.options;
     const startedAt = Date.now();
     const deadline = startedAt + timeoutMs;
-    const local = relay.localClient(principalOf(origin), origin.remote ?? null);
-    const tunnelId = `upgrade-${++this.opened}`;
-    const tunnel = new Tunnel(tunnelId, device, { kind: 'agent_upgrade', size: build.body.length, sha256: build.sha256, version: build.version }, {
-      inTopic: '',
-      publish: async (_topic, frame) => local.send(tunnelId, frame),
-      forget: () => local.close(),
-    });
-    local.onFrame = (clientTunnel, frame) => {
-      if (clientTunnel === tunnelId) tunnel.receiveFrame(decodeFrame(frame));
-    };
-    tunnel.start();
-    let end: TunnelEnd;
-    try {
-      await tunnel.opened;
-      for (let offset = 0; offset < build.body.length; offset += MAX_DATA_BYTES) {
-        await tunnel.write(new Uint8Array(build.body.buffer, build.body.byteOffset + offset, Math.min(MAX_DATA_BYTES, build.body.length - offset)));
-      }
-      await tunnel.eof();
-      end = await tunnel.ended;
-    } catch (error) {
-      void tunnel.close();
-      const code = error instanceof ClientError && isErrorCode(error.code) ? error.code : 'INTERNAL';
-      return errorReply(device, code, (error as Error).message);
-    } finally {
-      local.close();
-    }
-    if (end.reason === 'error') return errorReply(device, isErrorCode(end.code) ? end.code : 'INTERNAL', end.message ?? 'the tunnel ended with an error');
-    if (!end.done) return errorReply(device, 'UPGRADE_FAILED', 'the device closed the upgrade without saying it had the file');
+    const sent = await uploadFromHub(relay, principalOf(origin), origin.remote ?? null, device, { kind: 'agent_upgrade', size: build.body.length, sha256: build.sha256, version: build.version }, [build.body]);
+    if (!sent.ok) return errorReply(device, sent.code, sent.message);
+    if (!sent.end.done) return errorReply(device, 'UPGRADE_FAILED', 'the device closed the upgrade without saying it had the file');
     const sentAt = Date.now();
     log.info({ device, version: build.version, ms: sentAt - startedAt }, 'agent upgrade: sent and checked on the device; waiting for it to come back');
 

@@ -8,6 +8,7 @@ import { dirname, isAbsolute, resolve } from 'node:path';
 import { z } from 'zod';
 import { brokerListProblem, brokerUrls } from './external/broker-urls.js';
 import { idProblem } from './protocol/ids.js';
+import { DEFAULT_MAX_STATE_BYTES } from './protocol/state.js';
 import { DEFAULT_TOPIC_PREFIX, topicPrefixProblem } from './protocol/topics.js';
 
 const port = z
@@ -51,7 +52,14 @@ export const SETTINGS = {
   maxFileBytes: { flag: 'max-file-bytes', type: 'number', help: 'largest file a tunnel may carry to or from a device (file_put, file_get)', default: 1024 * 1024 * 1024 },
   maxTunnelsPerDevice: { flag: 'max-tunnels-per-device', type: 'number', help: 'tunnels open to one device before BUSY', default: 16 },
   tunnelIdleMs: { flag: 'tunnel-idle-ms', type: 'number', help: 'a shell tunnel with no data either way for this long is closed with TIMEOUT', default: 30 * 60 * 1000 },
+  maxStateBytes: { flag: 'max-state-bytes', type: 'number', help: 'largest desired or reported state document of one device, in bytes of JSON (and largest state report)', default: DEFAULT_MAX_STATE_BYTES },
   readyMaxLagMs: { flag: 'ready-max-lag-ms', type: 'number', help: 'event-loop delay (p99 over the last seconds, in ms) above which GET /readyz answers 503', default: 1000 },
+  healthMaxRows: {
+    flag: 'health-max-rows',
+    type: 'number',
+    help: 'rows of health history kept, all devices together (one per device and minute, about 62 bytes each on disk; a week of one device is 10080); past it the oldest minutes go; 0 = no history',
+    default: 10_000_000,
+  },
   allowedOrigins: { flag: 'allowed-origins', type: 'string', help: 'other web origins whose pages may open WebSockets to the hub, comma-separated (the hub\'s own always may)', default: '' },
   cluster: { flag: 'cluster', type: 'string', placeholder: 'URL', help: 'redis://HOST:PORT[/DB]: run as one node of a cluster of hubs sharing this Redis (empty = standalone)', default: '' },
   nodeId: { flag: 'node-id', type: 'string', placeholder: 'ID', help: 'this node\'s name in a cluster (default: HOSTNAME-PID)', default: '' },
@@ -160,7 +168,9 @@ export const ConfigSchema = z.strictObject({
   maxFileBytes: positiveInt(1),
   maxTunnelsPerDevice: positiveInt(1),
   tunnelIdleMs: positiveInt(100),
+  maxStateBytes: positiveInt(256),
   readyMaxLagMs: positiveInt(10),
+  healthMaxRows: z.number({ error: () => 'must be a number' }).int({ error: 'must be a whole number' }).min(0, { error: 'must be 0 (no history) or more' }),
   allowedOrigins: z.string({ error: () => 'must be a comma-separated list of origins' }).superRefine((value, ctx) => {
     for (const origin of splitList(value)) {
       if (!/^https?:\/\/[^/\s]+$/.test(origin)) ctx.addIssue({ code: 'custom', message: `has ${JSON.stringify(origin)}, which is not an origin like https://ops.example.com` });

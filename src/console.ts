@@ -43,6 +43,16 @@ const XTERM_FILES = {
 } as const;
 
 /**
+ * uPlot for the console's health charts (docs/protocol.md "Health telemetry"): its ES module and
+ * stylesheet. It draws on canvas and sets element styles from script (CSSOM), which the policy
+ * below allows without anything more.
+ */
+const UPLOT_FILES = {
+  '/vendor/uPlot.esm.js': 'uplot/dist/uPlot.esm.js',
+  '/vendor/uPlot.min.css': 'uplot/dist/uPlot.min.css',
+} as const;
+
+/**
  * The Content-Security-Policy of the console: its own scripts only, plus the one inline
  * import map of index.html, allowed by its hash; Web Worker timers come from blob: URLs.
  *
@@ -103,7 +113,7 @@ export function mountConsole(app: Express): void {
     res.setHeader('cache-control', 'public, max-age=3600');
     res.type('text/javascript').sendFile(mqttBundle);
   });
-  for (const [path, file] of Object.entries(XTERM_FILES)) {
+  for (const [path, file] of Object.entries({ ...XTERM_FILES, ...UPLOT_FILES })) {
     const resolved = require.resolve(file);
     app.get(path, (_req, res) => {
       res.setHeader('cache-control', 'public, max-age=3600');

@@ -29,11 +29,21 @@ import { deviceHttpRouter } from '../bridge/device-http.js';
 import { brokerHooksRouter, loadHookSecret } from '../bridge/broker-hooks.js';
 import { agentRouter, AgentDistribution, DEFAULT_AGENT_FILE } from './agent-distribution.js';
 import { AgentUpgrader } from './agent-upgrade.js';
+import { Scheduler } from './jobs/scheduler.js';
+import { ArtifactStore } from './jobs/artifacts.js';
+import { Deployer } from './deploy.js';
+import { artifactsRouter } from '../bridge/artifacts-rest.js';
+import { schedulesRouter } from '../bridge/schedules-rest.js';
 import { consoleContentSecurityPolicy, mountConsole } from './console.js';
 import { createHttpFront, mqttOverWebSocket } from './http.js';
 import { PACKAGE_VERSION } from './package-root.js';
 import { createLogger, type Logger } from './log.js';
 import { declaredTagsListener } from './device-tags.js';
+import { HealthTelemetry } from './health.js';
+import { HealthStore } from './store/health.js';
+import { healthRouter } from '../bridge/health-rest.js';
+import { DeviceStateService } from './device-state.js';
+import { stateRouter } from '../bridge/state-rest.js';
 import { HubMetrics } from './metrics.js';
 import { watchMqttDevices } from './mqtt-devices.js';
 import { brokerPort, brokerUrls } from './external/broker-urls.js';
@@ -61,6 +71,8 @@ export interface HubOptions extends Partial<HubConfig> {
   logger?: Logger;
   /** How long a device has to answer a tunnel's open (default 10 s; shorter in tests). */
   tunnelOpenTimeoutMs?: number;
+  /** The clock job windows and schedules go by (default Date.now; tests move it). */
+  clock?: () => number;
 }
 
 export interface HubEvents {
@@ -117,6 +129,14 @@ export class Hub extends EventEmitter<HubEvents> {
   readonly ports: HubPorts;
   /** On the first start (empty database): the password of the admin user created then, to show once. */
   initialAdminPassword: string | null = null;
+  /**
+   * Health telemetry (docs/protocol.md "Health telemetry"): each device's latest report
+   * (`latest(id)`, `latestAll()`, the 'report' event), its history (`series(id, …)`) and the
+   * fleet's (`fleet(…)`). Set by startHub.
+   */
+  health!: HealthTelemetry;
+  /** Schedules (docs/protocol.md "Schedules"): jobs created at a time or on a cron expression. Set by startHub. */
+  schedules!: Scheduler;
 
   constructor(
     readonly config: HubConfig,
@@ -136,6 +156,8 @@ export class Hub extends EventEmitter<HubEvents> {
     private readonly teardown: (() => void | Promise<void>)[],
     /** On an external broker (`--broker`): the hub's connection to it; null with the embedded broker. */
     readonly external: ExternalBroker | null = null,
+    /** Desired and reported state of devices (docs/protocol.md "Desired state"): `get(id)`, `setDesired(id, patch, options)`. */
+    readonly state: DeviceStateService,
   ) {
     super();
     this.ports = ports;
@@ -268,7 +290,7 @@ async function startClusterNode(config: HubConfig, log: Logger): Promise<Cluster
  * with a TLS certificate, MQTT over TLS too, and HTTPS instead of HTTP.
  */
 export async function startHub(options: HubOptions = {}): Promise<Hub> {
-  const { logger, tunnelOpenTimeoutMs, ...settings } = options;
+  const { logger, tunnelOpenTimeoutMs, clock, ...settings } = options;
   const config = configFromOptions(settings);
   // Read before anything starts, so a bad certificate file leaves nothing to unwind.
   const tls = loadTls(config);
@@ -330,10 +352,13 @@ export async function startHub(options: HubOptions = {}): Promise<Hub> {
     // On an external broker, retained statuses go there too (null until it is joined).
     let external: ExternalBroker | null = null;
     let mirrorStatuses = false;
+    // Desired state (docs/protocol.md "Desired state"); made once presence exists.
+    let deviceState: DeviceStateService | null = null;
     // A null status clears the retained message (a removed device), and there its presence too.
     const publishStatus = (id: string, status: Status | null) => {
       const payload = status ? Buffer.from(JSON.stringify(status)) : Buffer.alloc(0);
       broker.publish({ cmd: 'publish', topic: topics.deviceStatus(id), payload, qos: 1, retain: true, dup: false }, () => {});
+      if (!status) deviceState?.forget(id);
       if (!external || !mirrorStatuses) return;
       external.publishRetained(topics.deviceStatus(id), payload);
       if (!status) external.publishRetained(topics.devicePresence(id), payload);
@@ -347,6 +372,28 @@ export async function startHub(options: HubOptions = {}): Promise<Hub> {
       (id) => stores.devices.get(id) !== undefined,
       cluster ? commandIdPrefix(cluster.nodeId) : '',
     );
+    const state = new DeviceStateService({
+      store: stores.deviceState,
+      audit: stores.audit,
+      topics,
+      log,
+      maxStateBytes: config.maxStateBytes,
+      isKnown: (id) => {
+        const stored = stores.devices.get(id);
+        return stored ? stored.state === 'active' : presence.get(id) !== undefined;
+      },
+      heldElsewhere: (id) => Boolean(presence.get(id)?.online) && !presence.holdsLocally(id),
+      // Where devices read it: the embedded broker, and the external one when there is one.
+      publishRetained: (topic, payload) => {
+        broker.publish({ cmd: 'publish', topic, payload, qos: 1, retain: true, dup: false }, () => {});
+        external?.publishRetained(topic, payload);
+      },
+    });
+    deviceState = state;
+    // Health reports in, a week of history at one row per device and minute, the fleet sampled
+    // each minute; closed before the database (its last minutes written), after the broker.
+    const health = new HealthTelemetry({ store: new HealthStore(stores.db), presence, log, maxRows: config.healthMaxRows });
+    onClose(() => health.close());
     const mqttDevices = watchMqttDevices(
       broker,
       topics,
@@ -357,7 +404,9 @@ export async function startHub(options: HubOptions = {}): Promise<Hub> {
         response: (device, payload) => {
           if (!cluster?.routeResponse(device, payload)) dispatcher.handleResponse(device, payload);
         },
-        declaredTags: declaredTagsListener(stores.devices, presence, log) },
+        declaredTags: declaredTagsListener(stores.devices, presence, log),
+        health: (device, payload) => void health.ingest(device, payload),
+        reportedState: (device, payload) => state.report(device, payload) },
       access.principalOf,
     );
     noteAuthenticated = mqttDevices.noteAuthenticated;
@@ -379,6 +428,8 @@ export async function startHub(options: HubOptions = {}): Promise<Hub> {
         isRegistered: (id) => stores.devices.get(id)?.state === 'active',
         onResponse: (device, payload) => dispatcher.handleResponse(device, payload),
         onDeclaredTags: declaredTags,
+        onHealth: (device, payload) => void health.ingest(device, payload),
+        onReportedState: (device, payload) => state.report(device, payload),
       });
       const joined = external;
       onClose(() => joined.close());
@@ -430,7 +481,10 @@ export async function startHub(options: HubOptions = {}): Promise<Hub> {
     });
     onClose(() => tunnels.close());
     const clusterStart = cluster
-      ? await cluster.start({ broker, topics, presence, dispatcher, db: stores.db, auth, credentialsApplied: () => credentials.check() })
+      ? await cluster.start({ broker, topics, presence, dispatcher, db: stores.db, auth, credentialsApplied: (changed) => {
+          credentials.check();
+          state.replicated(changed);
+        } })
       : null;
     // Before the broker closes (the first steps of close run last in this list).
     if (cluster) onClose(() => cluster.leave());
@@ -438,6 +492,8 @@ export async function startHub(options: HubOptions = {}): Promise<Hub> {
     // cluster they live in Redis, published by the first node up, and a node joining others
     // adds nothing to them (50000 of them per joining node were half a GiB of start-up garbage).
     if (!clusterStart || clusterStart.alone) presence.publishKnownStatuses();
+    // The retained state deltas likewise (on an external broker, that broker keeps them too).
+    if (!clusterStart || clusterStart.alone) state.publishAll();
     if (external) {
       // On the external broker, the known offline statuses are published once the retained
       // births have come in: a device online there is not announced offline first.
@@ -450,8 +506,13 @@ export async function startHub(options: HubOptions = {}): Promise<Hub> {
       onClose(() => clearTimeout(settle));
     }
     const agentDistribution = new AgentDistribution(config.agentFile || DEFAULT_AGENT_FILE);
+    const artifacts = new ArtifactStore(config.dataDir, config.maxFileBytes);
     const jobs = new JobRunner({
-      tasks: { agent_upgrade: new AgentUpgrader({ distribution: agentDistribution, relay: tunnels, presence, log }) },
+      tasks: {
+        agent_upgrade: new AgentUpgrader({ distribution: agentDistribution, relay: tunnels, presence, log }),
+        deploy: new Deployer({ artifacts, relay: tunnels, dispatcher, presence, log }),
+      },
+      ...(clock ? { clock } : {}),
       stores,
       presence,
       dispatcher,
@@ -465,6 +526,9 @@ export async function startHub(options: HubOptions = {}): Promise<Hub> {
     onClose(() => jobs.close());
     // In a cluster only the first node up resumes the jobs left running: the others' are theirs.
     jobs.start({ resume: clusterStart?.alone ?? true });
+    const schedules = new Scheduler({ db: stores.db, jobs, audit: stores.audit, log, ...(clock ? { clock } : {}) });
+    onClose(() => schedules.close());
+    schedules.start();
     metrics.watch({ presence, broker, inflight: () => dispatcher.inflight, jobsRunning: () => jobs.running });
     onClose(() => metrics.close());
 
@@ -503,13 +567,17 @@ export async function startHub(options: HubOptions = {}): Promise<Hub> {
     };
     http.app.use('/api', sessionRouter({ auth, stores, log, endSessionConnections, secure: tls !== null }));
     http.app.use('/api', jobsRouter({ jobs, auth, stores, log }));
+    http.app.use('/api', schedulesRouter({ schedules, auth, stores, log }));
+    http.app.use('/api', artifactsRouter({ artifacts, auth, stores, log }));
     http.app.use('/api', recordingsRouter({ auth, stores, log, recordingsDir }));
     http.app.use('/api', deviceHttpRouter({ auth, relay: tunnels, log }));
+    http.app.use('/api', healthRouter({ health, presence, auth, log }));
     // --broker-hook-secret-file: the broker asks here who may connect, publish and subscribe (docs/broker-hooks.md).
     if (hookSecret !== null) {
       const hubUser = { username: config.brokerUsername, password: brokerCredentials?.password };
       http.app.use('/broker', brokerHooksRouter({ secret: hookSecret, auth, devices: stores.devices, tokens: stores.tokens, topics, hubUser, log }));
     }
+    http.app.use('/api', stateRouter({ state, auth, stores, log, maxStateBytes: config.maxStateBytes }));
     http.app.use(
       '/api',
       restRouter({
@@ -570,7 +638,11 @@ export async function startHub(options: HubOptions = {}): Promise<Hub> {
     // Jobs stop first of all (no new sends; commands in flight keep their unknown outcome),
     // before any connection closes and answers them with DEVICE_OFFLINE; closing twice is harmless.
     onClose(() => jobs.close());
-    const hub = new Hub(config, log, topics, broker, presence, dispatcher, stores, jobs, handlers, ports, teardown, external);
+    // And before them, the schedules: none may create a job on a runner that is closing.
+    onClose(() => schedules.close());
+    const hub = new Hub(config, log, topics, broker, presence, dispatcher, stores, jobs, handlers, ports, teardown, external, state);
+    hub.health = health;
+    hub.schedules = schedules;
     // Handlers start last, with the whole hub to use, and stop first (before jobs and connections).
     onClose(() => handlers.stopAll());
     try {

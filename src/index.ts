@@ -11,6 +11,7 @@ export {
   type HandlerEventName,
   type HandlerJobs,
   type HandlerStore,
+  type HandlerDeviceState,
   type DeviceView,
   type TelemetryMessage,
   type PublishOptions,
@@ -23,6 +24,9 @@ export type { DeviceEntry, DeviceInfo, DeviceLink, OfflineReason } from './prese
 export type { CommandRequest, Origin } from './dispatcher.js';
 export { JobRunner, JobSpecSchema, type JobSpec, type JobCreator, type JobView, type JobSummary, type JobTarget, type CreatedJob, type Counts as JobCounts, type JobState, type TargetState } from './jobs/runner.js';
 export type { Selector } from './jobs/selector.js';
+export type { StateCondition, StateComparison, StateOperand } from './jobs/state-condition.js';
+export { DeviceStateService, type StateView, type StateActor, type SetDesiredOptions } from './device-state.js';
+export type { StateDoc, JsonValue, DeltaMessage, ReportMessage } from './protocol/state.js';
 export { Topics, DEFAULT_TOPIC_PREFIX } from './protocol/topics.js';
 export { isValidId, idProblem, ID_MAX_LENGTH } from './protocol/ids.js';
 export {
@@ -38,3 +42,16 @@ export {
   type Status,
   type Transport,
 } from './protocol/schemas.js';
+export { HealthTelemetry, type HealthEvents, type SeriesQuery, type FleetQuery } from './health.js';
+export {
+  HealthReportSchema,
+  HEALTH_SERIES,
+  FLEET_RANKINGS,
+  type HealthReport,
+  type HealthSample,
+  type HealthSeries,
+  type HealthSeriesName,
+  type FleetHealth,
+  type FleetHealthEntry,
+  type FleetRanking,
+} from './protocol/health.js';

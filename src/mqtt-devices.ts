@@ -53,6 +53,10 @@ export function watchMqttDevices(
   on: {
     response: (device: string, payload: Buffer | string) => void;
     declaredTags: (device: string, payload: Buffer | string) => void;
+    /** A health report on `P/devices/{id}/telemetry/health` (docs/protocol.md "Health telemetry"). */
+    health?: (device: string, payload: Buffer | string) => void;
+    /** A report on `P/devices/{id}/state/reported` (docs/protocol.md "Desired state"). */
+    reportedState?: (device: string, payload: Buffer | string) => void;
   },
   principalOf: (client: Client) => Principal | undefined,
 ): MqttDevices {
@@ -173,11 +177,13 @@ export function watchMqttDevices(
     if (!client) return;
     onActivity(packet, client);
     const topic = topics.parseDeviceTopic(packet.topic);
-    // The access hooks let only device X publish on X's response and telemetry topics.
+    // The access hooks let only device X publish on X's response, telemetry and state/reported topics.
     if (topic?.id !== client.id) return;
     if (topic.kind === 'response') on.response(topic.id, packet.payload);
     else if (topic.kind === 'presence') onBirth(client, packet.payload);
     else if (topic.kind === 'telemetry' && packet.topic === topics.deviceTags(client.id)) on.declaredTags(topic.id, packet.payload);
+    else if (topic.kind === 'telemetry' && packet.topic === topics.deviceHealth(client.id)) on.health?.(topic.id, packet.payload);
+    else if (topic.kind === 'state' && topic.state === 'reported') on.reportedState?.(topic.id, packet.payload);
   };
 
   // One table, so that close() removes exactly what was added.

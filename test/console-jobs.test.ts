@@ -155,4 +155,81 @@ describe('web console: jobs', () => {
     expect(await page.isVisible('.job-cancel')).toBe(false);
     await page.screenshot({ path: artifact('console-jobs-viewer.png'), fullPage: true });
   }, 40_000);
+
+  it('starts a staged rollout from the form: a canary that aborts a failing job with its reason; pause and resume a paced one', async () => {
+    const hub = await startTestHub({ allowAnonymous: false });
+    answerDelay = () => 50;
+    const ids = Array.from({ length: 12 }, (_, i) => `dev-${String(i).padStart(2, '0')}`);
+    await Promise.all(ids.map((id) => startDevice(hub, id, ['floor-1'])));
+    await waitFor(() => ids.every((id) => hub.device(id)?.online), { what: '12 devices online' });
+    const page = await openPage();
+    await logIn(page, hub.urls.http, 'admin', hub.initialAdminPassword!);
+
+    // The canary is dev-03 (the first listed), which fails: the other devices are never touched.
+    await page.fill('.job-devices', ['dev-03', ...ids.filter((id) => id !== 'dev-03')].join(', '));
+    await page.fill('.job-command', 'apt-get install broken');
+    await page.click('.job-staging summary');
+    await page.fill('.job-canary', '1');
+    await page.click('.job-start');
+    await page.waitForURL((u) => u.hash.startsWith('#/jobs/'));
+    await expect.poll(() => page.getAttribute('.job', 'data-state')).toBe('aborted');
+    await expect.poll(() => page.textContent('.job-reason')).toBe('Aborted: canary: 1 of 1 canary targets failed or timed out');
+    await expect.poll(() => count(page, 'canceled')).toBe(11);
+    expect(await count(page, 'failed')).toBe(1);
+    expect(await page.textContent('.job-facts')).toContain('canary of 1');
+    await page.screenshot({ path: artifact('console-jobs-aborted.png'), fullPage: true });
+
+    // Paced at 60 a minute: paused from the page, nothing more is sent, then resumed to the end.
+    await page.click('.jobs-back');
+    await page.fill('.job-tags', 'floor-1');
+    await page.fill('.job-command', 'true');
+    await page.click('.job-staging summary');
+    await page.fill('.job-rate', '60');
+    await page.fill('.job-abort-above', '50');
+    await page.fill('.job-abort-after', '5');
+    await page.click('.job-start');
+    await page.waitForURL((u) => u.hash.startsWith('#/jobs/'));
+    const pacedId = decodeURIComponent(new URL(page.url()).hash.slice('#/jobs/'.length));
+    await expect.poll(() => count(page, 'succeeded'), { timeout: 10_000 }).toBeGreaterThanOrEqual(2);
+    expect(await page.textContent('.job-facts')).toMatch(/60\/min \(now 60\/min\) · abort above 50% failed or timed out of 5\+ finished/);
+    await page.click('.job-pause');
+    await expect.poll(() => page.getAttribute('.job', 'data-state')).toBe('paused');
+    expect(await page.isVisible('.job-resume')).toBe(true);
+    expect(await page.isVisible('.job-pause')).toBe(false);
+    const finishedOf = (c: { succeeded: number; failed: number }) => c.succeeded + c.failed;
+    const held = hub.jobs.get(pacedId)!.counts;
+    await new Promise((r) => setTimeout(r, 2000));
+    // What was in flight finished; nothing else was sent.
+    expect(finishedOf(hub.jobs.get(pacedId)!.counts)).toBe(finishedOf(held) + held.sent);
+    expect(hub.jobs.get(pacedId)!.counts.sent).toBe(0);
+    await page.screenshot({ path: artifact('console-jobs-paused.png'), fullPage: true });
+    await page.click('.job-resume');
+    await expect.poll(() => page.getAttribute('.job', 'data-state')).toBe('running');
+    await expect.poll(() => finishedOf(hub.jobs.get(pacedId)!.counts), { timeout: 5000 }).toBeGreaterThan(finishedOf(held) + held.sent);
+    await page.click('.job-cancel');
+    await expect.poll(() => page.getAttribute('.job', 'data-state')).toBe('canceled');
+
+    // A schedule from the same form: every night at 03:00 in Berlin, inside a 02:00–05:00 window.
+    await page.click('.jobs-back');
+    await page.fill('.job-tags', 'floor-1');
+    await page.fill('.job-command', 'apt-get update');
+    await page.click('.job-when summary');
+    await page.fill('.job-cron', '0 3 * * *');
+    await page.fill('.job-tz', 'Europe/Berlin');
+    await page.fill('.job-window-start', '02:00');
+    await page.fill('.job-window-end', '05:00');
+    await page.click('.job-start');
+    await expect.poll(() => page.textContent('.notice')).toMatch(/^Scheduled: next run /);
+    const scheduled = page.locator('.schedules-table tr[data-id]');
+    await expect.poll(() => scheduled.count()).toBe(1);
+    expect(await scheduled.locator('.cell-when').textContent()).toBe('0 3 * * * (Europe/Berlin)');
+    const [schedule] = hub.schedules.list();
+    expect(schedule).toMatchObject({ cron: '0 3 * * *', tz: 'Europe/Berlin', job: { target: { tags: ['floor-1'] }, cmd_str: 'apt-get update', window: { start: '02:00', end: '05:00', tz: 'Europe/Berlin' } } });
+    await page.screenshot({ path: artifact('console-jobs-schedules.png'), fullPage: true });
+    await scheduled.locator('.schedule-toggle').click();
+    await expect.poll(() => scheduled.getAttribute('data-enabled')).toBe('false');
+    await scheduled.locator('.schedule-remove').click();
+    await expect.poll(() => page.locator('.schedules-table tr[data-id]').count()).toBe(0);
+    expect(hub.schedules.list()).toEqual([]);
+  }, 60_000);
 });

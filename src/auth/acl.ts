@@ -38,10 +38,10 @@ export function mayMatchUnder(filter: string, prefix: string): boolean {
   return f.length > p.length;
 }
 
-/** What everyone who is not a device may read: statuses, telemetry, job progress, what server-side handlers publish, and its own replies. */
+/** What everyone who is not a device may read: statuses, telemetry, devices' state deltas and reports, job progress, what server-side handlers publish, and its own replies. */
 function readablePatterns(topics: Topics, clientId: string): string[] {
   const P = topics.prefix;
-  return [`${P}/devices/+/status`, `${P}/devices/+/presence`, `${P}/devices/+/telemetry/#`, `${P}/jobs/+/status`, `${P}/handlers/#`, topics.clientResponse(clientId), topics.clientTunnelsOut(clientId)];
+  return [`${P}/devices/+/status`, `${P}/devices/+/presence`, `${P}/devices/+/telemetry/#`, `${P}/devices/+/state/#`, `${P}/jobs/+/status`, `${P}/handlers/#`, topics.clientResponse(clientId), topics.clientTunnelsOut(clientId)];
 }
 
 export function maySubscribe(principal: Principal, clientId: string, filter: string, topics: Topics): Verdict {
@@ -49,14 +49,16 @@ export function maySubscribe(principal: Principal, clientId: string, filter: str
     case 'device':
       // Its own presence too: an agent that finds a stale will there (an older connection's) publishes its birth again.
       if (filter === topics.deviceCommand(principal.id) || filter === topics.deviceTunnelsIn(principal.id) || filter === topics.devicePresence(principal.id)) return ALLOW;
-      return deny(`device ${principal.id} may subscribe only to ${topics.deviceCommand(principal.id)}, ${topics.deviceTunnelsIn(principal.id)} and ${topics.devicePresence(principal.id)}`);
+      // Its own state delta (docs/protocol.md "Desired state"), and no other device's.
+      if (filter === topics.deviceStateDelta(principal.id)) return ALLOW;
+      return deny(`device ${principal.id} may subscribe only to ${topics.deviceCommand(principal.id)}, ${topics.deviceTunnelsIn(principal.id)}, ${topics.devicePresence(principal.id)} and ${topics.deviceStateDelta(principal.id)}`);
     case 'anonymous':
       return ALLOW;
     default: {
       if (principal.role === 'admin') return ALLOW;
       if (readablePatterns(topics, clientId).some((pattern) => filterCovers(pattern, filter))) return ALLOW;
       if (principal.role === 'operator' && !mayMatchUnder(filter, topics.prefix)) return ALLOW;
-      return deny(`a${principal.role === 'operator' ? 'n' : ''} ${principal.role} may read statuses, telemetry, job status, handler topics and its own replies only`);
+      return deny(`a${principal.role === 'operator' ? 'n' : ''} ${principal.role} may read statuses, telemetry, device state, job status, handler topics and its own replies only`);
     }
   }
 }
@@ -68,10 +70,13 @@ export function mayPublish(principal: Principal, clientId: string, topic: string
     case 'device':
       if (device && device.id === principal.id && (device.kind === 'response' || device.kind === 'telemetry' || device.kind === 'presence')) return ALLOW;
       if (device && device.id === principal.id && device.kind === 'tunnel' && device.direction === 'out') return ALLOW;
-      return deny(`device ${principal.id} may publish only on its own response, presence, telemetry and tunnels/{tunnel}/out topics`);
+      // Its own state report; another device's is a forged report.
+      if (device && device.id === principal.id && device.kind === 'state' && device.state === 'reported') return ALLOW;
+      return deny(`device ${principal.id} may publish only on its own response, presence, telemetry, state/reported and tunnels/{tunnel}/out topics`);
     case 'anonymous':
       // Development mode: any topic but those the hub owns or another device's.
       if (device?.kind === 'status') return deny('the status topic is published by the hub alone');
+      if (device?.kind === 'state' && device.state === 'delta') return deny('the state delta is published by the hub alone (set desired state over REST: PATCH /api/devices/{id}/state/desired)');
       if (device?.kind === 'command') return deny('commands reach devices through the hub (publish a Request on your clients/{id}/request topic)');
       if (device?.kind === 'tunnel' && device.direction === 'in') return deny('tunnel frames reach devices through the hub (publish on your clients/{id}/tunnels/{tunnel}/in topic)');
       if (device && device.id !== clientId) return deny(`only device ${device.id} may publish its ${device.kind}`);

@@ -52,8 +52,9 @@ function reads(filter: string, kind: 'literal' | 'pattern'): DynsecAcl[] {
 
 /**
  * Device `id`, as `mayPublish`/`maySubscribe` have it: publish its own response, presence,
- * telemetry and tunnels' out frames; subscribe to exactly its command topic, its tunnels' in
- * frames (the one filter) and its presence. subscribeLiteral is the exact string compare acl.ts makes.
+ * telemetry, state reports and tunnels' out frames; subscribe to exactly its command topic, its
+ * tunnels' in frames (the one filter), its presence and its state delta. subscribeLiteral is the
+ * exact string compare acl.ts makes.
  */
 export function deviceAcls(topics: Topics, id: string): DynsecAcl[] {
   return [
@@ -62,9 +63,11 @@ export function deviceAcls(topics: Topics, id: string): DynsecAcl[] {
     // `#` also matches the parent level: P/devices/{id}/telemetry itself, as acl.ts allows.
     allow('publishClientSend', topics.deviceTelemetry(id, '#')),
     allow('publishClientSend', topics.deviceTunnel(id, '+', 'out')),
+    allow('publishClientSend', topics.deviceStateReported(id)),
     ...reads(topics.deviceCommand(id), 'literal'),
     ...reads(topics.deviceTunnelsIn(id), 'literal'),
     ...reads(topics.devicePresence(id), 'literal'),
+    ...reads(topics.deviceStateDelta(id), 'literal'),
   ];
 }
 
@@ -76,7 +79,7 @@ export function deviceAcls(topics: Topics, id: string): DynsecAcl[] {
  */
 export function tokenAcls(topics: Topics, name: string, role: Role): DynsecAcl[] {
   const P = topics.prefix;
-  const readable = [`${P}/devices/+/status`, `${P}/devices/+/presence`, `${P}/devices/+/telemetry/#`, `${P}/jobs/+/status`, `${P}/handlers/#`, topics.clientResponse(name), topics.clientTunnelsOut(name)];
+  const readable = [`${P}/devices/+/status`, `${P}/devices/+/presence`, `${P}/devices/+/telemetry/#`, `${P}/devices/+/state/#`, `${P}/jobs/+/status`, `${P}/handlers/#`, topics.clientResponse(name), topics.clientTunnelsOut(name)];
   const acls: DynsecAcl[] = role === 'admin' ? reads('#', 'pattern') : readable.flatMap((filter) => reads(filter, 'pattern'));
   if (role !== 'viewer') acls.push(allow('publishClientSend', topics.clientRequest(name)), allow('publishClientSend', topics.clientTunnel(name, '+', 'in')));
   return acls;

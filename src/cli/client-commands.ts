@@ -4,14 +4,18 @@
  * every target succeeded, else 1; shell → the remote shell's; cp → 0 once the copy is verified. A coded problem (DEVICE_OFFLINE, FORBIDDEN, TIMEOUT, …) prints
  * `rhizosphere: CODE: message` and exits 1; bad usage exits 2 (one line on stderr).
  */
+import { createReadStream, statSync } from 'node:fs';
+import { basename } from 'node:path';
+import { Readable } from 'node:stream';
 import { parseArgs } from 'node:util';
-import { ClientError, connect, httpUrlFromMqttUrl, type ConnectOptions, type DeviceSelector, type HubClient, type JobCounts, type JobStatus, type JobView, type Order } from '../client/index.js';
+import { ClientError, connect, httpUrlFromMqttUrl, type ConnectOptions, type DeviceSelector, type HubClient, type JobCounts, type JobSpec, type JobStaging, type JobStatus, type JobView, type Order, type ScheduleSpec } from '../client/index.js';
 import { TIMEOUT_MS_MAX, TIMEOUT_MS_MIN } from '../protocol/schemas.js';
 import { parseArgsProblem } from './args.js';
 import { ProgressLine } from './progress.js';
 import { cpCommand, forwardCommand, parseForward, RemoteUsageError, shellCommand } from './remote-access.js';
+import { parseAssignments, stateGetCommand, stateSetCommand, StateUsageError } from './state-commands.js';
 
-export const CLIENT_COMMANDS = ['exec', 'devices', 'run', 'agent', 'shell', 'cp', 'forward'] as const;
+export const CLIENT_COMMANDS = ['exec', 'devices', 'run', 'deploy', 'agent', 'job', 'schedule', 'state', 'shell', 'cp', 'forward'] as const;
 
 export class ClientUsageError extends Error {}
 
@@ -25,11 +29,33 @@ token, or env RHIZOSPHERE_TOKEN_NAME and RHIZOSPHERE_TOKEN; --url also from env 
         [--concurrency N] [--timeout SECONDS] [--deadline SECONDS] [--order …]
                                              a fleet job: progress on stderr, a summary table on stdout;
                                              exit 0 when every target succeeded, else 1
+        staged: [--rate N] (sends a minute) [--ramp FACTORxSUCCESSES] (e.g. 2x20: double the
+        rate after each 20 successes) [--max-rate N] [--canary K] (K first, the rest only if
+        all K succeed) [--abort-above PERCENT --abort-after N] (abort when more than PERCENT
+        of at least N finished targets failed or timed out) [--window HH:MM-HH:MM[@TZ]] (sends
+        only inside these times of day, in TZ, default the hub's)
+  rhizosphere deploy --url URL [--http-url URL] (targets, as run) --file FILE --install CMD
+        [--rollback CMD] [--dir DIR] [run's flags]
+                                             FILE uploaded once to the hub, copied to DIR on each
+                                             device (default /var/tmp/rhizosphere; a tarball is
+                                             unpacked there), CMD run in DIR; where it fails, the
+                                             rollback command; exit 0 when every install succeeded
+  rhizosphere job pause|resume|cancel --url URL [--http-url URL] JOB
+  rhizosphere schedule add --url URL (--at TIME | --cron EXPR [--tz TZ]) [--name N] (targets, as
+        run) [run's flags] -- CMD         a job created at TIME (ISO 8601) or each time EXPR fires
+  rhizosphere schedule list|remove|enable|disable --url URL [ID]
   rhizosphere agent upgrade --url URL [--http-url URL] (--tag T... | --device D... | --online | --all)
         [--concurrency N] [--timeout SECONDS] [--deadline SECONDS]
                                              a job that sends the hub's agent build (GET /agent/hypha.js)
                                              to each device, which swaps it in and restarts; a target
                                              succeeds once the device is back as the new version
+  rhizosphere state get --url URL [--http-url URL] DEVICE [--json]
+                                             DEVICE's desired and reported state and their delta
+  rhizosphere state set --url URL [--http-url URL] DEVICE key=value... [--replace] [--json]
+                                             change its desired state (value: JSON, else a string;
+                                             key=null removes a key; --replace: these keys only)
+  (run and agent upgrade also take --state COND: devices whose state compares so, e.g.
+   --state 'state.reported.fw != state.desired.fw')
   rhizosphere shell --url URL DEVICE         an interactive shell on DEVICE in this terminal (Ctrl-C goes
                                              to the device; the shell's exit status is this one's)
   rhizosphere cp --url URL LOCAL DEVICE:/PATH   upload a file (PATH ending in / keeps the name)
@@ -76,6 +102,23 @@ const OPTIONS = {
   all: { type: 'boolean' },
   json: { type: 'boolean' },
   bind: { type: 'string' },
+  state: { type: 'string' },
+  replace: { type: 'boolean' },
+  rate: { type: 'string' },
+  ramp: { type: 'string' },
+  'max-rate': { type: 'string' },
+  canary: { type: 'string' },
+  'abort-above': { type: 'string' },
+  'abort-after': { type: 'string' },
+  window: { type: 'string' },
+  file: { type: 'string' },
+  install: { type: 'string' },
+  rollback: { type: 'string' },
+  dir: { type: 'string' },
+  at: { type: 'string' },
+  cron: { type: 'string' },
+  tz: { type: 'string' },
+  name: { type: 'string' },
 } as const;
 
 /** Runs one client command; resolves with the exit status. Throws ClientUsageError for bad usage, ClientError for a coded failure. */
@@ -124,17 +167,48 @@ export async function runClientCommand(argv: string[], env: NodeJS.ProcessEnv, i
   }
   /** The target and limits of a fleet job (run, agent upgrade). */
   const jobSettings = (what: string) => {
-    const target: { tags?: string[]; devices?: string[]; online?: boolean } = {};
+    const target: { tags?: string[]; devices?: string[]; online?: boolean; state?: string } = {};
     if (v.all) target.tags = [];
     if (v.tag) target.tags = v.tag;
     if (v.device) target.devices = v.device;
     if (v.online) target.online = true;
-    if (Object.keys(target).length === 0) throw new ClientUsageError(`${what}: say which devices: --tag T, --device D, --online or --all`);
+    // Desired state: e.g. --state 'state.delta.fw != null' (the hub checks the condition).
+    if (v.state !== undefined) target.state = v.state;
+    if (Object.keys(target).length === 0) throw new ClientUsageError(`${what}: say which devices: --tag T, --device D, --online, --state COND or --all`);
     if (v['http-url'] === undefined && httpUrlFromMqttUrl(url) === null) throw new ClientUsageError(`${what}: --http-url is required with an mqtt:// or mqtts:// --url (jobs are created over REST)`);
     if (v['http-url'] !== undefined && !/^https?:\/\//.test(v['http-url'])) throw new ClientUsageError(`--http-url ${v['http-url']}: must start with http:// or https://`);
     const concurrency = v.concurrency === undefined ? undefined : whole('--concurrency', v.concurrency, 1, 10_000);
     const deadlineMs = v.deadline === undefined ? undefined : seconds('--deadline', v.deadline, 1000, 604_800_000);
-    return { target, timeout_ms: timeoutMs, concurrency, deadline_ms: deadlineMs };
+    return { target, timeout_ms: timeoutMs, concurrency, deadline_ms: deadlineMs, ...staging() };
+  };
+  /** --rate, --ramp, --max-rate, --canary, --abort-above, --abort-after: a staged rollout (the hub checks the ranges). */
+  const staging = (): JobStaging => {
+    const out: JobStaging = {};
+    if (v.ramp !== undefined || v['max-rate'] !== undefined) {
+      if (v.rate === undefined) throw new ClientUsageError('--ramp and --max-rate need --rate N (sends a minute at the start)');
+    }
+    if (v.rate !== undefined) {
+      out.rollout = { start_per_minute: whole('--rate', v.rate, 1, 1_000_000) };
+      if (v['max-rate'] !== undefined) out.rollout.max_per_minute = whole('--max-rate', v['max-rate'], 1, 1_000_000);
+      if (v.ramp !== undefined) {
+        const ramp = /^(\d+(?:\.\d+)?)x(\d+)$/.exec(v.ramp);
+        if (!ramp) throw new ClientUsageError(`--ramp: "${v.ramp}" must be FACTORxSUCCESSES, e.g. 2x20`);
+        out.rollout.increase = { factor: Number(ramp[1]), every_succeeded: Number(ramp[2]) };
+      }
+    }
+    if (v.canary !== undefined) out.canary = { count: whole('--canary', v.canary, 1, 100_000) };
+    if ((v['abort-above'] === undefined) !== (v['abort-after'] === undefined)) throw new ClientUsageError('--abort-above PERCENT and --abort-after N go together');
+    if (v['abort-above'] !== undefined) {
+      const percent = Number(v['abort-above']);
+      if (!/^\d+(\.\d+)?$/.test(v['abort-above']) || percent > 100) throw new ClientUsageError(`--abort-above: "${v['abort-above']}" must be a percentage from 0 to 100`);
+      out.abort = [{ when: 'any', above_percent: percent, min_finished: whole('--abort-after', v['abort-after']!, 1, 1_000_000) }];
+    }
+    if (v.window !== undefined) {
+      const window = /^(\d\d:\d\d)-(\d\d:\d\d)(?:@(.+))?$/.exec(v.window);
+      if (!window) throw new ClientUsageError(`--window: "${v.window}" must be HH:MM-HH:MM, optionally @TIMEZONE (02:00-04:00@Europe/Berlin)`);
+      out.window = { start: window[1]!, end: window[2]!, ...(window[3] ? { tz: window[3] } : {}) };
+    }
+    return out;
   };
   if (command === 'run') {
     if (positionals.length > 0 && dashdash >= 0) throw new ClientUsageError(`run: unexpected argument "${positionals[0]}" before --`);
@@ -143,6 +217,73 @@ export async function runClientCommand(argv: string[], env: NodeJS.ProcessEnv, i
     const settings = jobSettings('run');
     return withHub(url, connectOptions, (hub) => runCommand(hub, { ...settings, order, cmd_str: words.join(' ') }, io));
   }
+  if (command === 'deploy') {
+    if (positionals.length > 0 || after.length > 0) throw new ClientUsageError(`deploy: unexpected argument "${positionals[0] ?? after[0]}"`);
+    if (!v.file) throw new ClientUsageError('deploy: --file FILE is required (the package to send)');
+    if (!v.install) throw new ClientUsageError('deploy: --install CMD is required (run on each device, in the directory the package is in)');
+    if (v.order !== undefined) throw new ClientUsageError('deploy: --order is not a flag of a deployment');
+    const file = v.file;
+    let size: number;
+    try {
+      size = statSync(file).size;
+    } catch (error) {
+      throw new ClientUsageError(`deploy: --file ${file}: ${(error as NodeJS.ErrnoException).code === 'ENOENT' ? 'no such file' : (error as Error).message}`);
+    }
+    const settings = jobSettings('deploy');
+    const install = v.install;
+    return withHub(url, connectOptions, async (hub) => {
+      io.err(`rhizosphere: uploading ${basename(file)} (${size} bytes) to the hub\n`);
+      const artifact = await hub.artifacts.upload(basename(file), Readable.toWeb(createReadStream(file)) as ReadableStream<Uint8Array>);
+      io.err(`rhizosphere: artifact ${artifact.sha256}\n`);
+      return runCommand(hub, { ...settings, order: 'deploy', cmd_str: undefined, artifact: artifact.sha256, install, ...(v.rollback ? { rollback: v.rollback } : {}), ...(v.dir ? { dir: v.dir } : {}) }, io);
+    });
+  }
+  if (command === 'schedule') {
+    const [action, ...rest] = positionals;
+    if (v['http-url'] === undefined && httpUrlFromMqttUrl(url) === null) throw new ClientUsageError('schedule: --http-url is required with an mqtt:// or mqtts:// --url (schedules are REST)');
+    if (action === 'add') {
+      if (rest.length > 0) throw new ClientUsageError(`schedule add: unexpected argument "${rest[0]}" before --`);
+      if (after.length === 0) throw new ClientUsageError('schedule add: the command is missing: rhizosphere schedule add --url URL --cron EXPR --tag T -- CMD...');
+      if ((v.at === undefined) === (v.cron === undefined)) throw new ClientUsageError('schedule add: give --at TIME or --cron EXPR');
+      const settings = jobSettings('schedule add');
+      const job = Object.fromEntries(Object.entries({ ...settings, order: order ?? 'exec_bash', cmd_str: after.join(' ') }).filter(([, value]) => value !== undefined)) as unknown as JobSpec;
+      const spec: ScheduleSpec = { job, ...(v.at ? { at: v.at } : {}), ...(v.cron ? { cron: v.cron } : {}), ...(v.tz ? { tz: v.tz } : {}), ...(v.name ? { name: v.name } : {}) };
+      return withHub(url, connectOptions, async (hub) => {
+        const created = await hub.schedules.create(spec);
+        io.out(`${created.id} next ${created.next_at ?? 'never'}\n`);
+        return 0;
+      });
+    }
+    if (action === 'list' && rest.length === 0) {
+      return withHub(url, connectOptions, async (hub) => {
+        const rows = (await hub.schedules.list()).map((s) => [s.id, s.name ?? '-', s.cron ? `cron ${s.cron}${s.tz ? ` ${s.tz}` : ''}` : `at ${s.at}`, s.enabled ? 'yes' : 'no', s.next_at ?? '-', s.last_job ?? '-', String(s.runs)]);
+        io.out(table(['ID', 'NAME', 'WHEN', 'ENABLED', 'NEXT', 'LAST JOB', 'RUNS'], rows));
+        return 0;
+      });
+    }
+    if ((action === 'remove' || action === 'enable' || action === 'disable') && rest.length === 1) {
+      const id = rest[0]!;
+      return withHub(url, connectOptions, async (hub) => {
+        if (action === 'remove') await hub.schedules.remove(id);
+        else await hub.schedules.update(id, { enabled: action === 'enable' });
+        io.out(`${id} ${action === 'remove' ? 'removed' : `${action}d`}\n`);
+        return 0;
+      });
+    }
+    throw new ClientUsageError('schedule: rhizosphere schedule add|list|remove|enable|disable --url URL …');
+  }
+  if (command === 'job') {
+    const [action, id, ...rest] = positionals;
+    if (!(action === 'pause' || action === 'resume' || action === 'cancel') || !id || rest.length > 0 || after.length > 0) {
+      throw new ClientUsageError('job: rhizosphere job pause|resume|cancel --url URL JOB');
+    }
+    if (v['http-url'] === undefined && httpUrlFromMqttUrl(url) === null) throw new ClientUsageError('job: --http-url is required with an mqtt:// or mqtts:// --url (jobs are REST)');
+    return withHub(url, connectOptions, async (hub) => {
+      const job = await hub.jobs[action](id);
+      io.out(`${job.id} ${job.state}${job.reason ? `: ${job.reason}` : ''}\n`);
+      return 0;
+    });
+  }
   if (command === 'agent') {
     if (positionals[0] !== 'upgrade' || positionals.length > 1 || after.length > 0) {
       throw new ClientUsageError('agent: rhizosphere agent upgrade --url URL (--tag T... | --device D... | --online | --all)');
@@ -150,6 +291,23 @@ export async function runClientCommand(argv: string[], env: NodeJS.ProcessEnv, i
     if (v.order !== undefined) throw new ClientUsageError('agent upgrade: --order is not a flag of an upgrade');
     const settings = jobSettings('agent upgrade');
     return withHub(url, connectOptions, (hub) => runCommand(hub, { ...settings, order: 'agent_upgrade', cmd_str: undefined }, io));
+  }
+  if (command === 'state') {
+    const [action, device, ...words] = positionals;
+    if ((action !== 'get' && action !== 'set') || !device) throw new ClientUsageError('state: rhizosphere state get DEVICE, or rhizosphere state set DEVICE key=value ...');
+    if (after.length > 0) throw new ClientUsageError(`state: unexpected argument "${after[0]}" after --`);
+    if (v['http-url'] === undefined && httpUrlFromMqttUrl(url) === null) throw new ClientUsageError('state: --http-url is required with an mqtt:// or mqtts:// --url (state is read and set over REST)');
+    try {
+      if (action === 'get') {
+        if (words.length > 0) throw new StateUsageError(`state get: unexpected argument "${words[0]}"`);
+        return await withHub(url, connectOptions, (hub) => stateGetCommand(hub, device, v.json === true, io));
+      }
+      const patch = parseAssignments(words);
+      return await withHub(url, connectOptions, (hub) => stateSetCommand(hub, device, patch, v.replace === true, v.json === true, io));
+    } catch (error) {
+      if (error instanceof StateUsageError) throw new ClientUsageError(error.message);
+      throw error;
+    }
   }
   if (command === 'shell' || command === 'cp' || command === 'forward') {
     if (after.length > 0) throw new ClientUsageError(`${command}: unexpected argument "${after[0]}" after --`);
@@ -218,9 +376,13 @@ async function devicesCommand(hub: HubClient, selector: DeviceSelector, json: bo
 }
 
 interface RunSpec {
-  target: { tags?: string[]; devices?: string[]; online?: boolean };
-  order: Order | 'agent_upgrade' | undefined;
+  target: { tags?: string[]; devices?: string[]; online?: boolean; state?: string };
+  order: Order | 'agent_upgrade' | 'deploy' | undefined;
   cmd_str: string | undefined;
+  artifact?: string;
+  install?: string;
+  rollback?: string;
+  dir?: string;
   timeout_ms: number | undefined;
   concurrency: number | undefined;
   deadline_ms: number | undefined;
@@ -255,6 +417,7 @@ async function runCommand(hub: HubClient, spec: RunSpec, io: ClientIo): Promise<
     io.out(table(['DEVICE', 'STATE', 'EXIT', 'OUTPUT'], rows));
   }
   io.out(`${summaryLine(job.counts, job.targets.length)}\n`);
+  if (job.state === 'aborted') io.err(`rhizosphere: job ${job.id} aborted: ${job.reason ?? 'no reason given'}\n`);
   void final;
   return job.counts.succeeded === job.targets.length ? 0 : 1;
 }

@@ -13,6 +13,7 @@ import { createLogger, isLogLevel, LOG_LEVELS, type Logger, type LogLevel } from
 import { DEFAULT_MAX_CONCURRENT, DEFAULT_MAX_QUEUE, DEFAULT_OUTPUT_CAP } from '../hypha/runner.js';
 import { DEFAULT_MAX_FILE_BYTES, DEFAULT_MAX_TUNNELS } from '../hypha/tunnels/index.js';
 import { MAX_DEVICE_TAGS, tagProblem } from '../protocol/tags.js';
+import { DEFAULT_HEALTH_INTERVAL_S } from '../protocol/health.js';
 import { DEFAULT_TOPIC_PREFIX, topicPrefixProblem } from '../protocol/topics.js';
 import { loadOrCreateToken, readTokenFile } from '../hypha/token-file.js';
 import { loadPemFiles } from '../pem.js';
@@ -44,6 +45,8 @@ type FlagName =
   | 'max-file-bytes'
   | 'max-tunnels'
   | 'upgrade-window'
+  | 'state-command'
+  | 'health-interval'
   | 'log-level';
 
 /** Flags that may be given more than once; their environment variable holds a comma-separated list. */
@@ -84,6 +87,18 @@ const FLAGS: Record<FlagName, FlagSpec> = {
     value: 'SECONDS',
     help: 'after an agent upgrade, how long the new agent has to connect before the previous one is restored',
     default: String(DEFAULT_COMMIT_WINDOW_MS / 1000),
+  },
+  'state-command': {
+    env: 'HYPHA_STATE_COMMAND',
+    value: 'CMD',
+    help: 'applies desired state: run with bash for each delta (JSON on stdin and in HYPHA_STATE_DELTA); prints a JSON object of the values applied, which is reported',
+    default: 'none: desired state is ignored',
+  },
+  'health-interval': {
+    env: 'HYPHA_HEALTH_INTERVAL',
+    value: 'SECONDS',
+    help: 'seconds between health reports (load, memory, disk, temperature, uptime, version) on telemetry/health; 0 = none',
+    default: String(DEFAULT_HEALTH_INTERVAL_S),
   },
   'log-level': { env: 'HYPHA_LOG_LEVEL', value: 'LEVEL', help: `${LOG_LEVELS.join(', ')}`, default: 'info' },
 };
@@ -224,10 +239,12 @@ function agentOptions(settings: Partial<Record<FlagName, Setting>>, tunnels: boo
     maxQueue: wholeNumber(settings['max-queue'], 0),
     outputCap: wholeNumber(settings['output-cap'], 0),
     tags: tagList(settings.tag),
+    stateCommand: checked(settings['state-command'], (value) => (value.trim() === '' ? 'must not be empty' : null)),
     tunnels,
     fileRoot: fileRoot(settings['file-root']),
     maxFileBytes: wholeNumber(settings['max-file-bytes'], 0),
     maxTunnels: wholeNumber(settings['max-tunnels'], 1),
+    healthIntervalS: wholeNumber(settings['health-interval'], 0, 86_400) ?? DEFAULT_HEALTH_INTERVAL_S,
     ...tlsFiles(settings),
     logger: log,
   };

@@ -33,6 +33,9 @@ import {
   type JobView,
   type Order,
 } from './types.js';
+import type { FleetHealth, FleetHealthQuery, HealthQuery, HealthSeries, HealthTime } from './types.js';
+import type { DeviceState, JsonValue, SetDesiredOptions } from './types.js';
+import type { ArtifactView, ScheduleSpec, ScheduleView } from './types.js';
 
 export { ClientError, type ClientErrorCode } from './errors.js';
 export { httpUrlFromMqttUrl } from './rest.js';
@@ -161,6 +164,10 @@ interface Pending {
 export class HubClient extends Emitter<HubClientEvents> {
   /** Fleet jobs (REST for create/get/cancel/list, MQTT for progress). */
   readonly jobs: Jobs;
+  /** Schedules: jobs created at a time or on a cron expression (REST; docs/protocol.md "Schedules"). */
+  readonly schedules: Schedules;
+  /** Files kept on the hub for deploy jobs (REST; docs/protocol.md "Software deployment"). */
+  readonly artifacts: Artifacts;
   private readonly pending = new Map<string, Pending>();
   private readonly statuses = new Map<string, Readonly<DeviceStatus>>();
   /** Handlers by topic filter; `wildcards` lists the filters that contain + or #. */
@@ -195,6 +202,8 @@ export class HubClient extends Emitter<HubClientEvents> {
     this.responseTopic = topics.clientResponse(clientId);
     this.tunnelsPrefix = topics.clientTunnel(clientId, '', 'out').slice(0, -'/out'.length);
     this.jobs = new Jobs(this, rest);
+    this.schedules = new Schedules(rest);
+    this.artifacts = new Artifacts(rest);
     this.everConnected = client.connected;
     client.on('message', (topic, payload) => {
       if (topic.startsWith(this.tunnelsPrefix)) return this.onTunnelFrame(topic, payload);
@@ -269,12 +278,26 @@ export class HubClient extends Emitter<HubClientEvents> {
     return new DeviceHandle(this, id);
   }
 
+  /** `GET /api/devices/{id}/health` (any role): the device's health history, one point a minute, in columns. */
+  deviceHealth(id: string, query: HealthQuery = {}): Promise<HealthSeries> {
+    const problem = idProblem(id);
+    if (problem) return Promise.reject(new ClientError('BAD_REQUEST', `device ${problem}`, { device: id }));
+    return this.rest.call<HealthSeries>('GET', `/api/devices/${encodeURIComponent(id)}/health${healthParams({ since: query.since, until: query.until, metric: query.metrics?.join(',') })}`);
+  }
+
+  /** `GET /api/health/fleet` (any role): devices online over time, and the worst devices now by load, memory, disk and temperature. */
+  fleetHealth(query: FleetHealthQuery = {}): Promise<FleetHealth> {
+    return this.rest.call<FleetHealth>('GET', `/api/health/fleet${healthParams({ since: query.since, until: query.until, limit: query.limit })}`);
+  }
+
   /**
    * The devices the hub has a status for, from the retained `P/devices/+/status` messages:
    * resolves once the retained burst that followed the subscription has settled (no new status
    * for `settleMs`, 200 ms by default), then answers from the live copy. Sorted by id.
    */
   async devices(selector: DeviceSelector = {}): Promise<DeviceStatus[]> {
+    // Statuses carry no state: a state condition is for jobs, which the hub resolves.
+    if (selector.state !== undefined) throw new ClientError('BAD_REQUEST', 'devices() takes no state condition (jobs do: hub.jobs.create({ target: { state }, … }))');
     await this.whenSettled();
     return [...this.statuses.values()]
       .filter(matches(selector))
@@ -308,6 +331,24 @@ export class HubClient extends Emitter<HubClientEvents> {
         reject(new ClientError('NOT_CONNECTED', `cannot send the request: ${error.message}`, { device, cause: error }));
       });
     });
+  }
+
+  /** `GET /api/devices/{id}/state` (any role): the device's desired and reported state and their delta. */
+  deviceState(id: string): Promise<DeviceState> {
+    const problem = idProblem(id);
+    if (problem) return Promise.reject(new ClientError('BAD_REQUEST', `device ${problem}`, { device: id }));
+    return this.rest.call<DeviceState>('GET', `/api/devices/${encodeURIComponent(id)}/state`);
+  }
+
+  /**
+   * `PATCH /api/devices/{id}/state/desired` (operator or admin): merges `patch` into the desired
+   * document, null removing a key; with `replace`, `PUT`: the whole document. Resolves with the
+   * device's state after the change; rejects with BAD_REQUEST, UNKNOWN_DEVICE, PAYLOAD_TOO_LARGE, FORBIDDEN.
+   */
+  setDesired(id: string, patch: Record<string, JsonValue>, options: SetDesiredOptions = {}): Promise<DeviceState> {
+    const problem = idProblem(id);
+    if (problem) return Promise.reject(new ClientError('BAD_REQUEST', `device ${problem}`, { device: id }));
+    return this.rest.call<DeviceState>(options.replace ? 'PUT' : 'PATCH', `/api/devices/${encodeURIComponent(id)}/state/desired`, patch);
   }
 
   /**
@@ -557,9 +598,24 @@ export class DeviceHandle {
     return this.hub.exec(this.id, cmd, options);
   }
 
+  /** Its desired and reported state and their delta (see HubClient.deviceState). */
+  state(): Promise<DeviceState> {
+    return this.hub.deviceState(this.id);
+  }
+
+  /** Changes its desired state (see HubClient.setDesired): `setDesired({ fw: '1.2.3', debug: null })`. */
+  setDesired(patch: Record<string, JsonValue>, options: SetDesiredOptions = {}): Promise<DeviceState> {
+    return this.hub.setDesired(this.id, patch, options);
+  }
+
   /** The device's current status, or undefined when the hub has none. */
   async status(): Promise<DeviceStatus | undefined> {
     return (await this.hub.devices({ devices: [this.id] }))[0];
+  }
+
+  /** The device's health history (see HubClient.deviceHealth). */
+  health(query: HealthQuery = {}): Promise<HealthSeries> {
+    return this.hub.deviceHealth(this.id, query);
   }
 
   /** Opens a tunnel of any kind (see HubClient.openTunnel). */
@@ -710,6 +766,53 @@ function transferResult(end: TunnelEnd, device: string): TransferResult {
 }
 
 /** Fleet jobs: create, read and cancel over REST; progress from the retained `P/jobs/{id}/status`. */
+/** `/api/artifacts`: files uploaded once to the hub, which deploy jobs send to each device. */
+export class Artifacts {
+  /** @internal */
+  constructor(private readonly rest: Rest) {}
+
+  /** `POST /api/artifacts?name=` (operator or admin): bytes, a Blob (a browser's File), or a stream of bytes. */
+  upload(name: string, body: Uint8Array | Blob | ReadableStream<Uint8Array>): Promise<ArtifactView> {
+    return this.rest.call<ArtifactView>('POST', `/api/artifacts?name=${encodeURIComponent(name)}`, body, { contentType: 'application/octet-stream' });
+  }
+
+  list(): Promise<ArtifactView[]> {
+    return this.rest.call<ArtifactView[]>('GET', '/api/artifacts');
+  }
+
+  remove(sha256: string): Promise<{ ok: true; sha256: string }> {
+    return this.rest.call<{ ok: true; sha256: string }>('DELETE', `/api/artifacts/${encodeURIComponent(sha256)}`);
+  }
+}
+
+/** `/api/schedules`: jobs to create later, once (`at`) or on a cron expression (`cron`, in `tz`). */
+export class Schedules {
+  /** @internal */
+  constructor(private readonly rest: Rest) {}
+
+  /** `POST /api/schedules` (operator or admin). */
+  create(spec: ScheduleSpec): Promise<ScheduleView> {
+    return this.rest.call<ScheduleView>('POST', '/api/schedules', spec);
+  }
+
+  list(): Promise<ScheduleView[]> {
+    return this.rest.call<ScheduleView[]>('GET', '/api/schedules');
+  }
+
+  get(id: string): Promise<ScheduleView> {
+    return this.rest.call<ScheduleView>('GET', `/api/schedules/${encodeURIComponent(id)}`);
+  }
+
+  /** `PATCH /api/schedules/{id}`: some fields; `{ enabled: false }` holds it. */
+  update(id: string, patch: Partial<ScheduleSpec>): Promise<ScheduleView> {
+    return this.rest.call<ScheduleView>('PATCH', `/api/schedules/${encodeURIComponent(id)}`, patch);
+  }
+
+  remove(id: string): Promise<{ ok: true; id: string }> {
+    return this.rest.call<{ ok: true; id: string }>('DELETE', `/api/schedules/${encodeURIComponent(id)}`);
+  }
+}
+
 export class Jobs {
   constructor(
     private readonly hub: HubClient,
@@ -734,6 +837,16 @@ export class Jobs {
   /** `POST /api/jobs/{id}/cancel` (operator or admin): targets not yet sent become canceled. */
   cancel(id: string): Promise<JobSummary> {
     return this.rest.call<JobSummary>('POST', `/api/jobs/${encodeURIComponent(id)}/cancel`);
+  }
+
+  /** `POST /api/jobs/{id}/pause` (operator or admin): no more sends until resumed; what is in flight finishes. */
+  pause(id: string): Promise<JobSummary> {
+    return this.rest.call<JobSummary>('POST', `/api/jobs/${encodeURIComponent(id)}/pause`);
+  }
+
+  /** `POST /api/jobs/{id}/resume` (operator or admin). */
+  resume(id: string): Promise<JobSummary> {
+    return this.rest.call<JobSummary>('POST', `/api/jobs/${encodeURIComponent(id)}/resume`);
   }
 
   /**
@@ -779,6 +892,17 @@ export class Jobs {
       stop();
     }
   }
+}
+
+/** The query string of a health call: times as ISO (or as given when a string), empty values left out. */
+function healthParams(params: { since?: HealthTime; until?: HealthTime; metric?: string; limit?: number }): string {
+  const query = new URLSearchParams();
+  for (const [key, value] of Object.entries(params)) {
+    if (value === undefined || value === '') continue;
+    query.set(key, value instanceof Date ? value.toISOString() : (key === 'since' || key === 'until') && typeof value === 'number' ? new Date(value).toISOString() : String(value));
+  }
+  const text = query.toString();
+  return text ? `?${text}` : '';
 }
 
 function randomSuffix(): string {

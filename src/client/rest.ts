@@ -23,16 +23,23 @@ export class Rest {
     this.token = token;
   }
 
-  async call<T>(method: 'GET' | 'POST', path: string, body?: unknown): Promise<T> {
+  /**
+   * One call. `body` is sent as JSON, or as it is with `raw` (bytes, a Blob, or a stream of
+   * bytes: an upload never held whole in memory).
+   */
+  async call<T>(method: 'GET' | 'POST' | 'PUT' | 'PATCH' | 'DELETE', path: string, body?: unknown, raw?: { contentType: string }): Promise<T> {
     if (!this.baseUrl) {
       throw new ClientError('BAD_REQUEST', 'this needs the hub\'s REST API: pass httpUrl to connect() (it is derived only from ws:// and wss:// URLs)');
     }
     const headers: Record<string, string> = { accept: 'application/json' };
     if (this.token) headers.authorization = `Bearer ${this.token}`;
-    if (body !== undefined) headers['content-type'] = 'application/json';
+    if (body !== undefined) headers['content-type'] = raw ? raw.contentType : 'application/json';
+    const payload = body === undefined ? undefined : raw ? (body as RequestInit['body']) : JSON.stringify(body);
+    // A stream body needs half-duplex in Node's fetch.
+    const streaming = typeof ReadableStream !== 'undefined' && payload instanceof ReadableStream;
     let res: globalThis.Response;
     try {
-      res = await fetch(`${this.baseUrl.replace(/\/+$/, '')}${path}`, { method, headers, body: body === undefined ? undefined : JSON.stringify(body) });
+      res = await fetch(`${this.baseUrl.replace(/\/+$/, '')}${path}`, { method, headers, body: payload, ...(streaming ? { duplex: 'half' } : {}) } as RequestInit);
     } catch (error) {
       throw new ClientError('NOT_CONNECTED', `cannot reach ${this.baseUrl}: ${(error as Error)?.cause instanceof Error ? ((error as Error).cause as Error).message : (error as Error)?.message}`, { cause: error });
     }

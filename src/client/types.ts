@@ -6,8 +6,12 @@ import type { IClientOptions } from 'mqtt';
 import type { ClientError } from './errors.js';
 import type { JobStatus } from '../protocol/jobs.js';
 import type { Order, Transport } from '../protocol/schemas.js';
+import type { StateCondition } from '../jobs/state-condition.js';
 
 export type { Order, Transport };
+export type { StateCondition, StateComparison, StateOperand } from '../jobs/state-condition.js';
+/** A device's desired and reported state and their delta (docs/protocol.md "Desired state"). */
+export type { StateView as DeviceState, StateDoc, JsonValue, DeltaMessage } from '../protocol/state.js';
 
 export interface ConnectOptions {
   /** An API token's secret: the MQTT password, and `Authorization: Bearer` for REST. */
@@ -99,18 +103,50 @@ export interface DeviceSelector {
   tags?: string[];
   /** Only online (true) or offline (false) devices. */
   online?: boolean;
+  /**
+   * Jobs only (`devices()` refuses it): devices whose desired or reported state compares so,
+   * e.g. `"state.reported.fw != state.desired.fw"` (docs/protocol.md "Fleet jobs").
+   */
+  state?: StateCondition;
+}
+
+export interface SetDesiredOptions {
+  /** true: `patch` is the whole new desired document (PUT); default false: merged in, null removes a key (PATCH). */
+  replace?: boolean;
 }
 
 // Type-only: the wire shapes are shared with the hub, none of its code comes along.
-export type { JobCounts, JobOrder, JobState, JobStatus, JobSummary, JobTarget, JobView, TargetState } from '../protocol/jobs.js';
+export type { JobCounts, JobOrder, JobStaging, JobState, JobStatus, JobSummary, JobTarget, JobView, TargetState } from '../protocol/jobs.js';
+import type { JobStaging } from '../protocol/jobs.js';
+
+// Health telemetry (docs/protocol.md "Health telemetry"): the REST shapes, type-only like the jobs'.
+export type { FleetHealth, FleetHealthEntry, FleetRanking, HealthReport, HealthSample, HealthSeries, HealthSeriesName } from '../protocol/health.js';
+import type { HealthSeriesName } from '../protocol/health.js';
+
+/** A point in time for the health queries: a Date, epoch milliseconds, or what the hub takes (ISO, or `90m`, `24h`, `7d` back from now). */
+export type HealthTime = Date | number | string;
+
+/** `deviceHealth()`: the range (default the last 24 hours) and the series (default all; `samples` always). */
+export interface HealthQuery {
+  since?: HealthTime;
+  until?: HealthTime;
+  metrics?: HealthSeriesName[];
+}
+
+/** `fleetHealth()`: the range of the online series (default the last 24 hours) and devices per ranking (default 10, at most 100). */
+export interface FleetHealthQuery {
+  since?: HealthTime;
+  until?: HealthTime;
+  limit?: number;
+}
 
 /**
  * Body of `POST /api/jobs`: a command (`order` defaults to exec_bash, with `cmd_str`), or
  * `order: 'agent_upgrade'` without `cmd_str` (the hub sends its agent build to each target).
  */
-export type JobSpec = CommandJobSpec | AgentUpgradeJobSpec;
+export type JobSpec = CommandJobSpec | AgentUpgradeJobSpec | DeployJobSpec;
 
-export interface CommandJobSpec {
+export interface CommandJobSpec extends JobStaging {
   target: DeviceSelector;
   order?: Order;
   cmd_str: string;
@@ -119,12 +155,62 @@ export interface CommandJobSpec {
   deadline_ms?: number;
 }
 
-export interface AgentUpgradeJobSpec {
+export interface AgentUpgradeJobSpec extends JobStaging {
   target: DeviceSelector;
   order: 'agent_upgrade';
   timeout_ms?: number;
   concurrency?: number;
   deadline_ms?: number;
+}
+
+/** A file on the hub for deploy jobs, as `POST /api/artifacts` answers it. */
+export interface ArtifactView {
+  sha256: string;
+  name: string;
+  size: number;
+  uploaded_at: string;
+  actor: string;
+}
+
+/** A deploy job: the hub sends an artifact to each target, runs `install` there, `rollback` where it fails. */
+export interface DeployJobSpec extends JobStaging {
+  target: DeviceSelector;
+  order: 'deploy';
+  artifact: string;
+  install: string;
+  rollback?: string;
+  dir?: string;
+  timeout_ms?: number;
+  concurrency?: number;
+  deadline_ms?: number;
+}
+
+/** Body of `POST /api/schedules`: a job to create at `at`, or each time `cron` fires (in `tz`). */
+export interface ScheduleSpec {
+  name?: string;
+  job: JobSpec;
+  at?: string;
+  cron?: string;
+  tz?: string;
+  enabled?: boolean;
+}
+
+/** A schedule as `GET /api/schedules` lists it. */
+export interface ScheduleView {
+  id: string;
+  name: string | null;
+  created_at: string;
+  actor: string;
+  job: JobSpec;
+  at: string | null;
+  cron: string | null;
+  tz: string | null;
+  enabled: boolean;
+  next_at: string | null;
+  last_run_at: string | null;
+  last_job: string | null;
+  last_error: string | null;
+  runs: number;
 }
 
 export interface CreatedJob {

@@ -1,8 +1,8 @@
 /**
  * `--cluster redis://…`: several hub processes, on one machine or many, act as one hub (README
- * "Cluster"). Each node has its own --data-dir; devices, users, API tokens and browser sessions
- * are replicated through Redis (replication.ts), the audit trail, jobs and handler storage stay
- * per node. What the composition root wires in: broker options (Redis emitter and persistence),
+ * "Cluster"). Each node has its own --data-dir; devices, users, API tokens, browser sessions and
+ * devices' desired and reported state are replicated through Redis (replication.ts), the audit
+ * trail, jobs and handler storage stay per node. What the composition root wires in: broker options (Redis emitter and persistence),
  * a start step once presence and the dispatcher exist (replication joins first), a handover
  * check for presence, the first-admin claim, and the stop steps.
  */
@@ -18,7 +18,7 @@ import type { Db } from '../store/db.js';
 import { DEFAULT_TIMING, Membership, type MembershipTiming } from './membership.js';
 import { connectClusterRedis, displayUrl, probeRedis, type ClusterEmitter } from './redis.js';
 import { watchRemoteDevices, type RemoteDevices } from './remote-devices.js';
-import { Replication } from './replication.js';
+import { Replication, type ReplicaChange } from './replication.js';
 
 /** The secret console tokens are signed with, the same on every node (set by the first node). */
 const CONSOLE_SECRET_KEY = 'rhizosphere:console-secret';
@@ -49,8 +49,8 @@ export interface ClusterParts {
   /** This node's database, whose credentials are replicated. */
   db: Db;
   auth: Authenticator;
-  /** Rows changed by another node were applied here (the credential watch's `check`). */
-  credentialsApplied: () => void;
+  /** Rows changed by another node were applied here (the credential watch's `check`, and devices' state deltas). */
+  credentialsApplied: (changed: readonly ReplicaChange[]) => void;
 }
 
 export interface ClusterOptions {

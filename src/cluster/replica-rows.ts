@@ -6,10 +6,11 @@
  */
 import { z } from 'zod';
 import { isValidId } from '../protocol/ids.js';
+import { STATE_ERROR_MAX_LENGTH, stateProblem } from '../protocol/state.js';
 import { MAX_DEVICE_TAGS, tagProblem } from '../protocol/tags.js';
 
-/** Users before sessions: a session refers to its user. */
-export const REPLICATED_TABLES = ['users', 'tokens', 'devices', 'sessions'] as const;
+/** Users before sessions: a session refers to its user. Devices before their state. */
+export const REPLICATED_TABLES = ['users', 'tokens', 'devices', 'sessions', 'device_desired', 'device_reported'] as const;
 export type ReplicatedTable = (typeof REPLICATED_TABLES)[number];
 
 export function isReplicatedTable(name: unknown): name is ReplicatedTable {
@@ -30,6 +31,26 @@ const tagsJson = z.string().max(16_384).refine((text) => {
     return false;
   }
 });
+/**
+ * A state document (docs/protocol.md "Desired state"). Each node checks the size of what it
+ * stores against its own --max-state-bytes; here only a bound no node would store past.
+ */
+const stateJson = z.string().max(16 * 1024 * 1024).refine((text) => {
+  try {
+    return stateProblem(JSON.parse(text)) === null;
+  } catch {
+    return false;
+  }
+});
+const stateErrorJson = z.string().max(4 * STATE_ERROR_MAX_LENGTH).refine((text) => {
+  try {
+    const error = JSON.parse(text) as { message?: unknown; version?: unknown; at?: unknown };
+    return typeof error.message === 'string' && (error.version === null || Number.isInteger(error.version)) && Number.isInteger(error.at);
+  } catch {
+    return false;
+  }
+});
+const version = z.number().int().nonnegative();
 
 interface TableSpec {
   /** The primary key column. */
@@ -60,6 +81,16 @@ export const TABLES: Record<ReplicatedTable, TableSpec> = {
     key: 'id_hash',
     columns: ['id_hash', 'user', 'created_at', 'expires_at'],
     schema: z.object({ id_hash: hex64, user: id, created_at: time, expires_at: time }),
+  },
+  device_desired: {
+    key: 'id',
+    columns: ['id', 'doc', 'version', 'updated_at', 'updated_by'],
+    schema: z.object({ id, doc: stateJson, version, updated_at: time, updated_by: z.string().max(256).nullable() }),
+  },
+  device_reported: {
+    key: 'id',
+    columns: ['id', 'doc', 'version', 'updated_at', 'error'],
+    schema: z.object({ id, doc: stateJson, version, updated_at: time, error: stateErrorJson.nullable() }),
   },
 };
 

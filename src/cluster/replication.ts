@@ -1,7 +1,7 @@
 /**
  * Credential replication: each node keeps its own SQLite database (its own --data-dir, on any
  * machine), and the rows of devices (credentials and tags, not the connection columns), users,
- * API tokens and browser sessions are the same on every node.
+ * API tokens, browser sessions and devices' desired and reported state are the same on every node.
  *
  * - Local writes, whoever makes them (this hub, an admin command in another process, even while
  *   the hub is down), are logged by database triggers in `local_changes` (migration 6).
@@ -43,14 +43,17 @@ export interface ReplicationOptions {
   reader: Redis;
   nodeId: string;
   log: Logger;
-  /** Rows changed by another node were applied: act on them (drop connections, know devices …). */
-  onApplied: () => void;
+  /** Rows changed by another node were applied (`changed`: which): act on them (drop connections, know devices, publish a state delta …). */
+  onApplied: (changed: readonly ReplicaChange[]) => void;
 }
 
-interface Notice {
+/** A row of a replicated table, by its key. */
+export interface ReplicaChange {
   table: ReplicatedTable;
   key: string;
 }
+
+type Notice = ReplicaChange;
 
 /** Orders stream ids (`ms-seq`). */
 export function compareStreamIds(a: string, b: string): number {
@@ -126,7 +129,7 @@ export class Replication {
   /** Pushes pending changes, applies every row Redis holds, pushes local rows Redis does not know. */
   async reconcile(): Promise<void> {
     await this.push();
-    let applied = 0;
+    const applied: Notice[] = [];
     for (const table of REPLICATED_TABLES) {
       const values = await this.redis.hgetall(hashKey(table));
       const entries: [Notice, Entry][] = [];
@@ -140,7 +143,7 @@ export class Replication {
         if (table === 'sessions' && sessionExpired(parsed.entry, parsed.at)) expired.push(key);
         entries.push([{ table, key }, parsed.entry]);
       }
-      applied += this.apply(entries);
+      applied.push(...this.apply(entries));
       // Session rows and tombstones past any session's lifetime: nothing to keep them for.
       if (expired.length > 0) await this.redis.hdel(hashKey(table), ...expired);
       const now = Date.now();
@@ -151,8 +154,8 @@ export class Replication {
       })();
     }
     await this.push();
-    if (applied > 0) this.options.onApplied();
-    this.log.info({ applied }, 'replication: in step with the cluster');
+    if (applied.length > 0) this.options.onApplied(applied);
+    this.log.info({ applied: applied.length }, 'replication: in step with the cluster');
   }
 
   private async pushAll(): Promise<void> {
@@ -176,11 +179,11 @@ export class Replication {
     }
   }
 
-  /** Applies entries from Redis in one transaction; returns how many rows changed. */
-  private apply(entries: [Notice, Entry][]): number {
-    if (entries.length === 0) return 0;
+  /** Applies entries from Redis in one transaction; returns the rows that changed. */
+  private apply(entries: [Notice, Entry][]): Notice[] {
+    if (entries.length === 0) return [];
     const { statements } = this;
-    let changed = 0;
+    const changed: Notice[] = [];
     this.db.transaction(() => {
       statements.applying.run(1);
       for (const [{ table, key }, entry] of entries) {
@@ -190,14 +193,14 @@ export class Replication {
           const local = statements.get[table].get(key) as Row | undefined;
           const wanted = 'row' in entry && !(table === 'sessions' && sessionExpired(entry, 0)) ? entry.row : null;
           if (wanted === null) {
-            if (local) changed += statements.remove[table].run(key).changes;
+            if (local && statements.remove[table].run(key).changes > 0) changed.push({ table, key });
             continue;
           }
           if (local && canonical(table, local) === canonical(table, wanted)) continue;
           // A session of a user this node does not have (yet): its user's entry comes first.
           if (table === 'sessions' && !statements.userExists.get(String(wanted.user))) continue;
           statements.upsert[table].run(wanted);
-          changed++;
+          changed.push({ table, key });
         } catch (error) {
           this.log.warn({ table, key: key.slice(0, 200), err: (error as Error).message }, 'replication: entry not applied');
         }
@@ -272,7 +275,8 @@ export class Replication {
       }
       apply.push([notice, parsed.entry]);
     });
-    if (this.apply(apply) > 0) this.options.onApplied();
+    const changed = this.apply(apply);
+    if (changed.length > 0) this.options.onApplied(changed);
   }
 }
 

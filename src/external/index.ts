@@ -1,9 +1,9 @@
 /**
  * The hub on an external broker (`--broker`): devices and third-party tools connect to a
  * broker the user runs, and the hub joins it as one privileged client (src/external/uplink.ts).
- * What the hub reads there: births and wills (presence), Responses, declared tags, Requests
- * and devices' tunnel frames. What it publishes there: Commands, Replies, the retained
- * statuses of devices and jobs, and tunnel frames to devices. The hub's embedded broker
+ * What the hub reads there: births and wills (presence), Responses, declared tags, state
+ * reports, Requests and devices' tunnel frames. What it publishes there: Commands, Replies, the
+ * retained statuses of devices and jobs and state deltas, and tunnel frames to devices. The hub's embedded broker
  * stays, without an MQTT listener of its own: it carries the console's and the SDK's
  * WebSocket at /mqtt and the hub's own parts, exactly as in the embedded mode.
  */
@@ -39,6 +39,10 @@ export interface ExternalBrokerOptions extends UplinkCredentials {
   isRegistered: (id: string) => boolean;
   onResponse: (device: string, payload: Buffer) => void;
   onDeclaredTags: (device: string, payload: Buffer) => void;
+  /** A health report on `P/devices/{id}/telemetry/health` (docs/protocol.md "Health telemetry"). */
+  onHealth?: (device: string, payload: Buffer) => void;
+  /** A report on `P/devices/{id}/state/reported` (docs/protocol.md "Desired state"). */
+  onReportedState?: (device: string, payload: Buffer) => void;
 }
 
 export interface ExternalBroker {
@@ -81,6 +85,9 @@ export async function startExternalBroker(options: ExternalBrokerOptions): Promi
       { filter: topics.allDevicePresences, qos: 1 },
       { filter: topics.allDeviceResponses, qos: 1 },
       { filter: topics.allDeclaredTags, qos: 1 },
+      // QoS 0 like the reports themselves: one a minute from every device, none worth a PUBACK.
+      ...(options.onHealth ? [{ filter: topics.allDeviceHealth, qos: 0 as const }] : []),
+      { filter: topics.allStateReports, qos: 1 },
       { filter: topics.allDeviceTunnelsOut, qos: 1 },
       { filter: requestFilter(broker), qos: 1 },
     ],
@@ -97,6 +104,8 @@ export async function startExternalBroker(options: ExternalBrokerOptions): Promi
       devices.touch(device.id);
       if (device.kind === 'response') return options.onResponse(device.id, payload);
       if (device.kind === 'telemetry' && topic === topics.deviceTags(device.id)) return options.onDeclaredTags(device.id, payload);
+      if (device.kind === 'telemetry' && topic === topics.deviceHealth(device.id)) return options.onHealth?.(device.id, payload);
+      if (device.kind === 'state' && device.state === 'reported') return options.onReportedState?.(device.id, payload);
       // Into the embedded broker, where the tunnel relay reads devices' frames.
       if (device.kind === 'tunnel' && device.direction === 'out') return local.publish({ cmd: 'publish', topic, payload, qos: 1, retain: false, dup: false }, () => {});
       return;

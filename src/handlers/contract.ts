@@ -9,6 +9,7 @@ import type { CreatedJob, JobSummary, JobView } from '../jobs/runner.js';
 import type { Logger } from '../log.js';
 import type { DeviceInfo, OfflineReason } from '../presence.js';
 import type { CommandResult, Status } from '../protocol/schemas.js';
+import type { StateView } from '../device-state.js';
 
 /** A device's telemetry message (`P/devices/{id}/telemetry[/{sub}]`). */
 export interface TelemetryMessage {
@@ -48,6 +49,21 @@ export interface HandlerJobs {
   list(limit?: number): JobSummary[];
 }
 
+/**
+ * Desired and reported state of devices (docs/protocol.md "Desired state"). Changes are
+ * audited with the handler as the actor (`actor: NAME`, `actorKind: handler`) and reach the
+ * device as its delta, like those made over REST.
+ */
+export interface HandlerDeviceState {
+  /** The device's desired and reported documents and their delta; throws a HubError (UNKNOWN_DEVICE, BAD_REQUEST). */
+  get(deviceId: string): StateView;
+  /**
+   * Merges `patch` into the desired document (null removes a key), or with `replace` makes it
+   * the whole document. Throws a HubError: BAD_REQUEST, UNKNOWN_DEVICE, PAYLOAD_TOO_LARGE.
+   */
+  setDesired(deviceId: string, patch: Record<string, unknown>, options?: { replace?: boolean }): StateView;
+}
+
 /** A small persistent key-value store of the handler's own, in the hub's database. Values are JSON. */
 export interface HandlerStore {
   get<T = unknown>(key: string): T | undefined;
@@ -82,6 +98,8 @@ export interface HandlerContext<Options = unknown> {
    */
   exec(deviceId: string, command: ExecCommand): Promise<CommandResult>;
   readonly jobs: HandlerJobs;
+  /** Devices' desired and reported state. */
+  readonly state: HandlerDeviceState;
   /**
    * Publishes on `P/handlers/NAME/TOPIC` (P: the hub's topic prefix); objects are sent as JSON.
    * A handler publishes under its own level only: the device and client topics belong to the hub.

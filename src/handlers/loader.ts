@@ -253,6 +253,13 @@ class RunningHandler {
         cancel: (id) => hub.jobs.cancel(id),
         list: (limit) => hub.jobs.list(limit),
       },
+      state: {
+        get: (deviceId) => hub.state.get(deviceId),
+        setDesired: (deviceId, patch, options = {}) => {
+          this.alive('state.setDesired');
+          return hub.state.setDesired(deviceId, patch, { replace: options.replace === true, by: { actor: name, actorKind: 'handler' } });
+        },
+      },
       publish: (topic, payload, options = {}) => {
         this.alive('publish');
         checkTopic(topic, 'topic');

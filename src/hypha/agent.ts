@@ -17,8 +17,10 @@ import { DEFAULT_TOPIC_PREFIX, Topics } from '../protocol/topics.js';
 import { applyTarget, brokerTarget, urlProblem, type BrokerTarget } from './broker-urls.js';
 import { createLogger, type Logger, type LogLevel } from './log.js';
 import type { SelfUpgrade } from './self-upgrade.js';
-import { birthPayload, judgePresence, newPresenceNonce, offlinePayload } from './presence.js';
+import { HealthReporter } from './health.js';
+import { AGENT_VERSION, birthPayload, judgePresence, newPresenceNonce, offlinePayload } from './presence.js';
 import { failureResponse, monotonicNow, Runner, type CommandResponse } from './runner.js';
+import { StateApplier } from './state.js';
 import { TunnelManager } from './tunnels/index.js';
 
 export const DEFAULT_KEEPALIVE_S = 30;
@@ -72,6 +74,12 @@ export interface AgentOptions {
    * (an empty list withdraws earlier ones). Undefined: nothing is declared.
    */
   tags?: string[];
+  /**
+   * Applies desired state (docs/protocol.md "Desired state"): run with bash for each delta, the
+   * delta JSON on stdin and in HYPHA_STATE_DELTA; its stdout, a JSON object of the values now
+   * applied, is reported. Undefined: deltas are ignored (said once in the log).
+   */
+  stateCommand?: string;
   backoffBaseMs?: number;
   backoffCapMs?: number;
   logLevel?: LogLevel;
@@ -97,6 +105,11 @@ export interface AgentOptions {
   loadPty?: () => Promise<unknown>;
   /** How the standalone agent replaces itself (agent_upgrade tunnels); it commits once its command subscription is granted. */
   selfUpgrade?: SelfUpgrade;
+  /**
+   * Seconds between health reports on `P/devices/{id}/telemetry/health` (docs/protocol.md
+   * "Health telemetry"), the first at the first connect; 0 or unset: none (`hypha` defaults to 60).
+   */
+  healthIntervalS?: number;
 }
 
 export interface AgentEvents {
@@ -192,8 +205,13 @@ export class Agent extends EventEmitter<AgentEvents> {
   /** Undefined when tunnels are switched off. */
   private readonly tunnels: TunnelManager | undefined;
   private readonly selfUpgrade: SelfUpgrade | undefined;
+  /** Undefined when health reports are off. */
+  private readonly health: HealthReporter | undefined;
   private readonly tunnelsTopic: string;
   private tunnelsRefusalLogged = false;
+  /** Desired state: the deltas the hub sends, applied with --state-command. */
+  private readonly state: StateApplier;
+  private readonly stateTopic: string;
   private attempt = 0;
   private lastError: string | undefined;
   private connectedAt: number | undefined;
@@ -221,6 +239,8 @@ export class Agent extends EventEmitter<AgentEvents> {
       random: options.random ?? Math.random,
     };
     this.tunnelsTopic = this.topics.deviceTunnelsIn(this.id);
+    this.stateTopic = this.topics.deviceStateDelta(this.id);
+    this.state = new StateApplier({ command: options.stateCommand, deviceId: this.id, log: this.log, report: (report) => this.publishStateReport(report) });
     this.tunnels =
       options.tunnels === false
         ? undefined
@@ -236,6 +256,7 @@ export class Agent extends EventEmitter<AgentEvents> {
             selfUpgrade: options.selfUpgrade,
           });
     this.selfUpgrade = options.selfUpgrade;
+    this.health = options.healthIntervalS ? this.healthReporter(options.healthIntervalS) : undefined;
     void this.tunnels?.probeShells();
     this.firstConnect = new Promise<void>((resolve, reject) => (this.settleFirstConnect = { resolve, reject }));
     // Only callers who await firstConnect care that a stop came first.
@@ -325,9 +346,11 @@ export class Agent extends EventEmitter<AgentEvents> {
     this.log.info('connected', { url: redactUrl(this.url), id: this.id, mqtt: this.protocolVersion === 5 ? '5' : '3.1.1', session: sessionPresent ? 'resumed' : 'new' });
     this.subscribeToCommands();
     this.subscribeToTunnels(sessionPresent);
+    this.subscribeToState();
     for (const response of this.unsent.splice(0)) this.sendResponse(response);
     this.announce();
     this.declareTags();
+    this.health?.start();
     this.settleFirstConnect.resolve();
     this.emit('connect', { sessionPresent });
   }
@@ -415,6 +438,45 @@ export class Agent extends EventEmitter<AgentEvents> {
     });
   }
 
+  /**
+   * QoS 0, not retained: a report is about now and the next one replaces it, so a lost one is
+   * not worth a PUBACK from every device every minute, and none is queued while the connection
+   * is down (the hub stamps each with its arrival time: a late one would be misplaced).
+   */
+  private healthReporter(intervalS: number): HealthReporter {
+    const topic = this.topics.deviceHealth(this.id);
+    return new HealthReporter({
+      intervalMs: intervalS * 1000,
+      version: AGENT_VERSION,
+      publish: (payload) => {
+        if (!this.client.connected) return false;
+        this.client.publish(topic, payload, { qos: 0 });
+        return true;
+      },
+      onError: (error) => this.log.debug('health report not read', { error }),
+    });
+  }
+
+  /**
+   * On every connect, like the others: the retained delta then comes again, so a device that
+   * was away when its desired state changed applies it now. A hub that predates desired state
+   * refuses the filter; nothing else changes.
+   */
+  private subscribeToState(): void {
+    this.state.connected();
+    this.client.subscribe(this.stateTopic, { qos: 1 }, (err, granted) => {
+      if (subscriptionRefused(err, granted)) this.log.debug('the hub refused the state delta subscription: no desired state on this connection', { topic: this.stateTopic });
+      else if (err) this.log.debug('subscribe failed', { topic: this.stateTopic, error: err });
+    });
+  }
+
+  /** QoS 1, not retained: a report patches the reported document; a short drop delays it, as with answers. */
+  private publishStateReport(report: object): void {
+    this.client.publish(this.topics.deviceStateReported(this.id), JSON.stringify(report), { qos: 1 }, (err) => {
+      if (err) this.log.warn('state report not delivered', { error: err.message });
+    });
+  }
+
   private declareTags(): void {
     if (this.tags === undefined) return;
     this.client.publish(this.topics.deviceTags(this.id), JSON.stringify({ tags: this.tags }), { qos: 1 }, (err) => {
@@ -489,6 +551,7 @@ export class Agent extends EventEmitter<AgentEvents> {
 
   private onMessage(topic: string, payload: Buffer, retained: boolean): void {
     if (topic === this.presenceTopic) return this.onPresence(payload, retained);
+    if (topic === this.stateTopic) return this.state.onDelta(payload);
     if (topic !== this.commandTopic) return this.onTunnelMessage(topic, payload);
     const receivedAt = monotonicNow();
     const parsed = parsePayload(CommandSchema, payload);
@@ -547,7 +610,10 @@ export class Agent extends EventEmitter<AgentEvents> {
   private async shutDown(): Promise<void> {
     this.log.info('stopping', { running: this.runner.runningCount, waiting: this.runner.waitingCount });
     this.stopReconnecting();
+    this.health?.stop();
     this.runner.killAll();
+    // A state command is killed too; its failure is not reported (the delta stays, and is applied at the next start).
+    await this.state.stop();
     // Shells are killed and partial uploads deleted; each tunnel's `error` goes out before the disconnect.
     await this.tunnels?.endAll('stop');
     if (!(await settlesWithin(this.runner.settled(), STOP_COMMANDS_WAIT_MS))) {
@@ -628,6 +694,7 @@ function checkOptions(options: AgentOptions): void {
     wholeNumberProblem('outputCap', options.outputCap, 0),
     wholeNumberProblem('maxFileBytes', options.maxFileBytes, 0),
     wholeNumberProblem('maxTunnels', options.maxTunnels, 1),
+    wholeNumberProblem('healthIntervalS', options.healthIntervalS, 0, 86_400),
     (options.certFile === undefined) !== (options.keyFile === undefined) ? 'certFile and keyFile go together' : null,
     options.tags === undefined ? null : options.tags.length > MAX_DEVICE_TAGS ? `tags: at most ${MAX_DEVICE_TAGS}` : prefixed('tags:', options.tags.map(tagProblem).find((p) => p !== null) ?? null),
   ].filter((problem) => problem !== null);

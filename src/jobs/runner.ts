@@ -13,9 +13,11 @@ import { HubError } from '../errors.js';
 import type { Logger } from '../log.js';
 import type { Presence } from '../presence.js';
 import { expect, ORDERS, TIMEOUT_MS_DEFAULT, TIMEOUT_MS_MAX, TIMEOUT_MS_MIN, validate, type Order, type Reply } from '../protocol/schemas.js';
-import { HUB_TASKS, type HubTask, type JobCounts, type JobOrder, type JobSummary, type JobTarget, type JobView } from '../protocol/jobs.js';
+import { HUB_TASKS, type DeployParams, type HubTask, type JobCounts, type JobOrder, type JobSummary, type JobTarget, type JobView } from '../protocol/jobs.js';
 import type { Topics } from '../protocol/topics.js';
 import type { Stores } from '../store/stores.js';
+import { windowWait, WindowSchema } from './schedule.js';
+import { abortReason, AbortSchema, CanarySchema, canaryVerdict, Pacer, ratePerMinute, RolloutSchema, type Staging } from './rollout.js';
 import { resolveSelector, SelectorSchema, type Selector } from './selector.js';
 import type { JobRow, JobState, TargetRow, TargetState } from './store.js';
 
@@ -58,13 +60,33 @@ export const JobSpecSchema = z
       timeout_ms: whole(' of milliseconds', TIMEOUT_MS_MIN, TIMEOUT_MS_MAX).optional(),
       concurrency: whole('', 1, CONCURRENCY_MAX).optional(),
       deadline_ms: whole(' of milliseconds', DEADLINE_MS_MIN, DEADLINE_MS_MAX).optional(),
+      rollout: RolloutSchema.optional(),
+      abort: AbortSchema.optional(),
+      canary: CanarySchema.optional(),
+      window: WindowSchema.optional(),
+      // deploy only (docs/protocol.md "Software deployment")
+      artifact: z.string({ error: expect('must be the SHA-256 of an uploaded artifact') }).regex(/^[0-9a-f]{64}$/, { error: 'must be the SHA-256 (64 hex digits) of an uploaded artifact' }).optional(),
+      install: z.string({ error: expect('must be a command') }).min(1, { error: 'must not be empty' }).max(65_536, { error: 'must be at most 65536 characters' }).optional(),
+      rollback: z.string({ error: expect('must be a command') }).min(1, { error: 'must not be empty' }).max(65_536, { error: 'must be at most 65536 characters' }).optional(),
+      dir: z
+        .string({ error: expect('must be an absolute directory path') })
+        .regex(/^\/[A-Za-z0-9._\/-]{0,255}$/, { error: 'must be an absolute directory path of A-Z a-z 0-9 . _ - /' })
+        .refine((dir) => !dir.split('/').includes('..'), { error: 'must not contain ..' })
+        .optional(),
     },
     { error: 'must be a JSON object' },
   )
   .superRefine((spec, ctx) => {
     const isTask = (HUB_TASKS as readonly string[]).includes(spec.order);
     if (!isTask && spec.cmd_str === undefined) ctx.addIssue({ code: 'custom', path: ['cmd_str'], message: 'is required' });
-    if (isTask && spec.cmd_str !== undefined) ctx.addIssue({ code: 'custom', path: ['cmd_str'], message: `is not a field of an ${spec.order} job` });
+    if (isTask && spec.cmd_str !== undefined) ctx.addIssue({ code: 'custom', path: ['cmd_str'], message: `is not a field of a${spec.order === 'deploy' ? '' : 'n'} ${spec.order} job` });
+    for (const key of ['artifact', 'install', 'rollback', 'dir'] as const) {
+      if (spec.order !== 'deploy' && spec[key] !== undefined) ctx.addIssue({ code: 'custom', path: [key], message: 'is a field of deploy jobs only' });
+    }
+    if (spec.order === 'deploy') {
+      if (spec.artifact === undefined) ctx.addIssue({ code: 'custom', path: ['artifact'], message: 'is required' });
+      if (spec.install === undefined) ctx.addIssue({ code: 'custom', path: ['install'], message: 'is required' });
+    }
   });
 export type JobSpec = z.infer<typeof JobSpecSchema>;
 
@@ -73,12 +95,18 @@ export type JobSpec = z.infer<typeof JobSpecSchema>;
  * `start` answers at once, like the dispatcher: a refusal the runner treats as it treats the
  * dispatcher's (DEVICE_OFFLINE waits for the device, BUSY retries), or the outcome to come.
  */
+/** A hub task's own settings, from the job's spec (a deploy job's artifact and commands); empty for others. */
+export type TaskParams = Partial<DeployParams>;
+
 export interface TargetTask {
-  /** What the job records as its cmd_str (e.g. the build it installs); throws a HubError when the task cannot run at all. */
-  describe(): string;
+  /**
+   * What the job records as its cmd_str (the build it installs, the install command) from the
+   * job's own settings (`params`: the spec's task fields); throws a HubError when the task cannot run at all.
+   */
+  describe(params: TaskParams): string;
   /** The timeout per target when the job gives none. */
   readonly defaultTimeoutMs: number;
-  start(device: string, origin: Origin, timeoutMs: number): { refused: Reply } | { outcome: Promise<Reply> };
+  start(device: string, origin: Origin, timeoutMs: number, params: TaskParams): { refused: Reply } | { outcome: Promise<Reply> };
 }
 
 /** Who created a job: recorded with it, and the actor of every command it sends. */
@@ -117,7 +145,13 @@ interface Job {
   concurrency: number;
   deadlineAt: number;
   selector: Selector;
+  /** Rollout, abort criteria, canary (empty: all at once, up to `concurrency`). */
+  staging: Staging;
+  /** A hub task's own settings (a deploy job's), or null. */
+  params: TaskParams | null;
   state: JobState;
+  /** Why the job was aborted. */
+  reason: string | null;
   finishedAt: number | null;
   targets: Map<string, Target>;
   /** Queued targets to try, in order (`head` is the next one). */
@@ -130,6 +164,10 @@ interface Job {
   counts: Counts;
   /** After a BUSY refusal: no new sends before this time. */
   pausedUntil: number;
+  /** Paces the sends of a rollout. */
+  pacer: Pacer;
+  /** The canary's targets (the first `canary.count` sent), until it has passed. */
+  canary: { members: Set<string>; passed: boolean } | null;
   deadlineTimer: NodeJS.Timeout | null;
   retryTimer: NodeJS.Timeout | null;
   statusTimer: NodeJS.Timeout | null;
@@ -146,11 +184,19 @@ export interface JobRunnerOptions {
   publish: (topic: string, payload: string) => void;
   /** The hub tasks a job may run (absent: refused with UNSUPPORTED). */
   tasks?: Partial<Record<HubTask, TargetTask>>;
+  /** The time of day windows are judged by (tests move it); default Date.now. */
+  clock?: () => number;
 }
+
+/** Outside its window a job looks again at least this often (a clock that jumps, a DST change). */
+const WINDOW_RECHECK_MS = 1000;
 
 const emptyCounts = (): Counts => ({ queued: 0, sent: 0, succeeded: 0, failed: 0, timed_out: 0, canceled: 0 });
 
-type Runtime = Pick<Job, 'targets' | 'ready' | 'head' | 'waiting' | 'attempting' | 'counts' | 'pausedUntil' | 'deadlineTimer' | 'retryTimer' | 'statusTimer' | 'lastStatusAt'>;
+type Runtime = Pick<
+  Job,
+  'targets' | 'ready' | 'head' | 'waiting' | 'attempting' | 'counts' | 'pausedUntil' | 'pacer' | 'canary' | 'deadlineTimer' | 'retryTimer' | 'statusTimer' | 'lastStatusAt'
+>;
 
 /** The in-memory part of a running job, empty: a new job and a resumed one both start from it. */
 function freshRuntime(): Runtime {
@@ -162,6 +208,8 @@ function freshRuntime(): Runtime {
     attempting: 0,
     counts: emptyCounts(),
     pausedUntil: 0,
+    pacer: new Pacer(),
+    canary: null,
     deadlineTimer: null,
     retryTimer: null,
     statusTimer: null,
@@ -182,7 +230,7 @@ export function outcomeOf(order: JobOrder, reply: Reply): { state: TargetState; 
     return { state: reply.code === 'TIMEOUT' ? 'timed_out' : 'failed', result: null, error: `${reply.code}: ${reply.message}`, exit_code: null };
   }
   const succeeded =
-    order === 'exec_bash_no_return' || isHubTask(order) ? true : order === 'exec_bash_ret_okng_only' ? reply.result === 'ok' : reply.exit_code === 0;
+    order === 'exec_bash_no_return' || order === 'agent_upgrade' ? true : order === 'exec_bash_ret_okng_only' ? reply.result === 'ok' : reply.exit_code === 0;
   return { state: succeeded ? 'succeeded' : 'failed', result: cut(reply.result), error: cut(reply.error) || null, exit_code: reply.exit_code };
 }
 
@@ -218,7 +266,7 @@ export class JobRunner {
       this.startJob(job);
     }
     for (const row of stores.jobs.list(REPUBLISH_AT_START)) {
-      if (!this.active.has(row.id)) this.publishStatus(row.id, row.state, this.countsFromDb(row.id));
+      if (!this.active.has(row.id)) this.publishStatus(row.id, row.state, this.countsFromDb(row.id), row.reason);
     }
   }
 
@@ -231,8 +279,10 @@ export class JobRunner {
     const { stores, presence, log } = this.options;
     const task = isHubTask(spec.order) ? this.options.tasks?.[spec.order] : undefined;
     if (isHubTask(spec.order) && !task) throw new HubError('UNSUPPORTED', `this hub does not run ${spec.order} jobs`);
-    const cmdStr = task ? task.describe() : spec.cmd_str!;
-    const selection = resolveSelector(spec.target, { stored: stores.devices.list(), live: presence.table });
+    const params: TaskParams | null =
+      spec.order === 'deploy' ? { artifact: spec.artifact!, install: spec.install!, ...(spec.rollback ? { rollback: spec.rollback } : {}), ...(spec.dir ? { dir: spec.dir } : {}) } : null;
+    const cmdStr = task ? task.describe(params ?? {}) : spec.cmd_str!;
+    const selection = resolveSelector(spec.target, { stored: stores.devices.list(), live: presence.table, state: () => stores.deviceState.all() });
     const now = Date.now();
     const job: Job = {
       id: newJobId(),
@@ -246,10 +296,19 @@ export class JobRunner {
       concurrency: spec.concurrency ?? CONCURRENCY_DEFAULT,
       deadlineAt: now + (spec.deadline_ms ?? DEADLINE_MS_DEFAULT),
       selector: spec.target,
+      params,
+      staging: {
+        ...(spec.rollout ? { rollout: spec.rollout } : {}),
+        ...(spec.abort ? { abort: spec.abort } : {}),
+        ...(spec.canary ? { canary: spec.canary } : {}),
+        ...(spec.window ? { window: spec.window } : {}),
+      },
       state: 'running',
+      reason: null,
       finishedAt: null,
       ...freshRuntime(),
     };
+    if (job.staging.canary) job.canary = { members: new Set(), passed: false };
     selection.devices.forEach((device, seq) => {
       job.targets.set(device, { jobId: job.id, device, seq, state: 'queued', result: null, error: null, exit_code: null, updatedAt: now });
     });
@@ -296,7 +355,7 @@ export class JobRunner {
       const row = this.options.stores.jobs.get(id);
       return row ? summaryOfRow(row, this.countsFromDb(id)) : undefined;
     }
-    if (job.state !== 'running') return this.summaryOf(job);
+    if (job.state !== 'running' && job.state !== 'paused') return this.summaryOf(job);
     job.state = 'canceled';
     const now = Date.now();
     for (const target of job.targets.values()) {
@@ -311,6 +370,48 @@ export class JobRunner {
     this.publishNow(job);
     this.scheduleFlush();
     return this.summaryOf(job);
+  }
+
+  /**
+   * Stops sending: targets in flight finish and are recorded, queued ones wait (their deadline
+   * still runs). Undefined for an unknown job; a job not running is answered as it is.
+   */
+  pause(id: string): JobSummary | undefined {
+    const job = this.active.get(id);
+    if (!job) return this.summaryOfStored(id);
+    if (job.state !== 'running') return this.summaryOf(job);
+    job.state = 'paused';
+    this.options.log.info({ job: id, counts: job.counts }, 'fleet job paused');
+    this.dirtyJobs.add(job);
+    this.publishNow(job);
+    this.scheduleFlush();
+    return this.summaryOf(job);
+  }
+
+  /** Sends again after a pause, at the pace the rollout allows now. */
+  resume(id: string): JobSummary | undefined {
+    const job = this.active.get(id);
+    if (!job) return this.summaryOfStored(id);
+    if (job.state !== 'paused') return this.summaryOf(job);
+    job.state = 'running';
+    // Every queued target is tried again (those that came online or were refused BUSY during
+    // the pause included); the ones still offline go back to waiting.
+    job.ready = [];
+    job.head = 0;
+    job.waiting.clear();
+    for (const target of job.targets.values()) if (target.state === 'queued') job.ready.push(target.device);
+    this.options.log.info({ job: id, counts: job.counts }, 'fleet job resumed');
+    this.dirtyJobs.add(job);
+    this.publishNow(job);
+    this.scheduleFlush();
+    this.pump(job);
+    this.checkFinished(job);
+    return this.summaryOf(job);
+  }
+
+  private summaryOfStored(id: string): JobSummary | undefined {
+    const row = this.options.stores.jobs.get(id);
+    return row ? summaryOfRow(row, this.countsFromDb(id)) : undefined;
   }
 
   /** Whether jobs are running (for health and tests). */
@@ -367,7 +468,24 @@ export class JobRunner {
       return;
     }
     const { presence } = this.options;
+    const { rollout, canary, window } = job.staging;
+    if (window && job.head < job.ready.length) {
+      const wait = windowWait(window, this.now());
+      if (wait > 0) {
+        this.scheduleRetry(job, Math.min(wait, WINDOW_RECHECK_MS));
+        return;
+      }
+    }
     while (job.counts.sent + job.attempting < job.concurrency && job.head < job.ready.length) {
+      // The canary's targets go first and alone; the rest wait for its verdict.
+      if (canary && job.canary && !job.canary.passed && job.canary.members.size >= canary.count) break;
+      if (rollout) {
+        const wait = job.pacer.wait(now);
+        if (wait > 0) {
+          this.scheduleRetry(job, wait);
+          break;
+        }
+      }
       const device = job.ready[job.head++]!;
       const target = job.targets.get(device);
       if (!target || target.state !== 'queued') continue;
@@ -375,7 +493,9 @@ export class JobRunner {
         job.waiting.add(device);
         continue;
       }
+      if (job.canary && !job.canary.passed) job.canary.members.add(device);
       this.send(job, target);
+      if (rollout) job.pacer.took(now, ratePerMinute(rollout, job.counts.succeeded));
     }
     if (job.head > 1024 && job.head * 2 > job.ready.length) {
       job.ready = job.ready.slice(job.head);
@@ -406,7 +526,7 @@ export class JobRunner {
       // A job resumed by a hub that no longer runs this task.
       return this.refused(job, target, { type: 'response', id: null, device: target.device, status: 'error', code: 'UNSUPPORTED', message: `this hub does not run ${job.order} jobs` });
     }
-    const started = task.start(target.device, origin, job.timeoutMs);
+    const started = task.start(target.device, origin, job.timeoutMs, job.params ?? {});
     if ('refused' in started) return this.refused(job, target, started.refused);
     job.attempting--;
     this.setState(job, target, { state: 'sent', result: null, error: null, exit_code: null }, Date.now());
@@ -417,8 +537,47 @@ export class JobRunner {
     // Closing: the outcome is left unknown (`sent`); the next start records it as such.
     if (this.closed || target.state !== 'sent') return;
     this.setState(job, target, outcomeOf(job.order, reply), Date.now());
+    this.judge(job);
     this.checkFinished(job);
     this.pump(job);
+  }
+
+  /** After an outcome: stop the job when an abort criterion is met or its canary failed; open the gate when the canary passed. */
+  private judge(job: Job): void {
+    if (job.state !== 'running' && job.state !== 'paused') return;
+    const reason = abortReason(job.staging.abort, job.counts);
+    if (reason) return this.abort(job, reason);
+    const canary = job.canary;
+    if (!canary || canary.passed) return;
+    const members = [...canary.members].map((device) => job.targets.get(device)!);
+    if (members.some((t) => t.state === 'queued' || t.state === 'sent')) return;
+    const full = canary.members.size >= job.staging.canary!.count || job.counts.queued === 0;
+    if (!full) return;
+    const outcomes = { succeeded: 0, failed: 0, timed_out: 0 };
+    for (const t of members) if (t.state === 'succeeded' || t.state === 'failed' || t.state === 'timed_out') outcomes[t.state]++;
+    const verdict = canaryVerdict(job.staging.canary!, outcomes);
+    if (verdict) return this.abort(job, verdict);
+    canary.passed = true;
+    this.options.log.info({ job: job.id, canary: canary.members.size }, 'fleet job: the canary passed, the rest follow');
+    this.dirtyJobs.add(job);
+  }
+
+  /** Stops a job for `reason`: what was not sent is canceled, what is in flight finishes and is recorded. */
+  private abort(job: Job, reason: string): void {
+    job.state = 'aborted';
+    job.reason = reason;
+    const now = Date.now();
+    for (const target of job.targets.values()) {
+      if (target.state === 'queued') this.setState(job, target, { state: 'canceled', result: null, error: `aborted: ${reason}`, exit_code: null }, now);
+    }
+    job.ready = [];
+    job.head = 0;
+    job.waiting.clear();
+    this.options.log.warn({ job: job.id, reason, counts: job.counts }, 'fleet job aborted');
+    this.options.stores.audit.record({ at: now, actor: 'hub', actorKind: 'hub', remote: null, action: 'job.abort', outcome: 'aborted', detail: { job: job.id, reason, counts: job.counts } });
+    this.dirtyJobs.add(job);
+    this.publishNow(job);
+    this.scheduleFlush();
   }
 
   /** The dispatcher did not send the command: retry later (BUSY, BROKER_UNAVAILABLE), wait for the device (offline), or fail. */
@@ -439,6 +598,8 @@ export class JobRunner {
       return;
     }
     if (code === 'DEVICE_OFFLINE') {
+      // Not sent after all: its place in the canary goes to another target.
+      job.canary?.members.delete(target.device);
       if (this.options.presence.get(target.device)?.online) {
         // Online again already (a reconnect in between): try again shortly, not in a tight loop.
         job.ready.push(target.device);
@@ -465,7 +626,7 @@ export class JobRunner {
 
   private deadlinePassed(job: Job): void {
     job.deadlineTimer = null;
-    if (this.closed || job.state !== 'running') return;
+    if (this.closed || (job.state !== 'running' && job.state !== 'paused')) return;
     const now = Date.now();
     let late = 0;
     for (const target of job.targets.values()) {
@@ -483,7 +644,7 @@ export class JobRunner {
   private checkFinished(job: Job): void {
     if (job.counts.queued > 0 || job.counts.sent > 0 || job.attempting > 0) return;
     if (job.finishedAt !== null) return;
-    if (job.state === 'running') job.state = 'done';
+    if (job.state === 'running' || job.state === 'paused') job.state = 'done';
     job.finishedAt = Date.now();
     this.clearTimers(job);
     this.dirtyJobs.add(job);
@@ -529,13 +690,13 @@ export class JobRunner {
     if (job.statusTimer) clearTimeout(job.statusTimer);
     job.statusTimer = null;
     job.lastStatusAt = Date.now();
-    this.publishStatus(job.id, job.state, job.counts);
+    this.publishStatus(job.id, job.state, job.counts, job.reason);
   }
 
-  private publishStatus(id: string, state: JobState, counts: Counts): void {
+  private publishStatus(id: string, state: JobState, counts: Counts, reason: string | null): void {
     if (this.closed) return;
     try {
-      this.options.publish(this.options.topics.jobStatus(id), JSON.stringify({ id, state, counts }));
+      this.options.publish(this.options.topics.jobStatus(id), JSON.stringify({ id, state, counts, ...(reason ? { reason } : {}) }));
     } catch (error) {
       this.options.log.warn({ err: error, job: id }, 'cannot publish a job status');
     }
@@ -553,7 +714,7 @@ export class JobRunner {
     this.flushTimer = null;
     if (this.dirtyTargets.size === 0 && this.dirtyJobs.size === 0) return;
     const targets = [...this.dirtyTargets].map(toTargetRow);
-    const jobs = [...this.dirtyJobs].map((job) => ({ id: job.id, state: job.state, finished_at: job.finishedAt }));
+    const jobs = [...this.dirtyJobs].map((job) => ({ id: job.id, state: job.state, finished_at: job.finishedAt, reason: job.reason, canary_passed: job.canary?.passed ? 1 : 0 }));
     this.dirtyTargets.clear();
     const finished = [...this.dirtyJobs].filter((job) => job.finishedAt !== null);
     this.dirtyJobs.clear();
@@ -579,7 +740,22 @@ export class JobRunner {
       concurrency: job.concurrency,
       deadline_at: iso(job.deadlineAt)!,
       finished_at: iso(job.finishedAt),
+      ...stagingFields(job.staging, job.reason),
+      ...(job.staging.rollout && (job.state === 'running' || job.state === 'paused') ? { rate_per_minute: ratePerMinute(job.staging.rollout, job.counts.succeeded) } : {}),
+      ...this.windowFields(job),
+      ...(job.order === 'deploy' && job.params ? { deploy: job.params as DeployParams } : {}),
     };
+  }
+
+  private windowFields(job: Job): Pick<JobSummary, 'window_opens_at'> {
+    if (!job.staging.window || job.state !== 'running') return {};
+    const now = this.now();
+    const wait = windowWait(job.staging.window, now);
+    return wait > 0 ? { window_opens_at: new Date(now + wait).toISOString() } : {};
+  }
+
+  private now(): number {
+    return (this.options.clock ?? Date.now)();
   }
 
   private countsFromDb(id: string): Counts {
@@ -603,6 +779,10 @@ export class JobRunner {
       state: job.state,
       target: JSON.stringify(job.selector),
       finished_at: job.finishedAt,
+      staging: Object.keys(job.staging).length > 0 ? JSON.stringify(job.staging) : null,
+      params: job.params ? JSON.stringify(job.params) : null,
+      reason: job.reason,
+      canary_passed: job.canary?.passed ? 1 : 0,
     };
   }
 
@@ -619,13 +799,21 @@ export class JobRunner {
       concurrency: row.concurrency,
       deadlineAt: row.deadline_at,
       selector: JSON.parse(row.target) as Selector,
+      staging: row.staging ? (JSON.parse(row.staging) as Staging) : {},
+      params: row.params ? (JSON.parse(row.params) as TaskParams) : null,
       state: row.state,
+      reason: row.reason,
       finishedAt: row.finished_at,
       ...freshRuntime(),
     };
     for (const t of targets) {
       job.targets.set(t.device, { jobId: row.id, device: t.device, seq: t.seq, state: t.state, result: t.result, error: t.error, exit_code: t.exit_code, updatedAt: t.updated_at });
       job.counts[t.state]++;
+    }
+    if (job.staging.canary) {
+      // The canary's members are the targets it had sent (the first ones, by their sending).
+      const members = new Set(targets.filter((t) => t.state !== 'queued').map((t) => t.device).slice(0, job.staging.canary.count));
+      job.canary = { members, passed: row.canary_passed === 1 };
     }
     return job;
   }
@@ -652,5 +840,11 @@ function summaryOfRow(row: JobRow, counts: Counts): JobSummary {
     concurrency: row.concurrency,
     deadline_at: iso(row.deadline_at)!,
     finished_at: iso(row.finished_at),
+    ...stagingFields(row.staging ? (JSON.parse(row.staging) as Staging) : {}, row.reason),
+    ...(row.command_order === 'deploy' && row.params ? { deploy: JSON.parse(row.params) as DeployParams } : {}),
   };
+}
+
+function stagingFields(staging: Staging, reason: string | null): Pick<JobSummary, 'staging' | 'reason'> {
+  return { ...(Object.keys(staging).length > 0 ? { staging } : {}), ...(reason ? { reason } : {}) };
 }

@@ -1,13 +1,15 @@
 /**
  * Which devices a fleet job targets (PROTOCOL.md "Fleet jobs"): a selector of device ids,
- * tags and online state, every key given must match. It is resolved once, when the job is
- * created, against the devices the hub knows (registered or seen, in the database) and
- * presence (who is online now).
+ * tags, online state and a condition on desired and reported state, every key given must
+ * match. It is resolved once, when the job is created, against the devices the hub knows
+ * (registered or seen, in the database), presence (who is online now) and their state.
  */
 import { z } from 'zod';
 import { idProblem } from '../protocol/ids.js';
 import type { StoredDevice } from '../store/devices.js';
+import type { DeviceStateDocs } from '../store/device-state.js';
 import { tagSchema } from '../protocol/tags.js';
+import { compileStateCondition, StateConditionSchema, type StateCondition } from './state-condition.js';
 
 export const SELECTOR_MAX_DEVICES = 100_000;
 export const SELECTOR_MAX_TAGS = 64;
@@ -19,6 +21,8 @@ export interface Selector {
   tags?: string[];
   /** Only devices online (true) or offline (false) when the job is created. */
   online?: boolean;
+  /** Only devices whose desired or reported state compares so (state-condition.ts), e.g. `state.reported.fw != state.desired.fw`. */
+  state?: StateCondition;
 }
 
 const deviceId = z.string({ error: 'must be a string' }).superRefine((value, ctx) => {
@@ -38,18 +42,19 @@ export const SelectorSchema = z
         .max(SELECTOR_MAX_TAGS, { error: `must have at most ${SELECTOR_MAX_TAGS} tags` })
         .optional(),
       online: z.boolean({ error: 'must be true or false' }).optional(),
+      state: StateConditionSchema.optional(),
     },
     {
       error: (issue) =>
         issue.code === 'unrecognized_keys'
-          ? 'has an unknown key (allowed: devices, tags, online)'
+          ? 'has an unknown key (allowed: devices, tags, online, state)'
           : issue.input === undefined
             ? 'is required'
-            : 'must be an object with devices, tags or online',
+            : 'must be an object with devices, tags, online or state',
     },
   )
-  .refine((s) => s.devices !== undefined || s.tags !== undefined || s.online !== undefined, {
-    error: 'must name devices, tags or online (tags [] selects every device)',
+  .refine((s) => s.devices !== undefined || s.tags !== undefined || s.online !== undefined || s.state !== undefined, {
+    error: 'must name devices, tags, online or state (tags [] selects every device)',
   });
 
 /** What the selector needs to know of the hub. */
@@ -58,6 +63,8 @@ export interface SelectorSources {
   stored: readonly StoredDevice[];
   /** Devices presence knows (some may not be written to the database yet), with their online state. */
   live: ReadonlyMap<string, { online: boolean }>;
+  /** The desired and reported state of devices that have some; read only for a selector with `state`. */
+  state?: () => ReadonlyMap<string, DeviceStateDocs>;
 }
 
 export interface Selection {
@@ -73,7 +80,10 @@ export interface Selection {
  * the command if it connects before the deadline), unless another key excludes it: such a device
  * has no tags and is offline. Otherwise pending devices are never targeted.
  */
-export function resolveSelector(selector: Selector, { stored, live }: SelectorSources): Selection {
+export function resolveSelector(selector: Selector, { stored, live, state }: SelectorSources): Selection {
+  // A device without state documents has every path null.
+  const stateTest = selector.state === undefined ? null : compileStateCondition(selector.state);
+  const docs = stateTest ? (state?.() ?? new Map<string, DeviceStateDocs>()) : null;
   const known = new Map<string, string[]>();
   const pending = new Set<string>();
   for (const device of stored) {
@@ -87,6 +97,7 @@ export function resolveSelector(selector: Selector, { stored, live }: SelectorSo
     if (!tags) return false;
     if (selector.tags && !selector.tags.every((t) => tags.includes(t))) return false;
     if (selector.online !== undefined && (live.get(id)?.online ?? false) !== selector.online) return false;
+    if (stateTest && !stateTest(docs!.get(id))) return false;
     return true;
   };
 
@@ -95,7 +106,7 @@ export function resolveSelector(selector: Selector, { stored, live }: SelectorSo
     const devices: string[] = [];
     const unknown: string[] = [];
     // Not known (or pending): no tags, offline.
-    const admitsUnseen = (selector.tags === undefined || selector.tags.length === 0) && selector.online !== true;
+    const admitsUnseen = (selector.tags === undefined || selector.tags.length === 0) && selector.online !== true && (!stateTest || stateTest(undefined));
     for (const id of selector.devices) {
       if (seen.has(id)) continue;
       seen.add(id);

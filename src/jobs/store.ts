@@ -19,6 +19,13 @@ export interface JobRow {
   state: JobState;
   target: string;
   finished_at: number | null;
+  /** JSON of the rollout, abort criteria and canary (src/jobs/rollout.ts), or null. */
+  staging: string | null;
+  /** Why an aborted job stopped. */
+  reason: string | null;
+  canary_passed: number;
+  /** A hub task's own settings (a deploy job's artifact and commands), JSON, or null. */
+  params: string | null;
 }
 
 export interface TargetRow {
@@ -47,8 +54,8 @@ export class JobStore {
 
   constructor(private readonly db: Db) {
     this.insertJob = db.prepare(
-      `INSERT INTO jobs (id, created_at, actor, actor_kind, remote, command_order, cmd_str, timeout_ms, concurrency, deadline_at, state, target, finished_at)
-       VALUES (@id, @created_at, @actor, @actor_kind, @remote, @command_order, @cmd_str, @timeout_ms, @concurrency, @deadline_at, @state, @target, @finished_at)`,
+      `INSERT INTO jobs (id, created_at, actor, actor_kind, remote, command_order, cmd_str, timeout_ms, concurrency, deadline_at, state, target, finished_at, staging, reason, canary_passed, params)
+       VALUES (@id, @created_at, @actor, @actor_kind, @remote, @command_order, @cmd_str, @timeout_ms, @concurrency, @deadline_at, @state, @target, @finished_at, @staging, @reason, @canary_passed, @params)`,
     );
     this.insertTarget = db.prepare(
       `INSERT INTO job_targets (job_id, device, seq, state, result, error, exit_code, updated_at)
@@ -58,12 +65,12 @@ export class JobStore {
       `UPDATE job_targets SET state = @state, result = @result, error = @error, exit_code = @exit_code, updated_at = @updated_at
        WHERE job_id = @job_id AND device = @device`,
     );
-    this.updateJob = db.prepare('UPDATE jobs SET state = @state, finished_at = @finished_at WHERE id = @id');
+    this.updateJob = db.prepare('UPDATE jobs SET state = @state, finished_at = @finished_at, reason = @reason, canary_passed = @canary_passed WHERE id = @id');
     this.byId = db.prepare<[string], JobRow>('SELECT * FROM jobs WHERE id = ?');
     this.targetsOf = db.prepare<[string], TargetRow>('SELECT * FROM job_targets WHERE job_id = ? ORDER BY seq');
     this.countsOf = db.prepare<[string], CountRow>('SELECT state, COUNT(*) AS n FROM job_targets WHERE job_id = ? GROUP BY state');
     this.recent = db.prepare<[number], JobRow>('SELECT * FROM jobs ORDER BY created_at DESC, id DESC LIMIT ?');
-    this.running = db.prepare<[], JobRow>(`SELECT * FROM jobs WHERE state = 'running' ORDER BY created_at`);
+    this.running = db.prepare<[], JobRow>(`SELECT * FROM jobs WHERE state IN ('running', 'paused') ORDER BY created_at`);
   }
 
   /** A new job with all its targets, in one transaction. */
@@ -75,7 +82,7 @@ export class JobStore {
   }
 
   /** Many target and job changes in one transaction. */
-  write(targets: Iterable<TargetRow>, jobs: Iterable<Pick<JobRow, 'id' | 'state' | 'finished_at'>>): void {
+  write(targets: Iterable<TargetRow>, jobs: Iterable<Pick<JobRow, 'id' | 'state' | 'finished_at' | 'reason' | 'canary_passed'>>): void {
     this.db.transaction(() => {
       for (const target of targets) this.updateTarget.run(target);
       for (const job of jobs) this.updateJob.run(job);
@@ -110,7 +117,7 @@ export class JobStore {
     return this.db.transaction(() => {
       const changes = this.db.prepare(`UPDATE job_targets SET state = 'failed', error = ?, updated_at = ? WHERE state = 'sent'`).run(error, now).changes;
       // A canceled job that was waiting only for those commands is finished now.
-      this.db.prepare(`UPDATE jobs SET finished_at = ? WHERE state = 'canceled' AND finished_at IS NULL`).run(now);
+      this.db.prepare(`UPDATE jobs SET finished_at = ? WHERE state IN ('canceled', 'aborted') AND finished_at IS NULL`).run(now);
       return changes;
     })();
   }

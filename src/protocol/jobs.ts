@@ -9,11 +9,12 @@ import type { Order } from './schemas.js';
  * What a job does on each target: one of the orders, or work the hub does itself (docs/protocol.md
  * "Agent upgrades": `agent_upgrade` sends the hub's agent build to each device).
  */
-export const HUB_TASKS = ['agent_upgrade'] as const;
+export const HUB_TASKS = ['agent_upgrade', 'deploy'] as const;
 export type HubTask = (typeof HUB_TASKS)[number];
 export type JobOrder = Order | HubTask;
 
-export const JOB_STATES = ['running', 'done', 'canceled'] as const;
+/** `paused` and `aborted` are additions to the v1 states (docs/protocol.md "Rollouts"). */
+export const JOB_STATES = ['running', 'paused', 'done', 'canceled', 'aborted'] as const;
 export type JobState = (typeof JOB_STATES)[number];
 export const TARGET_STATES = ['queued', 'sent', 'succeeded', 'failed', 'timed_out', 'canceled'] as const;
 export type TargetState = (typeof TARGET_STATES)[number];
@@ -25,6 +26,27 @@ export interface JobStatus {
   id: string;
   state: JobState;
   counts: JobCounts;
+  /** Why an aborted job stopped (its abort criterion or its canary); absent otherwise. */
+  reason?: string;
+}
+
+/** How a staged rollout paces, stops and starts a job (docs/protocol.md "Rollouts"); each part optional. */
+export interface JobStaging {
+  rollout?: { start_per_minute: number; max_per_minute?: number; increase?: { factor: number; every_succeeded: number } };
+  abort?: { when: 'failed' | 'timed_out' | 'any'; above_percent: number; min_finished: number }[];
+  canary?: { count: number };
+  /** Sends only between `start` and `end` (HH:MM) each day, in `tz` (default: the hub's time zone). */
+  window?: { start: string; end: string; tz?: string };
+}
+
+/** A `deploy` job's own settings (docs/protocol.md "Software deployment"). */
+export interface DeployParams {
+  /** SHA-256 of an artifact uploaded to the hub (`POST /api/artifacts`). */
+  artifact: string;
+  install: string;
+  rollback?: string;
+  /** Where on the device the artifact goes (default /var/tmp/rhizosphere). */
+  dir?: string;
 }
 
 /** A job as `GET /api/jobs` lists it. */
@@ -38,6 +60,14 @@ export interface JobSummary extends JobStatus {
   concurrency: number;
   deadline_at: string;
   finished_at: string | null;
+  /** The job's rollout, abort criteria and canary, where it has them. */
+  staging?: JobStaging;
+  /** With a rollout, while the job runs: the sends per minute allowed now. */
+  rate_per_minute?: number;
+  /** With a window, while the job runs outside it: when it opens next. */
+  window_opens_at?: string;
+  /** A `deploy` job's artifact and commands. */
+  deploy?: DeployParams;
 }
 
 export interface JobTarget {

@@ -6,10 +6,14 @@ import { isValidId } from './ids.js';
 
 /** The telemetry sub-topic on which a device declares its tags. */
 export const DECLARED_TAGS_SUBTOPIC = 'tags';
+/** The telemetry sub-topic of a device's health reports (docs/protocol.md "Health telemetry"; the schema is in health.ts). */
+export const HEALTH_SUBTOPIC = 'health';
 
 export const DEFAULT_TOPIC_PREFIX = 'rhizosphere';
 
-export type DeviceTopicKind = 'command' | 'response' | 'status' | 'presence' | 'telemetry' | 'tunnel';
+export type DeviceTopicKind = 'command' | 'response' | 'status' | 'presence' | 'telemetry' | 'tunnel' | 'state';
+/** A device's state topics (docs/protocol.md "Desired state"): `delta` hub → device, `reported` device → hub. */
+export type StateTopicPart = 'delta' | 'reported';
 export type ClientTopicKind = 'request' | 'response' | 'tunnel';
 /** A tunnel's topics: `in` carries frames towards the device, `out` frames from it. */
 export type TunnelDirection = 'in' | 'out';
@@ -20,6 +24,8 @@ export interface ParsedDeviceTopic {
   /** kind 'tunnel' only: the tunnel id (unchecked: the caller refuses a bad one by name) and direction. */
   tunnel?: string;
   direction?: TunnelDirection;
+  /** kind 'state' only: which of the two. */
+  state?: StateTopicPart;
 }
 
 export interface ParsedClientTopic {
@@ -84,6 +90,10 @@ export class Topics {
   deviceTags(id: string): string {
     return this.deviceTelemetry(id, DECLARED_TAGS_SUBTOPIC);
   }
+  /** Where a device publishes its health reports. */
+  deviceHealth(id: string): string {
+    return this.deviceTelemetry(id, HEALTH_SUBTOPIC);
+  }
   clientRequest(id: string): string {
     return `${this.clientsPrefix}${id}/request`;
   }
@@ -117,6 +127,14 @@ export class Topics {
   nodeResponses(node: string): string {
     return `${this.prefix}/cluster/nodes/${node}/responses/+`;
   }
+  /** Retained, hub → device: what of its desired state the device has not reported yet (docs/protocol.md "Desired state"). */
+  deviceStateDelta(id: string): string {
+    return `${this.devicesPrefix}${id}/state/delta`;
+  }
+  /** Device → hub: the state the device reports (merged into its reported document). */
+  deviceStateReported(id: string): string {
+    return `${this.devicesPrefix}${id}/state/reported`;
+  }
   /** Retained status of a fleet job. */
   jobStatus(id: string): string {
     return `${this.prefix}/jobs/${id}/status`;
@@ -138,6 +156,12 @@ export class Topics {
   get allDeclaredTags(): string {
     return `${this.devicesPrefix}+/telemetry/${DECLARED_TAGS_SUBTOPIC}`;
   }
+  get allDeviceHealth(): string {
+    return `${this.devicesPrefix}+/telemetry/${HEALTH_SUBTOPIC}`;
+  }
+  get allStateReports(): string {
+    return `${this.devicesPrefix}+/state/reported`;
+  }
   get allDeviceTunnelsOut(): string {
     return `${this.devicesPrefix}+/tunnels/+/out`;
   }
@@ -153,6 +177,7 @@ export class Topics {
     if (!isValidId(id)) return null;
     if (tail === 'command' || tail === 'response' || tail === 'status' || tail === 'presence') return { id, kind: tail };
     if (tail === 'telemetry' || tail.startsWith('telemetry/')) return { id, kind: 'telemetry' };
+    if (tail === 'state/delta' || tail === 'state/reported') return { id, kind: 'state', state: tail === 'state/delta' ? 'delta' : 'reported' };
     if (tail.startsWith('tunnels/')) {
       const parsed = parseTunnelTail(tail.slice('tunnels/'.length));
       return parsed ? { id, kind: 'tunnel', ...parsed } : null;

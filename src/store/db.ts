@@ -213,6 +213,126 @@ const MIGRATIONS: string[] = [
   `
   ALTER TABLE devices ADD COLUMN agent TEXT;
   `,
+  // 9: staged rollouts of fleet jobs (src/jobs/rollout.ts): the rollout, abort criteria and
+  // canary as JSON, why a job was aborted, and whether its canary has passed
+  `
+  ALTER TABLE jobs ADD COLUMN staging TEXT;
+  ALTER TABLE jobs ADD COLUMN reason TEXT;
+  ALTER TABLE jobs ADD COLUMN canary_passed INTEGER NOT NULL DEFAULT 0;
+  `,
+  // 10: desired and reported state of each device (src/store/device-state.ts, docs/protocol.md
+  // "Desired state"): two tables, so that a desired change made on one node and a report taken
+  // by another never overwrite each other when replicated (last write wins per row). JSON
+  // documents with a version each. Logged for replication like migration 6's tables, and gone
+  // with their device.
+  `
+  CREATE TABLE device_desired (
+    id            TEXT PRIMARY KEY,
+    doc           TEXT NOT NULL,
+    version       INTEGER NOT NULL,
+    updated_at    INTEGER NOT NULL,
+    updated_by    TEXT
+  ) WITHOUT ROWID;
+  CREATE TABLE device_reported (
+    id            TEXT PRIMARY KEY,
+    doc           TEXT NOT NULL,
+    version       INTEGER NOT NULL,
+    updated_at    INTEGER NOT NULL,
+    error         TEXT
+  ) WITHOUT ROWID;
+  CREATE TRIGGER devices_state_removed AFTER DELETE ON devices
+    BEGIN DELETE FROM device_desired WHERE id = OLD.id; DELETE FROM device_reported WHERE id = OLD.id; END;
+  CREATE TRIGGER device_desired_logged_add AFTER INSERT ON device_desired WHEN (SELECT applying FROM replication_state) = 0
+    BEGIN DELETE FROM local_changes WHERE tbl = 'device_desired' AND key = NEW.id;
+      INSERT INTO local_changes (tbl, key, at) VALUES ('device_desired', NEW.id, CAST(unixepoch('subsec') * 1000 AS INTEGER)); END;
+  CREATE TRIGGER device_desired_logged_remove AFTER DELETE ON device_desired WHEN (SELECT applying FROM replication_state) = 0
+    BEGIN DELETE FROM local_changes WHERE tbl = 'device_desired' AND key = OLD.id;
+      INSERT INTO local_changes (tbl, key, at) VALUES ('device_desired', OLD.id, CAST(unixepoch('subsec') * 1000 AS INTEGER)); END;
+  CREATE TRIGGER device_desired_logged_change AFTER UPDATE ON device_desired WHEN (SELECT applying FROM replication_state) = 0
+    BEGIN DELETE FROM local_changes WHERE tbl = 'device_desired' AND key = NEW.id;
+      INSERT INTO local_changes (tbl, key, at) VALUES ('device_desired', NEW.id, CAST(unixepoch('subsec') * 1000 AS INTEGER)); END;
+  CREATE TRIGGER device_reported_logged_add AFTER INSERT ON device_reported WHEN (SELECT applying FROM replication_state) = 0
+    BEGIN DELETE FROM local_changes WHERE tbl = 'device_reported' AND key = NEW.id;
+      INSERT INTO local_changes (tbl, key, at) VALUES ('device_reported', NEW.id, CAST(unixepoch('subsec') * 1000 AS INTEGER)); END;
+  CREATE TRIGGER device_reported_logged_remove AFTER DELETE ON device_reported WHEN (SELECT applying FROM replication_state) = 0
+    BEGIN DELETE FROM local_changes WHERE tbl = 'device_reported' AND key = OLD.id;
+      INSERT INTO local_changes (tbl, key, at) VALUES ('device_reported', OLD.id, CAST(unixepoch('subsec') * 1000 AS INTEGER)); END;
+  CREATE TRIGGER device_reported_logged_change AFTER UPDATE ON device_reported WHEN (SELECT applying FROM replication_state) = 0
+    BEGIN DELETE FROM local_changes WHERE tbl = 'device_reported' AND key = NEW.id;
+      INSERT INTO local_changes (tbl, key, at) VALUES ('device_reported', NEW.id, CAST(unixepoch('subsec') * 1000 AS INTEGER)); END;
+  `,
+  // 11: health telemetry (src/store/health.ts, docs/protocol.md "Health telemetry"): devices
+  // numbered; one row per minute and device, keyed by minute first so that a minute's rows
+  // are appended together and the oldest pruned as a range; rows per minute (for the row
+  // cap); devices online each minute. Per node, not replicated; no link to the devices table
+  // (a removed device's history goes with the retention).
+  `
+  CREATE TABLE health_devices (
+    num           INTEGER PRIMARY KEY,
+    device        TEXT NOT NULL UNIQUE,
+    version       TEXT,
+    cpus          INTEGER
+  );
+  CREATE TABLE health_minutes (
+    minute        INTEGER NOT NULL,
+    num           INTEGER NOT NULL,
+    samples       INTEGER NOT NULL,
+    load_n        INTEGER,
+    load1         INTEGER,
+    load1_max     INTEGER,
+    load5         INTEGER,
+    load15        INTEGER,
+    mem_n         INTEGER,
+    mem_total     INTEGER,
+    mem_available INTEGER,
+    mem_available_min INTEGER,
+    disk_n        INTEGER,
+    disk_total    INTEGER,
+    disk_free     INTEGER,
+    disk_free_min INTEGER,
+    temp_n        INTEGER,
+    temp          INTEGER,
+    temp_max      INTEGER,
+    uptime        INTEGER,
+    PRIMARY KEY (minute, num)
+  ) WITHOUT ROWID;
+  CREATE TABLE health_minute_rows (
+    minute        INTEGER PRIMARY KEY,
+    rows          INTEGER NOT NULL
+  );
+  CREATE TABLE health_fleet (
+    minute        INTEGER PRIMARY KEY,
+    online        INTEGER NOT NULL,
+    known         INTEGER NOT NULL
+  );
+  `,
+  // 12: schedules (src/jobs/scheduler.ts): a job (as POST /api/jobs takes it) to create at a
+  // time or on a cron expression; each hub node keeps its own, as it does its jobs
+  `
+  CREATE TABLE schedules (
+    id            TEXT PRIMARY KEY,
+    created_at    INTEGER NOT NULL,
+    actor         TEXT NOT NULL,
+    actor_kind    TEXT NOT NULL,
+    remote        TEXT,
+    name          TEXT,
+    job           TEXT NOT NULL,
+    at            INTEGER,
+    cron          TEXT,
+    tz            TEXT,
+    enabled       INTEGER NOT NULL DEFAULT 1,
+    next_at       INTEGER,
+    last_run_at   INTEGER,
+    last_job      TEXT,
+    last_error    TEXT,
+    runs          INTEGER NOT NULL DEFAULT 0
+  );
+  CREATE INDEX schedules_next_at ON schedules(next_at);
+  `,
+  // 13: a hub task's own settings per job (a deploy job's artifact and commands), as JSON
+  `
+  ALTER TABLE jobs ADD COLUMN params TEXT;
+  `,
 ];
 
 /** The version of the credentials (devices, their tags, tokens, users): it changes with each of them. */

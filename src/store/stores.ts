@@ -4,12 +4,15 @@ import { newPassword } from '../auth/secrets.js';
 import { AuditLog } from './audit.js';
 import { openDatabase, type Db } from './db.js';
 import { DeviceStore } from './devices.js';
+import { DeviceStateStore } from './device-state.js';
 import { JobStore } from '../jobs/store.js';
 import { SessionStore, TokenStore, UserStore } from './people.js';
 
 export interface Stores {
   db: Db;
   devices: DeviceStore;
+  /** Desired and reported state of devices (docs/protocol.md "Desired state"). */
+  deviceState: DeviceStateStore;
   users: UserStore;
   tokens: TokenStore;
   sessions: SessionStore;
@@ -24,6 +27,7 @@ export function openStores(dataDir: string): Stores {
   return {
     db,
     devices: new DeviceStore(db),
+    deviceState: new DeviceStateStore(db),
     users: new UserStore(db),
     tokens: new TokenStore(db),
     sessions: new SessionStore(db),

@@ -30,7 +30,7 @@ export async function getJson<T>(path: string): Promise<T> {
  * Calls the API and never throws: a refusal or a network failure becomes `{ ok: false,
  * code, message }`. A lost session (401) sends the page to /login.
  */
-export async function callApi<T>(method: 'GET' | 'POST' | 'DELETE', path: string, body?: unknown): Promise<ApiResult<T>> {
+export async function callApi<T>(method: 'GET' | 'POST' | 'PATCH' | 'DELETE', path: string, body?: unknown): Promise<ApiResult<T>> {
   let res: Response;
   try {
     res = await fetch(path, {

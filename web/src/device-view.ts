@@ -5,20 +5,23 @@
  * Viewers see everything but the form is disabled: the hub would refuse their commands.
  * Operators and admins also have the remote-access tabs (Terminal, Files, Recordings) and a
  * link to the device's own web page through the hub; a device's terminals stay open while
- * the console shows other devices and views.
+ * the console shows other devices and views. Everyone has the Health tab (health-view.ts).
  */
 import { copyButton } from './clipboard.js';
 import { FilesPanel } from './files-panel.js';
+import { DeviceHealthPanel } from './health-view.js';
 import { clockTime, duration, el, relativeTime } from './format.js';
 import { loadHistory, remember, type HistoryEntry } from './history.js';
 import type { HubClient } from './hub-client.js';
 import { RecordingsList } from './recordings-view.js';
 import { canRunCommands, canUseTunnels } from './roles.js';
-import { links, type DeviceTab } from './router.js';
+import { DEVICE_TABS, links, type DeviceTab } from './router.js';
 import { TerminalsPanel } from './terminal-view.js';
 import { ORDERS, type Device, type Order, type Reply } from './types.js';
 
-const TAB_TITLES: Record<DeviceTab, string> = { commands: 'Commands', terminal: 'Terminal', files: 'Files', recordings: 'Recordings' };
+const TAB_TITLES: Record<DeviceTab, string> = { commands: 'Commands', terminal: 'Terminal', files: 'Files', recordings: 'Recordings', health: 'Health' };
+/** What viewers have: no remote access. */
+const VIEWER_TABS: readonly DeviceTab[] = ['commands', 'health'];
 
 /** A device's remote-access tools, made on the first visit and kept for the page's life. */
 interface RemoteTools {
@@ -46,6 +49,7 @@ export class DeviceView {
   private draft = '';
   private tab: DeviceTab = 'commands';
   private readonly tools = new Map<string, RemoteTools>();
+  private readonly healthPanels = new Map<string, DeviceHealthPanel>();
 
   constructor(
     private readonly root: HTMLElement,
@@ -53,9 +57,10 @@ export class DeviceView {
   ) {}
 
   show(id: string | null, tab: DeviceTab = 'commands'): void {
-    // Viewers have the commands only.
-    const next = canUseTunnels(this.hub.session) ? tab : 'commands';
+    // Viewers have the commands and the health charts only.
+    const next = this.tabs().includes(tab) ? tab : 'commands';
     if (id !== this.deviceId) {
+      for (const panel of this.healthPanels.values()) panel.hidden();
       this.deviceId = id;
       this.history = id ? loadHistory(id) : [];
       this.recall = -1;
@@ -123,9 +128,18 @@ export class DeviceView {
     if (canUseTunnels(this.hub.session)) {
       const tools = this.toolsOf(id);
       header.append(webPageLink(id));
-      this.root.replaceChildren(header, banner, this.tabBar(id), commands, tabPanel('terminal', tools.terminals.root), tabPanel('files', tools.files.root), tabPanel('recordings', tools.recordings.root));
+      this.root.replaceChildren(
+        header,
+        banner,
+        this.tabBar(id),
+        commands,
+        tabPanel('terminal', tools.terminals.root),
+        tabPanel('files', tools.files.root),
+        tabPanel('recordings', tools.recordings.root),
+        tabPanel('health', this.healthOf(id).root),
+      );
     } else {
-      this.root.replaceChildren(header, banner, commands);
+      this.root.replaceChildren(header, banner, this.tabBar(id), commands, tabPanel('health', this.healthOf(id).root));
     }
     this.renderState();
     this.renderResults();
@@ -142,10 +156,24 @@ export class DeviceView {
     return tools;
   }
 
+  private healthOf(id: string): DeviceHealthPanel {
+    let panel = this.healthPanels.get(id);
+    if (!panel) {
+      panel = new DeviceHealthPanel(id);
+      this.healthPanels.set(id, panel);
+    }
+    return panel;
+  }
+
+  /** The tabs this session has. */
+  private tabs(): readonly DeviceTab[] {
+    return canUseTunnels(this.hub.session) ? DEVICE_TABS : VIEWER_TABS;
+  }
+
   private tabBar(id: string): HTMLElement {
     const bar = el('nav', 'device-tabs');
     bar.setAttribute('aria-label', 'device tabs');
-    for (const tab of Object.keys(TAB_TITLES) as DeviceTab[]) {
+    for (const tab of this.tabs()) {
       const link = el('a', 'device-tab-link', TAB_TITLES[tab]);
       link.href = links.device(id, tab);
       link.dataset.tab = tab;
@@ -165,6 +193,8 @@ export class DeviceView {
     }
     this.root.dataset.tab = this.tab;
     const tools = this.tools.get(id);
+    if (this.tab === 'health') this.healthOf(id).shown();
+    else this.healthPanels.get(id)?.hidden();
     if (this.tab === 'commands') {
       const input = this.root.querySelector<HTMLInputElement>('.command-input');
       if (input && !input.disabled) input.focus();

@@ -12,10 +12,11 @@ import { cell, codedError, dateTime, el, emptyRow, field, scrollingTable } from 
 import type { HubClient } from './hub-client.js';
 import { canRunCommands } from './roles.js';
 import { links } from './router.js';
-import { ORDERS, TARGET_STATES, type CreatedJob, type JobCounts, type JobDetail, type JobStatus, type JobSummary, type JobTarget, type Order } from './types.js';
+import { ORDERS, TARGET_STATES, type CreatedJob, type JobCounts, type JobDetail, type JobStaging, type JobStatus, type JobSummary, type JobTarget, type Order, type ScheduleView } from './types.js';
 
 const LIST_LIMIT = 50;
 const LIST_COLUMNS = ['Job', 'State', 'Command', 'Progress', 'Created', 'By'];
+const SCHEDULE_COLUMNS = ['Schedule', 'When', 'Command', 'Next', 'Last job', 'Runs', ''];
 const TARGET_COLUMNS = ['Device', 'State', 'Exit', 'Output'];
 /** Targets drawn at most: a job on a whole fleet is summed up by its counts. */
 const MAX_TARGET_ROWS = 1000;
@@ -41,6 +42,8 @@ export class JobsView {
   private generation = 0;
   /** Said once on the page of a job just started (unknown device ids). */
   private notice: { job: string; text: string } | null = null;
+  /** Fetches the schedules of the list page again (after the form made one). */
+  private reloadSchedules: () => void = () => {};
 
   constructor(private readonly hub: HubClient) {}
 
@@ -76,8 +79,28 @@ export class JobsView {
     page.append(header);
     if (canRunCommands(this.hub.session)) page.append(this.jobForm(messages, generation));
     else page.append(el('p', 'read-only-note', 'Viewers watch jobs: operators and admins start and cancel them.'));
-    page.append(messages, summary, scrollingTable('jobs-table', LIST_COLUMNS, body));
+    const scheduleBody = el('tbody');
+    page.append(messages, summary, scrollingTable('jobs-table', LIST_COLUMNS, body), el('h3', 'schedules-title', 'Schedules'), scrollingTable('schedules-table', SCHEDULE_COLUMNS, scheduleBody));
     root.replaceChildren(page);
+    const mayAct = canRunCommands(this.hub.session);
+    const loadSchedules = async () => {
+      const result = await callApi<ScheduleView[]>('GET', '/api/schedules');
+      if (!this.current(generation)) return;
+      if (!result.ok) return messages.replaceChildren(codedError('problem', result.code, result.message));
+      const schedules = result.value;
+      if (schedules.length === 0) return scheduleBody.replaceChildren(emptyRow('No schedules.', SCHEDULE_COLUMNS.length));
+      scheduleBody.replaceChildren(...schedules.map((schedule) => scheduleRow(schedule, mayAct, (action) => act(schedule.id, action))));
+    };
+    const act = (id: string, action: 'enable' | 'disable' | 'remove') => {
+      const call = action === 'remove' ? callApi('DELETE', `/api/schedules/${encodeURIComponent(id)}`) : callApi('PATCH', `/api/schedules/${encodeURIComponent(id)}`, { enabled: action === 'enable' });
+      void call.then((result) => {
+        if (!this.current(generation)) return;
+        if (!result.ok) return messages.replaceChildren(codedError('problem', result.code, result.message));
+        void loadSchedules();
+      });
+    };
+    this.reloadSchedules = () => void loadSchedules();
+    void loadSchedules();
 
     const rows = new Map<string, { row: HTMLTableRowElement; job: JobSummary }>();
     let reloadTimer = 0;
@@ -149,7 +172,56 @@ export class JobsView {
     targetRow.append(field('Devices', devices), field('Tags (all of them)', tags), onlineLabel);
     const commandRow = el('div', 'job-form-row');
     commandRow.append(orderLabel, field('Command', command), field('Concurrency', concurrency), field('Timeout (s)', timeout), start);
-    form.append(targetRow, commandRow);
+    // A staged rollout (docs/protocol.md "Rollouts"): every field optional, empty means none.
+    const canary = optionalNumber('job-canary', 'none', 1, 100_000);
+    const rate = optionalNumber('job-rate', 'no limit', 1, 1_000_000);
+    const rampFactor = optionalNumber('job-ramp-factor', '×2', 1.1, 10);
+    rampFactor.step = '0.1';
+    const rampEvery = optionalNumber('job-ramp-every', '20', 1, 1_000_000);
+    const maxRate = optionalNumber('job-max-rate', 'none', 1, 1_000_000);
+    const abortAbove = optionalNumber('job-abort-above', 'never', 0, 100);
+    const abortAfter = optionalNumber('job-abort-after', '10', 1, 1_000_000);
+    const stagingRow = el('details', 'job-form-row job-staging');
+    const summary = el('summary', '', 'Staged rollout');
+    stagingRow.append(
+      summary,
+      field('Canary devices', canary),
+      field('Sends a minute', rate),
+      field('Ramp factor', rampFactor),
+      field('after successes', rampEvery),
+      field('Max a minute', maxRate),
+      field('Abort above % failed', abortAbove),
+      field('after finished', abortAfter),
+    );
+    // When: now (empty), at a time, or on a cron expression (a schedule, docs/protocol.md "Schedules").
+    const startAt = el('input', 'job-at');
+    startAt.type = 'datetime-local';
+    const cron = input('job-cron', '0 3 * * *');
+    const tz = input('job-tz', Intl.DateTimeFormat().resolvedOptions().timeZone);
+    const windowStart = input('job-window-start', '02:00');
+    const windowEnd = input('job-window-end', '04:00');
+    const whenRow = el('details', 'job-form-row job-when');
+    whenRow.append(
+      el('summary', '', 'Schedule and window'),
+      field('Start at', startAt),
+      field('or repeat (cron)', cron),
+      field('Time zone', tz),
+      field('Only from', windowStart),
+      field('until', windowEnd),
+    );
+    form.append(targetRow, commandRow, stagingRow, whenRow);
+    const staging = (): JobStaging => {
+      const out: JobStaging = {};
+      const value = (node: HTMLInputElement) => (node.value.trim() === '' ? undefined : Number(node.value));
+      if (value(canary) !== undefined) out.canary = { count: value(canary)! };
+      if (value(rate) !== undefined) {
+        out.rollout = { start_per_minute: value(rate)! };
+        if (value(maxRate) !== undefined) out.rollout.max_per_minute = value(maxRate)!;
+        if (value(rampFactor) !== undefined) out.rollout.increase = { factor: value(rampFactor)!, every_succeeded: value(rampEvery) ?? 20 };
+      }
+      if (value(abortAbove) !== undefined) out.abort = [{ when: 'any', above_percent: value(abortAbove)!, min_finished: value(abortAfter) ?? 10 }];
+      return out;
+    };
     form.addEventListener('submit', (event) => {
       event.preventDefault();
       const list = (text: string) => text.split(/[\s,]+/).filter(Boolean);
@@ -157,21 +229,39 @@ export class JobsView {
       if (list(devices.value).length > 0) target.devices = list(devices.value);
       if (list(tags.value).length > 0) target.tags = list(tags.value);
       if (online.checked) target.online = true;
+      const zone = tz.value.trim() || undefined;
+      const window = windowStart.value.trim() && windowEnd.value.trim() ? { window: { start: windowStart.value.trim(), end: windowEnd.value.trim(), ...(zone ? { tz: zone } : {}) } } : {};
       const body = {
         target,
         order: order.value as Order,
         cmd_str: command.value,
         timeout_ms: Math.round(Number(timeout.value || DEFAULT_TIMEOUT_S) * 1000),
         concurrency: Number(concurrency.value || DEFAULT_CONCURRENCY),
+        ...staging(),
+        ...window,
       };
       start.disabled = true;
+      if (startAt.value || cron.value.trim()) {
+        // A local date and time from the picker, as the browser's own zone says it.
+        const when = cron.value.trim() ? { cron: cron.value.trim(), ...(zone ? { tz: zone } : {}) } : { at: new Date(startAt.value).toISOString() };
+        void callApi<ScheduleView>('POST', '/api/schedules', { job: body, ...when }).then((result) => {
+          start.disabled = false;
+          if (!this.current(generation)) return;
+          if (!result.ok) return messages.replaceChildren(codedError('problem', result.code, result.message));
+          const notice = el('p', 'notice', `Scheduled: next run ${result.value.next_at ? dateTime(result.value.next_at) : 'never'}.`);
+          notice.setAttribute('role', 'status');
+          messages.replaceChildren(notice);
+          this.reloadSchedules();
+        });
+        return;
+      }
       void callApi<CreatedJob>('POST', '/api/jobs', body).then((result) => {
         start.disabled = false;
         if (!this.current(generation)) return;
         if (!result.ok) return messages.replaceChildren(codedError('problem', result.code, result.message));
         const { id, targets, unknown = [] } = result.value;
         const parts = [`Started on ${targets === 1 ? '1 device' : `${targets} devices`}.`];
-        if (unknown.length > 0) parts.push(`Not targeted, the hub does not know them: ${unknown.join(', ')}.`);
+        if (unknown.length > 0) parts.push(`Not known to the hub yet, waiting as offline targets: ${unknown.join(', ')}.`);
         this.notice = { job: id, text: parts.join(' ') };
         location.hash = links.job(id);
       });
@@ -199,12 +289,21 @@ export class JobsView {
     const cancel = el('button', 'row-button danger job-cancel', 'Cancel job');
     cancel.type = 'button';
     cancel.hidden = true;
+    const pause = el('button', 'row-button job-pause', 'Pause');
+    pause.type = 'button';
+    pause.hidden = true;
+    const resume = el('button', 'row-button job-resume', 'Resume');
+    resume.type = 'button';
+    resume.hidden = true;
     const controls = el('div', 'job-controls');
-    controls.append(legend, cancel);
+    controls.append(legend, pause, resume, cancel);
+    const reason = el('p', 'problem job-reason');
+    reason.setAttribute('role', 'status');
+    reason.hidden = true;
     const messages = el('div', 'admin-messages');
     const targetsNote = el('p', 'admin-summary job-targets-summary');
     const body = el('tbody');
-    page.append(back, heading, facts, commandLine, bar, controls, messages, targetsNote, scrollingTable('job-targets', TARGET_COLUMNS, body));
+    page.append(back, heading, facts, commandLine, bar, controls, reason, messages, targetsNote, scrollingTable('job-targets', TARGET_COLUMNS, body));
     root.replaceChildren(page);
     if (this.notice?.job === id) {
       const notice = el('p', 'notice', this.notice.text);
@@ -229,7 +328,12 @@ export class JobsView {
       statePill.className = `job-state state-${next.state}`;
       page.dataset.state = next.state;
       drawProgress(bar, legend, next.counts);
-      cancel.hidden = !mayAct || next.state !== 'running';
+      const live = next.state === 'running' || next.state === 'paused';
+      cancel.hidden = !mayAct || !live;
+      pause.hidden = !mayAct || next.state !== 'running';
+      resume.hidden = !mayAct || next.state !== 'paused';
+      reason.hidden = !next.reason;
+      reason.textContent = next.reason ? `Aborted: ${next.reason}` : '';
     };
     const fetchTargets = async () => {
       if (fetching) {
@@ -250,7 +354,9 @@ export class JobsView {
         facts.textContent = `${job.order} · started ${dateTime(job.created_at)} by ${job.actor} · ${job.targets.length === 1 ? '1 target' : `${job.targets.length} targets`} · ${job.concurrency} at a time · timeout ${Math.round(job.timeout_ms / 1000)} s${job.finished_at ? ` · ended ${dateTime(job.finished_at)}` : ''}`;
         commandLine.textContent = job.cmd_str;
         commandLine.title = job.cmd_str;
-        showStatus({ id: job.id, state: job.state, counts: job.counts });
+        const staged = stagingText(job.staging, job.rate_per_minute);
+        if (staged) facts.textContent += ` · ${staged}`;
+        showStatus({ id: job.id, state: job.state, counts: job.counts, ...(job.reason ? { reason: job.reason } : {}) });
         drawTargets(body, targetsNote, job.targets);
       }
       if (again) {
@@ -267,6 +373,23 @@ export class JobsView {
         if (this.current(generation)) void fetchTargets();
       }, wait);
     };
+
+    for (const [button, action] of [
+      [pause, 'pause'],
+      [resume, 'resume'],
+    ] as const) {
+      button.addEventListener('click', () => {
+        button.disabled = true;
+        void callApi<JobSummary>('POST', `/api/jobs/${encodeURIComponent(id)}/${action}`).then((result) => {
+          button.disabled = false;
+          if (!this.current(generation)) return;
+          if (!result.ok) return showProblem(messages, result);
+          messages.replaceChildren();
+          showStatus({ id, state: result.value.state, counts: result.value.counts });
+          schedule();
+        });
+      });
+    }
 
     cancel.addEventListener('click', () => {
       cancel.disabled = true;
@@ -320,6 +443,37 @@ function jobRow(job: JobSummary): HTMLTableRowElement {
     cell('cell-time', dateTime(job.created_at)),
     cell('cell-actor', job.actor),
   );
+  return row;
+}
+
+function scheduleRow(schedule: ScheduleView, mayAct: boolean, act: (action: 'enable' | 'disable' | 'remove') => void): HTMLTableRowElement {
+  const row = el('tr');
+  row.dataset.id = schedule.id;
+  row.dataset.enabled = String(schedule.enabled);
+  const when = schedule.cron ? `${schedule.cron}${schedule.tz ? ` (${schedule.tz})` : ''}` : `once, ${schedule.at ? dateTime(schedule.at) : '—'}`;
+  const command = el('code', 'command-text', 'cmd_str' in schedule.job ? schedule.job.cmd_str : schedule.job.order);
+  const last = schedule.last_job ? el('a', 'job-link', schedule.last_job) : el('span', '', '—');
+  if (last instanceof HTMLAnchorElement) last.href = links.job(schedule.last_job!);
+  const actions = el('span', 'schedule-actions');
+  if (mayAct) {
+    const toggle = el('button', 'row-button schedule-toggle', schedule.enabled ? 'Disable' : 'Enable');
+    toggle.type = 'button';
+    toggle.addEventListener('click', () => act(schedule.enabled ? 'disable' : 'enable'));
+    const remove = el('button', 'row-button danger schedule-remove', 'Remove');
+    remove.type = 'button';
+    remove.addEventListener('click', () => act('remove'));
+    actions.append(toggle, remove);
+  }
+  row.append(
+    cell('cell-schedule', schedule.name ?? schedule.id),
+    cell('cell-when', when),
+    cell('cell-command', command),
+    cell('cell-time', schedule.enabled ? (schedule.next_at ? dateTime(schedule.next_at) : 'done') : 'disabled'),
+    cell('cell-job', last),
+    cell('cell-runs', String(schedule.runs)),
+    cell('cell-actions', actions),
+  );
+  if (schedule.last_error) row.title = schedule.last_error;
   return row;
 }
 
@@ -401,6 +555,32 @@ function input(className: string, placeholder: string): HTMLInputElement {
   node.placeholder = placeholder;
   node.autocomplete = 'off';
   node.spellcheck = false;
+  return node;
+}
+
+/** The rollout, canary and abort criteria of a job, in words; empty when it has none. */
+function stagingText(staging: JobStaging | undefined, ratePerMinute: number | undefined): string {
+  if (!staging) return '';
+  const parts: string[] = [];
+  if (staging.canary) parts.push(`canary of ${staging.canary.count}`);
+  const rollout = staging.rollout;
+  if (rollout) {
+    let text = `${rollout.start_per_minute}/min`;
+    if (rollout.increase) text += `, ×${rollout.increase.factor} per ${rollout.increase.every_succeeded} succeeded`;
+    if (rollout.max_per_minute) text += `, at most ${rollout.max_per_minute}/min`;
+    if (ratePerMinute !== undefined) text += ` (now ${ratePerMinute}/min)`;
+    parts.push(text);
+  }
+  for (const abort of staging.abort ?? []) parts.push(`abort above ${abort.above_percent}% ${abort.when === 'any' ? 'failed or timed out' : abort.when.replace('_', ' ')} of ${abort.min_finished}+ finished`);
+  return parts.join(' · ');
+}
+
+function optionalNumber(className: string, placeholder: string, min: number, max: number): HTMLInputElement {
+  const node = el('input', className);
+  node.type = 'number';
+  node.min = String(min);
+  node.max = String(max);
+  node.placeholder = placeholder;
   return node;
 }
 

@@ -5,6 +5,7 @@ import { goToLogin, LOGIN_NEEDED } from './api.js';
 import { DeviceList } from './device-list.js';
 import { DeviceView } from './device-view.js';
 import { el } from './format.js';
+import { FleetHealthView } from './health-view.js';
 import { HubClient, type ConnectionState } from './hub-client.js';
 import { JobsView } from './jobs-view.js';
 import { RecordingsView } from './recordings-view.js';
@@ -51,6 +52,7 @@ async function main(): Promise<void> {
   const audit = new AuditView();
   const jobs = new JobsView(hub);
   const recordings = new RecordingsView();
+  const fleetHealth = new FleetHealthView();
 
   const showRoute = (route: Route) => {
     const onConsole = route.view === 'console';
@@ -60,6 +62,7 @@ async function main(): Promise<void> {
     if (route.view !== 'admin-devices') devicesAdmin.hide();
     if (route.view !== 'jobs') jobs.hide();
     if (route.view !== 'recordings') recordings.hide();
+    if (route.view !== 'health') fleetHealth.hide();
     if (route.view === 'console') {
       // Back from an admin view, the Console link returns to the device that was open.
       for (const link of consoleLinks) link.href = route.device ? links.device(route.device) : links.console;
@@ -69,6 +72,8 @@ async function main(): Promise<void> {
       jobs.show(adminRoot, route.job);
     } else if (route.view === 'recordings') {
       recordings.show(adminRoot, route.tunnel);
+    } else if (route.view === 'health') {
+      fleetHealth.show(adminRoot);
     } else if (!isAdmin(hub.session)) {
       adminRoot.replaceChildren(adminsOnly(hub.session));
     } else if (route.view === 'admin-devices') {

@@ -1,23 +1,26 @@
 /**
  * The console's views, one per URL hash, so that each can be bookmarked and the back
  * button works: `#/devices/ID` (a device), `#/devices/ID/terminal`, `…/files` and
- * `…/recordings` (its remote-access tabs), `#/jobs`, `#/jobs/ID` (a job), `#/recordings`,
+ * `…/recordings` (its remote-access tabs), `…/health` (its health charts), `#/health` (the
+ * fleet's health), `#/jobs`, `#/jobs/ID` (a job), `#/recordings`,
  * `#/recordings/TUNNEL` (the player), `#/admin/devices`, `#/admin/audit?device=ID`.
  */
 
-/** The tabs of a device's page: commands, terminals, file transfers, its recordings. */
-export const DEVICE_TABS = ['commands', 'terminal', 'files', 'recordings'] as const;
+/** The tabs of a device's page: commands, terminals, file transfers, its recordings, its health. */
+export const DEVICE_TABS = ['commands', 'terminal', 'files', 'recordings', 'health'] as const;
 export type DeviceTab = (typeof DEVICE_TABS)[number];
 
 export type Route =
   | { view: 'console'; device: string | null; tab: DeviceTab }
   | { view: 'jobs'; job: string | null }
+  | { view: 'health' }
   | { view: 'recordings'; tunnel: string | null }
   | { view: 'admin-devices' }
   | { view: 'audit'; device: string | null };
 
 export function parseRoute(hash: string): Route {
   if (hash === '#/admin/devices') return { view: 'admin-devices' };
+  if (hash === '#/health' || hash === '#/health/') return { view: 'health' };
   if (hash === '#/jobs' || hash === '#/jobs/') return { view: 'jobs', job: null };
   const job = /^#\/jobs\/(.+)$/.exec(hash);
   if (job?.[1]) {
@@ -44,6 +47,7 @@ export const links = {
   console: '#/',
   device: (id: string, tab: DeviceTab = 'commands') => `#/devices/${encodeURIComponent(id)}${tab === 'commands' ? '' : `/${tab}`}`,
   jobs: '#/jobs',
+  health: '#/health',
   job: (id: string) => `#/jobs/${encodeURIComponent(id)}`,
   recordings: '#/recordings',
   recording: (tunnel: string) => `#/recordings/${encodeURIComponent(tunnel)}`,

@@ -89,7 +89,7 @@ export interface AuditEntry {
 }
 
 /** Fleet jobs (docs/protocol.md, "Fleet jobs"): the wire shapes, as the client SDK types them. */
-export type { CreatedJob, JobCounts, JobState, JobStatus, JobSummary, JobTarget, JobView as JobDetail, TargetState } from 'rhizosphere/client';
+export type { CreatedJob, JobCounts, JobStaging, JobState, JobStatus, JobSummary, JobTarget, JobView as JobDetail, ScheduleView, TargetState } from 'rhizosphere/client';
 import type { TargetState } from 'rhizosphere/client';
 
 /** Every target state, in the order the console shows them (outcomes first). */
