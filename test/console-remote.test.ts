@@ -204,14 +204,15 @@ describe('web console: remote access', () => {
     await page.waitForURL((u) => u.hash.startsWith('#/recordings/'));
     await page.locator('.recording-player[data-state]').waitFor();
 
-    // A viewer has the commands only: no tabs, no terminal, no files, no web page, no recordings.
+    // A viewer has the commands and the device's health only: no terminal, no files, no web page, no recordings.
     await page.click('#logout');
     await page.waitForURL((u) => u.pathname === '/login');
     await logInToConsole(page, 'vera', 'vera-password');
     await page.evaluate(() => (location.hash = '#/devices/pi-remote/terminal'));
     await page.locator('.device-title').waitFor();
     await page.locator('.command-input').waitFor();
-    expect(await page.locator('.device-tabs, .terminal, .terminals, .files, .web-page').count()).toBe(0);
+    expect(await page.locator('.device-tab-link').evaluateAll((links) => links.map((link) => (link as HTMLElement).dataset.tab))).toEqual(['commands', 'health']);
+    expect(await page.locator('.terminal, .terminals, .files, .web-page').count()).toBe(0);
     expect(await page.isVisible('#recordings-link')).toBe(false);
     expect(await page.evaluate(() => fetch('/api/recordings').then((r) => r.status))).toBe(403);
     expect(refusals).toEqual([]);

@@ -196,10 +196,10 @@ class TunnelPeer {
 }
 
 /** The filters a client has subscribed to, as the broker sees them. */
-/** The agent's command and tunnel subscriptions (its presence subscription, made on every connect, left out). */
+/** The agent's command and tunnel subscriptions (its presence and desired-state subscriptions, made on every connect, left out). */
 function subscriptionsOf(broker: Aedes, clientId: string): string[] {
   const clients = (broker as unknown as { clients: Record<string, { subscriptions: Record<string, unknown> } | undefined> }).clients;
-  return Object.keys(clients[clientId]?.subscriptions ?? {}).filter((topic) => !topic.endsWith('/presence'));
+  return Object.keys(clients[clientId]?.subscriptions ?? {}).filter((topic) => !topic.endsWith('/presence') && !topic.endsWith('/state/delta'));
 }
 
 interface Setup {
