@@ -34,6 +34,8 @@ import { ArtifactStore } from './jobs/artifacts.js';
 import { Deployer } from './deploy.js';
 import { artifactsRouter } from '../bridge/artifacts-rest.js';
 import { schedulesRouter } from '../bridge/schedules-rest.js';
+import { AlertService } from './alerts/service.js';
+import { alertsRouter } from '../bridge/alerts-rest.js';
 import { consoleContentSecurityPolicy, mountConsole } from './console.js';
 import { createHttpFront, mqttOverWebSocket } from './http.js';
 import { PACKAGE_VERSION } from './package-root.js';
@@ -71,7 +73,7 @@ export interface HubOptions extends Partial<HubConfig> {
   logger?: Logger;
   /** How long a device has to answer a tunnel's open (default 10 s; shorter in tests). */
   tunnelOpenTimeoutMs?: number;
-  /** The clock job windows and schedules go by (default Date.now; tests move it). */
+  /** The clock job windows, schedules and alerts go by (default Date.now; tests move it). */
   clock?: () => number;
 }
 
@@ -137,6 +139,8 @@ export class Hub extends EventEmitter<HubEvents> {
   health!: HealthTelemetry;
   /** Schedules (docs/protocol.md "Schedules"): jobs created at a time or on a cron expression. Set by startHub. */
   schedules!: Scheduler;
+  /** Alerts and webhooks (docs/protocol.md "Alerts and webhooks"): rules, the alerts they fire, deliveries. Set by startHub. */
+  alerts!: AlertService;
 
   constructor(
     readonly config: HubConfig,
@@ -524,11 +528,16 @@ export async function startHub(options: HubOptions = {}): Promise<Hub> {
       },
     });
     onClose(() => jobs.close());
+    // Alerts listen before the jobs resume (one that ends at once is not missed); closed before
+    // the jobs and the database, their webhook attempts in flight cut short and kept pending.
+    const alerts = new AlertService({ db: stores.db, audit: stores.audit, presence, health, jobs, log, ...(clock ? { clock } : {}) });
+    onClose(() => alerts.close());
     // In a cluster only the first node up resumes the jobs left running: the others' are theirs.
     jobs.start({ resume: clusterStart?.alone ?? true });
     const schedules = new Scheduler({ db: stores.db, jobs, audit: stores.audit, log, ...(clock ? { clock } : {}) });
     onClose(() => schedules.close());
     schedules.start();
+    alerts.start();
     metrics.watch({ presence, broker, inflight: () => dispatcher.inflight, jobsRunning: () => jobs.running });
     onClose(() => metrics.close());
 
@@ -568,6 +577,7 @@ export async function startHub(options: HubOptions = {}): Promise<Hub> {
     http.app.use('/api', sessionRouter({ auth, stores, log, endSessionConnections, secure: tls !== null }));
     http.app.use('/api', jobsRouter({ jobs, auth, stores, log }));
     http.app.use('/api', schedulesRouter({ schedules, auth, stores, log }));
+    http.app.use('/api', alertsRouter({ alerts, auth, stores, log }));
     http.app.use('/api', artifactsRouter({ artifacts, auth, stores, log }));
     http.app.use('/api', recordingsRouter({ auth, stores, log, recordingsDir }));
     http.app.use('/api', deviceHttpRouter({ auth, relay: tunnels, log }));
@@ -640,9 +650,12 @@ export async function startHub(options: HubOptions = {}): Promise<Hub> {
     onClose(() => jobs.close());
     // And before them, the schedules: none may create a job on a runner that is closing.
     onClose(() => schedules.close());
+    // And the alerts: devices dropping as the hub closes are not offline devices.
+    onClose(() => alerts.close());
     const hub = new Hub(config, log, topics, broker, presence, dispatcher, stores, jobs, handlers, ports, teardown, external, state);
     hub.health = health;
     hub.schedules = schedules;
+    hub.alerts = alerts;
     // Handlers start last, with the whole hub to use, and stop first (before jobs and connections).
     onClose(() => handlers.stopAll());
     try {

@@ -10,12 +10,13 @@ import { Readable } from 'node:stream';
 import { parseArgs } from 'node:util';
 import { ClientError, connect, httpUrlFromMqttUrl, type ConnectOptions, type DeviceSelector, type HubClient, type JobCounts, type JobSpec, type JobStaging, type JobStatus, type JobView, type Order, type ScheduleSpec } from '../client/index.js';
 import { TIMEOUT_MS_MAX, TIMEOUT_MS_MIN } from '../protocol/schemas.js';
+import { ALERT_USAGE, alertCommand, AlertUsageError } from './alert-commands.js';
 import { parseArgsProblem } from './args.js';
 import { ProgressLine } from './progress.js';
 import { cpCommand, forwardCommand, parseForward, RemoteUsageError, shellCommand } from './remote-access.js';
 import { parseAssignments, stateGetCommand, stateSetCommand, StateUsageError } from './state-commands.js';
 
-export const CLIENT_COMMANDS = ['exec', 'devices', 'run', 'deploy', 'agent', 'job', 'schedule', 'state', 'shell', 'cp', 'forward'] as const;
+export const CLIENT_COMMANDS = ['exec', 'devices', 'run', 'deploy', 'agent', 'job', 'schedule', 'alert', 'state', 'shell', 'cp', 'forward'] as const;
 
 export class ClientUsageError extends Error {}
 
@@ -44,6 +45,7 @@ token, or env RHIZOSPHERE_TOKEN_NAME and RHIZOSPHERE_TOKEN; --url also from env 
   rhizosphere schedule add --url URL (--at TIME | --cron EXPR [--tz TZ]) [--name N] (targets, as
         run) [run's flags] -- CMD         a job created at TIME (ISO 8601) or each time EXPR fires
   rhizosphere schedule list|remove|enable|disable --url URL [ID]
+${ALERT_USAGE}
   rhizosphere agent upgrade --url URL [--http-url URL] (--tag T... | --device D... | --online | --all)
         [--concurrency N] [--timeout SECONDS] [--deadline SECONDS]
                                              a job that sends the hub's agent build (GET /agent/hypha.js)
@@ -119,6 +121,12 @@ const OPTIONS = {
   cron: { type: 'string' },
   tz: { type: 'string' },
   name: { type: 'string' },
+  kind: { type: 'string' },
+  minutes: { type: 'string' },
+  metric: { type: 'string' },
+  above: { type: 'string' },
+  below: { type: 'string' },
+  states: { type: 'string' },
 } as const;
 
 /** Runs one client command; resolves with the exit status. Throws ClientUsageError for bad usage, ClientError for a coded failure. */
@@ -271,6 +279,18 @@ export async function runClientCommand(argv: string[], env: NodeJS.ProcessEnv, i
       });
     }
     throw new ClientUsageError('schedule: rhizosphere schedule add|list|remove|enable|disable --url URL …');
+  }
+  if (command === 'alert') {
+    if (after.length > 0) throw new ClientUsageError(`alert: unexpected argument "${after[0]}" after --`);
+    if (v['http-url'] === undefined && httpUrlFromMqttUrl(url) === null) throw new ClientUsageError('alert: --http-url is required with an mqtt:// or mqtts:// --url (alerts are REST)');
+    let run;
+    try {
+      run = alertCommand(positionals, v);
+    } catch (error) {
+      if (error instanceof AlertUsageError) throw new ClientUsageError(error.message);
+      throw error;
+    }
+    return withHub(url, connectOptions, (hub) => run(hub, io));
   }
   if (command === 'job') {
     const [action, id, ...rest] = positionals;

@@ -36,6 +36,7 @@ import {
 import type { FleetHealth, FleetHealthQuery, HealthQuery, HealthSeries, HealthTime } from './types.js';
 import type { DeviceState, JsonValue, SetDesiredOptions } from './types.js';
 import type { ArtifactView, ScheduleSpec, ScheduleView } from './types.js';
+import type { AlertQuery, AlertRuleSpec, AlertRuleView, AlertView, WebhookSpec, WebhookView } from './types.js';
 
 export { ClientError, type ClientErrorCode } from './errors.js';
 export { httpUrlFromMqttUrl } from './rest.js';
@@ -168,6 +169,8 @@ export class HubClient extends Emitter<HubClientEvents> {
   readonly schedules: Schedules;
   /** Files kept on the hub for deploy jobs (REST; docs/protocol.md "Software deployment"). */
   readonly artifacts: Artifacts;
+  /** Alerts, their rules and the webhooks they are sent to (REST; docs/protocol.md "Alerts and webhooks"). */
+  readonly alerts: Alerts;
   private readonly pending = new Map<string, Pending>();
   private readonly statuses = new Map<string, Readonly<DeviceStatus>>();
   /** Handlers by topic filter; `wildcards` lists the filters that contain + or #. */
@@ -204,6 +207,7 @@ export class HubClient extends Emitter<HubClientEvents> {
     this.jobs = new Jobs(this, rest);
     this.schedules = new Schedules(rest);
     this.artifacts = new Artifacts(rest);
+    this.alerts = new Alerts(rest);
     this.everConnected = client.connected;
     client.on('message', (topic, payload) => {
       if (topic.startsWith(this.tunnelsPrefix)) return this.onTunnelFrame(topic, payload);
@@ -810,6 +814,62 @@ export class Schedules {
 
   remove(id: string): Promise<{ ok: true; id: string }> {
     return this.rest.call<{ ok: true; id: string }>('DELETE', `/api/schedules/${encodeURIComponent(id)}`);
+  }
+}
+
+/** `/api/alerts` and `/api/webhooks`: what fires, the rules that fire it, and where it is sent. */
+export class Alerts {
+  /** @internal */
+  constructor(private readonly rest: Rest) {}
+
+  /** `GET /api/alerts?state=&limit=` (any role): firing ones first, then the newest resolved. */
+  list(query: AlertQuery = {}): Promise<AlertView[]> {
+    const params = new URLSearchParams();
+    if (query.state) params.set('state', query.state);
+    if (query.limit !== undefined) params.set('limit', String(query.limit));
+    const text = params.toString();
+    return this.rest.call<AlertView[]>('GET', `/api/alerts${text ? `?${text}` : ''}`);
+  }
+
+  get(id: string): Promise<AlertView> {
+    return this.rest.call<AlertView>('GET', `/api/alerts/${encodeURIComponent(id)}`);
+  }
+
+  /** `POST /api/alerts/{id}/resolve` (operator or admin): a job alert, which has no end of its own. */
+  resolve(id: string): Promise<AlertView> {
+    return this.rest.call<AlertView>('POST', `/api/alerts/${encodeURIComponent(id)}/resolve`);
+  }
+
+  rules(): Promise<AlertRuleView[]> {
+    return this.rest.call<AlertRuleView[]>('GET', '/api/alerts/rules');
+  }
+
+  /** `POST /api/alerts/rules` (operator or admin). */
+  addRule(spec: AlertRuleSpec): Promise<AlertRuleView> {
+    return this.rest.call<AlertRuleView>('POST', '/api/alerts/rules', spec);
+  }
+
+  /** `PATCH /api/alerts/rules/{id}`: any field but `kind`; `{ enabled: false }` holds it (its alerts resolve). */
+  updateRule(id: string, patch: Partial<Omit<AlertRuleSpec, 'kind'>>): Promise<AlertRuleView> {
+    return this.rest.call<AlertRuleView>('PATCH', `/api/alerts/rules/${encodeURIComponent(id)}`, patch);
+  }
+
+  removeRule(id: string): Promise<{ ok: true; id: string }> {
+    return this.rest.call<{ ok: true; id: string }>('DELETE', `/api/alerts/rules/${encodeURIComponent(id)}`);
+  }
+
+  /** `GET /api/webhooks` (admins): secrets masked. */
+  webhooks(): Promise<WebhookView[]> {
+    return this.rest.call<WebhookView[]>('GET', '/api/webhooks');
+  }
+
+  /** `POST /api/webhooks` (admins). */
+  addWebhook(spec: WebhookSpec): Promise<WebhookView> {
+    return this.rest.call<WebhookView>('POST', '/api/webhooks', spec);
+  }
+
+  removeWebhook(id: string): Promise<{ ok: true; id: string }> {
+    return this.rest.call<{ ok: true; id: string }>('DELETE', `/api/webhooks/${encodeURIComponent(id)}`);
   }
 }
 

@@ -213,6 +213,39 @@ export interface ScheduleView {
   runs: number;
 }
 
+export type { AlertKind, AlertMetric, AlertRuleView, AlertState, AlertView, JobAlertState, WebhookEvent, WebhookPayload, WebhookView } from '../protocol/alerts.js';
+import type { AlertKind, AlertMetric, AlertState, JobAlertState, WebhookEvent } from '../protocol/alerts.js';
+
+/**
+ * Body of `POST /api/alerts/rules` (docs/protocol.md "Alerts and webhooks"): `device_offline`
+ * takes `minutes` and `tags`; `telemetry` `metric`, `op`, `value`, `minutes` and `tags`; `job`
+ * `states`.
+ */
+export interface AlertRuleSpec {
+  name?: string;
+  kind: AlertKind;
+  enabled?: boolean;
+  tags?: string[];
+  minutes?: number;
+  metric?: AlertMetric;
+  op?: 'above' | 'below';
+  value?: number;
+  states?: JobAlertState[];
+}
+
+/** Body of `POST /api/webhooks` (admins): where to POST, the secret that signs each body (16+ characters), which events. */
+export interface WebhookSpec {
+  url: string;
+  secret: string;
+  events?: WebhookEvent[];
+}
+
+/** `GET /api/alerts?state=&limit=`. */
+export interface AlertQuery {
+  state?: AlertState;
+  limit?: number;
+}
+
 export interface CreatedJob {
   id: string;
   targets: number;

@@ -7,6 +7,7 @@
  * the database in batches; a restarted hub resumes running jobs.
  */
 import { randomBytes } from 'node:crypto';
+import { EventEmitter } from 'node:events';
 import { z } from 'zod';
 import type { Dispatcher, Origin } from '../dispatcher.js';
 import { HubError } from '../errors.js';
@@ -236,7 +237,16 @@ export function outcomeOf(order: JobOrder, reply: Reply): { state: TargetState; 
 
 const isHubTask = (order: string): order is HubTask => (HUB_TASKS as readonly string[]).includes(order);
 
-export class JobRunner {
+/**
+ * `finished`: a job ended (done, canceled or aborted), once, with its final summary; the
+ * alerts (src/alerts/service.ts) listen. A listener that throws is logged, never thrown into
+ * the runner.
+ */
+export interface JobRunnerEvents {
+  finished: [job: JobSummary];
+}
+
+export class JobRunner extends EventEmitter<JobRunnerEvents> {
   /** Jobs with work left (or results not yet written), by id. */
   private readonly active = new Map<string, Job>();
   private readonly dirtyTargets = new Set<Target>();
@@ -246,6 +256,7 @@ export class JobRunner {
   private readonly onOnline = (device: { id: string }) => setImmediate(() => this.deviceOnline(device.id));
 
   constructor(private readonly options: JobRunnerOptions) {
+    super();
     options.presence.on('online', this.onOnline);
   }
 
@@ -651,6 +662,11 @@ export class JobRunner {
     this.publishNow(job);
     this.scheduleFlush();
     this.options.log.info({ job: job.id, state: job.state, counts: job.counts }, 'fleet job finished');
+    try {
+      this.emit('finished', this.summaryOf(job));
+    } catch (error) {
+      this.options.log.error({ job: job.id, err: error }, 'a listener of finished jobs failed');
+    }
   }
 
   private clearTimers(job: Job): void {

@@ -333,6 +333,63 @@ const MIGRATIONS: string[] = [
   `
   ALTER TABLE jobs ADD COLUMN params TEXT;
   `,
+  // 14: alerts and webhooks (src/alerts/, docs/protocol.md "Alerts and webhooks"): rules with
+  // their kind's fields as JSON; the alerts they fired, at most one firing per rule and subject
+  // (a device or a job); webhooks (the secret in clear: it signs every delivery) and their
+  // deliveries, each sent in order of seq per webhook and kept until delivered or given up.
+  // Per node, not replicated, like jobs and schedules.
+  `
+  CREATE TABLE alert_rules (
+    id            TEXT PRIMARY KEY,
+    created_at    INTEGER NOT NULL,
+    actor         TEXT NOT NULL,
+    name          TEXT,
+    kind          TEXT NOT NULL CHECK (kind IN ('device_offline', 'telemetry', 'job')),
+    enabled       INTEGER NOT NULL DEFAULT 1,
+    spec          TEXT NOT NULL
+  );
+  CREATE TABLE alerts (
+    id            TEXT PRIMARY KEY,
+    rule_id       TEXT NOT NULL,
+    rule_name     TEXT,
+    kind          TEXT NOT NULL,
+    subject       TEXT NOT NULL,
+    state         TEXT NOT NULL CHECK (state IN ('firing', 'resolved')),
+    fired_at      INTEGER NOT NULL,
+    resolved_at   INTEGER,
+    resolved_by   TEXT,
+    summary       TEXT NOT NULL,
+    resolution    TEXT,
+    detail        TEXT NOT NULL
+  );
+  CREATE UNIQUE INDEX alerts_one_firing ON alerts(rule_id, subject) WHERE state = 'firing';
+  CREATE INDEX alerts_rule_subject ON alerts(rule_id, subject);
+  CREATE INDEX alerts_state_fired ON alerts(state, fired_at);
+  CREATE TABLE webhooks (
+    id            TEXT PRIMARY KEY,
+    created_at    INTEGER NOT NULL,
+    actor         TEXT NOT NULL,
+    url           TEXT NOT NULL,
+    secret        TEXT NOT NULL,
+    events        TEXT NOT NULL
+  );
+  CREATE TABLE webhook_deliveries (
+    seq           INTEGER PRIMARY KEY AUTOINCREMENT,
+    id            TEXT NOT NULL UNIQUE,
+    webhook_id    TEXT NOT NULL REFERENCES webhooks(id) ON DELETE CASCADE,
+    event         TEXT NOT NULL,
+    alert_id      TEXT NOT NULL,
+    body          TEXT NOT NULL,
+    state         TEXT NOT NULL CHECK (state IN ('pending', 'delivered', 'failed')),
+    attempts      INTEGER NOT NULL DEFAULT 0,
+    next_at       INTEGER,
+    created_at    INTEGER NOT NULL,
+    updated_at    INTEGER NOT NULL,
+    last_status   INTEGER,
+    last_error    TEXT
+  );
+  CREATE INDEX webhook_deliveries_pending ON webhook_deliveries(state, webhook_id, seq);
+  `,
 ];
 
 /** The version of the credentials (devices, their tags, tokens, users): it changes with each of them. */

@@ -1,4 +1,5 @@
 /** The console's entry point: wires the hub link, the views and the top bar to the URL. */
+import { AlertsView } from './alerts-view.js';
 import { AuditView } from './audit-view.js';
 import { DevicesAdmin } from './admin-devices.js';
 import { goToLogin, LOGIN_NEEDED } from './api.js';
@@ -53,6 +54,7 @@ async function main(): Promise<void> {
   const jobs = new JobsView(hub);
   const recordings = new RecordingsView();
   const fleetHealth = new FleetHealthView();
+  const alerts = new AlertsView(hub);
 
   const showRoute = (route: Route) => {
     const onConsole = route.view === 'console';
@@ -63,6 +65,7 @@ async function main(): Promise<void> {
     if (route.view !== 'jobs') jobs.hide();
     if (route.view !== 'recordings') recordings.hide();
     if (route.view !== 'health') fleetHealth.hide();
+    if (route.view !== 'alerts') alerts.hide();
     if (route.view === 'console') {
       // Back from an admin view, the Console link returns to the device that was open.
       for (const link of consoleLinks) link.href = route.device ? links.device(route.device) : links.console;
@@ -74,6 +77,8 @@ async function main(): Promise<void> {
       recordings.show(adminRoot, route.tunnel);
     } else if (route.view === 'health') {
       fleetHealth.show(adminRoot);
+    } else if (route.view === 'alerts') {
+      alerts.show(adminRoot);
     } else if (!isAdmin(hub.session)) {
       adminRoot.replaceChildren(adminsOnly(hub.session));
     } else if (route.view === 'admin-devices') {

@@ -2,7 +2,7 @@
  * The console's views, one per URL hash, so that each can be bookmarked and the back
  * button works: `#/devices/ID` (a device), `#/devices/ID/terminal`, `…/files` and
  * `…/recordings` (its remote-access tabs), `…/health` (its health charts), `#/health` (the
- * fleet's health), `#/jobs`, `#/jobs/ID` (a job), `#/recordings`,
+ * fleet's health), `#/jobs`, `#/jobs/ID` (a job), `#/alerts`, `#/recordings`,
  * `#/recordings/TUNNEL` (the player), `#/admin/devices`, `#/admin/audit?device=ID`.
  */
 
@@ -14,6 +14,7 @@ export type Route =
   | { view: 'console'; device: string | null; tab: DeviceTab }
   | { view: 'jobs'; job: string | null }
   | { view: 'health' }
+  | { view: 'alerts' }
   | { view: 'recordings'; tunnel: string | null }
   | { view: 'admin-devices' }
   | { view: 'audit'; device: string | null };
@@ -21,6 +22,7 @@ export type Route =
 export function parseRoute(hash: string): Route {
   if (hash === '#/admin/devices') return { view: 'admin-devices' };
   if (hash === '#/health' || hash === '#/health/') return { view: 'health' };
+  if (hash === '#/alerts' || hash === '#/alerts/') return { view: 'alerts' };
   if (hash === '#/jobs' || hash === '#/jobs/') return { view: 'jobs', job: null };
   const job = /^#\/jobs\/(.+)$/.exec(hash);
   if (job?.[1]) {
@@ -48,6 +50,7 @@ export const links = {
   device: (id: string, tab: DeviceTab = 'commands') => `#/devices/${encodeURIComponent(id)}${tab === 'commands' ? '' : `/${tab}`}`,
   jobs: '#/jobs',
   health: '#/health',
+  alerts: '#/alerts',
   job: (id: string) => `#/jobs/${encodeURIComponent(id)}`,
   recordings: '#/recordings',
   recording: (tunnel: string) => `#/recordings/${encodeURIComponent(tunnel)}`,

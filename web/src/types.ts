@@ -92,5 +92,8 @@ export interface AuditEntry {
 export type { CreatedJob, JobCounts, JobStaging, JobState, JobStatus, JobSummary, JobTarget, JobView as JobDetail, ScheduleView, TargetState } from 'rhizosphere/client';
 import type { TargetState } from 'rhizosphere/client';
 
+/** Alerts and webhooks (docs/protocol.md, "Alerts and webhooks"). */
+export type { AlertRuleView, AlertView, WebhookView } from 'rhizosphere/client';
+
 /** Every target state, in the order the console shows them (outcomes first). */
 export const TARGET_STATES: readonly TargetState[] = ['succeeded', 'failed', 'timed_out', 'canceled', 'sent', 'queued'];
