@@ -20,6 +20,8 @@ export interface StateRestOptions {
   log: Logger;
   /** `--max-state-bytes`: a body larger than this is refused before it is parsed. */
   maxStateBytes: number;
+  /** A job selector (target) resolved to device ids, as a job would target them; throws a HubError for a bad one. */
+  select: (target: unknown) => { devices: string[]; unknown: string[] };
 }
 
 function sendError(res: Response, code: ErrorCode, message: string, httpStatus = httpStatusOf(code)): void {
@@ -29,7 +31,7 @@ function sendError(res: Response, code: ErrorCode, message: string, httpStatus =
 const principalOf = (res: Response) => res.locals.principal as Principal;
 const remoteOf = (req: Request) => req.socket.remoteAddress ?? null;
 
-export function stateRouter({ state, auth, stores, log, maxStateBytes }: StateRestOptions): Router {
+export function stateRouter({ state, auth, stores, log, maxStateBytes, select }: StateRestOptions): Router {
   const router = express.Router();
   const principal = requirePrincipal(auth);
   const audit = (req: Request, res: Response, outcome: string, detail: unknown) => {
@@ -75,6 +77,40 @@ export function stateRouter({ state, auth, stores, log, maxStateBytes }: StateRe
   };
   router.put('/devices/:id/state/desired', principal, operator, body, setDesired(true));
   router.patch('/devices/:id/state/desired', principal, operator, body, setDesired(false));
+
+  // Many devices at once: {"target": <a job's target>, "desired": {…}, "replace"?: bool}. Each
+  // device's change is its own (versioned, audited, its delta published); devices the hub has
+  // never seen are listed as unknown and left out (they have no state yet).
+  router.patch('/state/desired', principal, operator, body, (req, res) => {
+    const { actor, kind } = actorOf(principalOf(res));
+    answer(res, () => {
+      const input = req.body as { target?: unknown; desired?: unknown; replace?: unknown } | null;
+      if (typeof input !== 'object' || input === null || Array.isArray(input)) throw new HubError('BAD_REQUEST', 'body must be an object like {"target": {"tags": ["lab"]}, "desired": {"fw": "2.1"}}');
+      const extra = Object.keys(input).find((key) => !['target', 'desired', 'replace'].includes(key));
+      if (extra) throw new HubError('BAD_REQUEST', `${extra} is not a field (target, desired, replace)`);
+      if (input.target === undefined) throw new HubError('BAD_REQUEST', 'target is required');
+      if (input.desired === undefined) throw new HubError('BAD_REQUEST', 'desired is required');
+      if (input.replace !== undefined && typeof input.replace !== 'boolean') throw new HubError('BAD_REQUEST', 'replace must be true or false');
+      const selection = select(input.target);
+      const changed: { device: string; version: number }[] = [];
+      const unknown = [...selection.unknown];
+      for (const device of selection.devices) {
+        try {
+          const view = state.setDesired(device, input.desired, { replace: input.replace === true, by: { actor, actorKind: kind, remote: remoteOf(req) } });
+          changed.push({ device, version: view.desired.version });
+        } catch (error) {
+          if (error instanceof HubError && error.code === 'UNKNOWN_DEVICE') {
+            if (!unknown.includes(device)) unknown.push(device);
+            continue;
+          }
+          // The first bad document is bad for every device: nothing more is tried.
+          if (changed.length === 0) throw error;
+          throw new HubError(error instanceof HubError ? error.code : 'INTERNAL', `${(error as Error).message} (after ${changed.length} devices were changed)`);
+        }
+      }
+      return { devices: changed.length, changed, ...(unknown.length > 0 ? { unknown } : {}) };
+    });
+  });
 
   // Other methods on these routes: a coded answer, not the main router's "no route".
   router.all(['/devices/:id/state', '/devices/:id/state/desired'], principal, (req, res) => {

@@ -57,7 +57,8 @@ export class Deployer implements TargetTask {
     const artifact = artifacts.get(params.artifact!);
     if (!artifact) return taskError(device, 'NOT_FOUND', `artifact ${params.artifact} was removed from the hub`);
     // The directory, the name and the id are of characters that need no quoting beyond '…' (checked at the edge).
-    const dir = params.dir ?? DEPLOY_DIR_DEFAULT;
+    // `{device}` in the directory: one per device (several devices sharing a disk, as simulated ones do).
+    const dir = (params.dir ?? DEPLOY_DIR_DEFAULT).replaceAll('{device}', device);
     const path = `${dir}/${artifact.name}`;
     const sh = (cmd: string, timeout: number) => dispatcher.request({ device, order: 'exec_bash', cmd_str: cmd, timeout_ms: timeout }, origin);
     const inDir = `cd -- '${dir}' && export RHIZOSPHERE_ARTIFACT='${path}' RHIZOSPHERE_DEVICE='${device}' && `;

@@ -55,7 +55,8 @@ import { loadBrokerCredentials } from './external/credentials.js';
 import { releaseDynsecOutbox, startDynsecSync } from './external/dynsec.js';
 import { Presence, toDeviceInfo, type DeviceEntry, type DeviceInfo, type OfflineReason } from './presence.js';
 import { idProblem } from './protocol/ids.js';
-import { ORDERS, type CommandResult, type Order, type Reply, type Status } from './protocol/schemas.js';
+import { ORDERS, validate, type CommandResult, type Order, type Reply, type Status } from './protocol/schemas.js';
+import { resolveSelector, SelectorSchema } from './jobs/selector.js';
 import { Topics } from './protocol/topics.js';
 import { startTunnelRelay } from './tunnels/relay.js';
 import { Readiness } from './readiness.js';
@@ -587,7 +588,12 @@ export async function startHub(options: HubOptions = {}): Promise<Hub> {
       const hubUser = { username: config.brokerUsername, password: brokerCredentials?.password };
       http.app.use('/broker', brokerHooksRouter({ secret: hookSecret, auth, devices: stores.devices, tokens: stores.tokens, topics, hubUser, log }));
     }
-    http.app.use('/api', stateRouter({ state, auth, stores, log, maxStateBytes: config.maxStateBytes }));
+    const selectDevices = (target: unknown) => {
+      const checked = validate(SelectorSchema, target);
+      if (!checked.ok) throw new HubError('BAD_REQUEST', `target.${checked.message}`);
+      return resolveSelector(checked.value, { stored: stores.devices.list(), live: presence.table, state: () => stores.deviceState.all() });
+    };
+    http.app.use('/api', stateRouter({ state, auth, stores, log, maxStateBytes: config.maxStateBytes, select: selectDevices }));
     http.app.use(
       '/api',
       restRouter({

@@ -415,6 +415,42 @@ describe('rhizosphere state get|set', () => {
   });
 });
 
+describe('desired state on many devices at once', () => {
+  it('sets a value on every device a target selects (PATCH /api/state/desired, state set --tag): online ones apply it at once, an offline one when it comes back', async () => {
+    const hub = await startTestHub();
+    const script = stateScript();
+    const fleet = spawnHypha(hub.urls.mqtt, 'lab', ['--simulate', '4', '--tag', 'lab', '--state-command', script.command, '--log-level', 'warn']);
+    const ids = ['lab-000', 'lab-001', 'lab-002', 'lab-003'];
+    await waitFor(() => ids.every((id) => hub.device(id)?.online), { timeoutMs: 15_000, what: 'four simulated devices online' });
+    const away = spawnHypha(hub.urls.mqtt, 'far', ['--simulate', '1', '--tag', 'lab', '--state-command', script.command, '--log-level', 'warn']);
+    await waitFor(() => hub.device('far-000')?.online, { what: 'far-000 online' });
+    away.child.kill('SIGTERM');
+    await away.exited;
+
+    const changed = await cli(['state', 'set', '--url', hub.urls.ws, '--tag', 'lab', 'fw="2.1"']);
+    expect(changed).toMatchObject({ status: 0, stdout: 'desired state changed on 5 devices\n' });
+    await waitFor(async () => (await Promise.all(ids.map((id) => getState(hub, id)))).every((view) => view.reported.state.fw === '2.1'), { timeoutMs: 15_000, what: 'every online device applied fw 2.1' });
+    expect((await getState(hub, 'far-000')).delta.state).toEqual({ fw: '2.1' });
+    spawnHypha(hub.urls.mqtt, 'far', ['--simulate', '1', '--tag', 'lab', '--state-command', script.command, '--log-level', 'warn']);
+    await waitFor(async () => (await getState(hub, 'far-000')).reported.state.fw === '2.1', { timeoutMs: 15_000, what: 'far-000 applied it once back' });
+
+    const body = await api(hub, 'PATCH', '/api/state/desired', { target: { devices: ['lab-000', 'ghost'] }, desired: { mode: 'eco' } });
+    expect(body).toMatchObject({ status: 200, body: { devices: 1, changed: [{ device: 'lab-000', version: 2 }], unknown: ['ghost'] } });
+    for (const [bad, message] of [
+      [{ desired: { a: 1 } }, 'target is required'],
+      [{ target: { tags: ['lab'] } }, 'desired is required'],
+      [{ target: { tags: ['lab'] }, desired: { a: 1 }, extra: 1 }, 'extra is not a field'],
+      [{ target: { colour: 'red' }, desired: { a: 1 } }, 'target.'],
+      [{ target: { tags: ['lab'] }, desired: [1] }, ''],
+    ] as const) {
+      const refused = await api(hub, 'PATCH', '/api/state/desired', bad);
+      expect([JSON.stringify(bad), refused.status, refused.body.code]).toEqual([JSON.stringify(bad), 400, 'BAD_REQUEST']);
+      expect(refused.body.message).toContain(message);
+    }
+    fleet.child.kill('SIGTERM');
+  }, 60_000);
+});
+
 describe('desired state on an external broker', () => {
   it('reaches hypha through Mosquitto, also after it was away, and its report comes back through the uplink', async () => {
     const mosquitto = await startMosquitto();

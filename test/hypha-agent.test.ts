@@ -75,6 +75,24 @@ describe('hypha command line', () => {
 });
 
 describe('hypha backoff', () => {
+  it('--simulate N runs N real agents in one process, PREFIX-000 …, all commanded by a job, all stopped by SIGTERM', async () => {
+    const hub = await startTestHub();
+    const fleet = spawnHypha(hub.urls.mqtt, 'sim', ['--simulate', '5', '--log-level', 'warn']);
+    const ids = ['sim-000', 'sim-001', 'sim-002', 'sim-003', 'sim-004'];
+    await waitFor(() => ids.every((id) => hub.device(id)?.online), { timeoutMs: 15_000, what: 'five simulated devices online' });
+    const created = hub.jobs.create({ target: { devices: ids }, order: 'exec_bash', cmd_str: 'echo ran' }, { actor: 'test', actorKind: 'token' });
+    await waitFor(() => hub.jobs.get(created.id)?.state === 'done', { what: 'the job done' });
+    expect(hub.jobs.get(created.id)!.targets.map((t) => [t.device, t.state, t.result])).toEqual(ids.map((id) => [id, 'succeeded', 'ran']));
+    fleet.child.kill('SIGTERM');
+    expect(await fleet.exited).toBe(0);
+    await waitFor(() => ids.every((id) => hub.device(id)?.online === false), { what: 'all offline' });
+
+    expect(runHypha(['--url', 'mqtt://127.0.0.1:1', '--simulate', '3'], { HYPHA_ID: '' }).stderr).toMatch(/^hypha: --simulate needs --id PREFIX/);
+    const tokened = runHypha(['--url', 'mqtt://127.0.0.1:1', '--id', 'sim', '--simulate', '3', '--token', 'x']);
+    expect([tokened.status, tokened.stderr]).toEqual([2, expect.stringContaining('a token belongs to one device')]);
+    expect(runHypha(['--url', 'mqtt://127.0.0.1:1', '--id', 'sim', '--simulate', '0']).status).toBe(2);
+  });
+
   it('draws each delay uniformly below min(cap, base * 2^attempt)', () => {
     expect(backoffDelay(0, 500, 30_000, () => 0)).toBe(0);
     expect(backoffDelay(0, 500, 30_000, () => 0.999999)).toBe(499);

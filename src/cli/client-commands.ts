@@ -53,7 +53,7 @@ ${ALERT_USAGE}
                                              succeeds once the device is back as the new version
   rhizosphere state get --url URL [--http-url URL] DEVICE [--json]
                                              DEVICE's desired and reported state and their delta
-  rhizosphere state set --url URL [--http-url URL] DEVICE key=value... [--replace] [--json]
+  rhizosphere state set --url URL [--http-url URL] (DEVICE | --tag T... | --device D... | --all) key=value... [--replace] [--json]
                                              change its desired state (value: JSON, else a string;
                                              key=null removes a key; --replace: these keys only)
   (run and agent upgrade also take --state COND: devices whose state compares so, e.g.
@@ -311,6 +311,29 @@ export async function runClientCommand(argv: string[], env: NodeJS.ProcessEnv, i
     if (v.order !== undefined) throw new ClientUsageError('agent upgrade: --order is not a flag of an upgrade');
     const settings = jobSettings('agent upgrade');
     return withHub(url, connectOptions, (hub) => runCommand(hub, { ...settings, order: 'agent_upgrade', cmd_str: undefined }, io));
+  }
+  if (command === 'state' && positionals[0] === 'set' && (v.tag || v.device || v.all || v.online || v.state)) {
+    // Many devices at once: every word after `set` is an assignment.
+    const target: { tags?: string[]; devices?: string[]; online?: boolean; state?: string } = {};
+    if (v.all) target.tags = [];
+    if (v.tag) target.tags = v.tag;
+    if (v.device) target.devices = v.device;
+    if (v.online) target.online = true;
+    if (v.state !== undefined) target.state = v.state;
+    if (v['http-url'] === undefined && httpUrlFromMqttUrl(url) === null) throw new ClientUsageError('state: --http-url is required with an mqtt:// or mqtts:// --url (state is read and set over REST)');
+    let patch;
+    try {
+      patch = parseAssignments(positionals.slice(1));
+    } catch (error) {
+      if (error instanceof StateUsageError) throw new ClientUsageError(error.message);
+      throw error;
+    }
+    return withHub(url, connectOptions, async (hub) => {
+      const done = await hub.setDesiredMany(target, patch, { replace: v.replace === true });
+      io.out(`desired state changed on ${done.devices} device${done.devices === 1 ? '' : 's'}\n`);
+      if (done.unknown) io.err(`rhizosphere: not known to the hub, left out: ${done.unknown.join(', ')}\n`);
+      return 0;
+    });
   }
   if (command === 'state') {
     const [action, device, ...words] = positionals;

@@ -3,8 +3,8 @@
  * environment variable (flag over environment over default), which suits systemd units.
  * A bad flag or value ends the start with one line on stderr and exit status 2.
  */
-import { realpathSync, statSync } from 'node:fs';
-import { resolve as resolvePath } from 'node:path';
+import { mkdirSync, realpathSync, statSync } from 'node:fs';
+import { join, resolve as resolvePath } from 'node:path';
 import { parseArgs } from 'node:util';
 import { parseArgsProblem } from './args.js';
 import { startAgent, urlProblem, type Agent, type AgentOptions } from '../hypha/agent.js';
@@ -45,6 +45,7 @@ type FlagName =
   | 'max-file-bytes'
   | 'max-tunnels'
   | 'upgrade-window'
+  | 'simulate'
   | 'state-command'
   | 'health-interval'
   | 'log-level';
@@ -82,6 +83,11 @@ const FLAGS: Record<FlagName, FlagSpec> = {
   'file-root': { env: 'HYPHA_FILE_ROOT', value: 'DIR', help: 'file tunnels may only read and write inside DIR (symbolic links followed)', default: 'any path this user may use' },
   'max-file-bytes': { env: 'HYPHA_MAX_FILE_BYTES', value: 'BYTES', help: 'largest file a file tunnel moves; past that PAYLOAD_TOO_LARGE', default: String(DEFAULT_MAX_FILE_BYTES) },
   'max-tunnels': { env: 'HYPHA_MAX_TUNNELS', value: 'N', help: 'tunnels open at once; past that BUSY', default: String(DEFAULT_MAX_TUNNELS) },
+  simulate: {
+    env: 'HYPHA_SIMULATE',
+    value: 'N',
+    help: 'run N agents in this one process, with ids ID-000, ID-001, … (--id is their prefix): a fleet to try a hub with; anonymous, or --enroll-key with --token-file DIR',
+  },
   'upgrade-window': {
     env: 'HYPHA_UPGRADE_WINDOW',
     value: 'SECONDS',
@@ -320,6 +326,37 @@ function credential(settings: Partial<Record<FlagName, Setting>>, log: Logger): 
   return key && token !== undefined ? `${key.value}.${token}` : token;
 }
 
+const SIMULATE_MAX = 5000;
+
+/**
+ * `--simulate N`: N real agents (each its own MQTT connection, running real bash) in this one
+ * process, for trying a hub with a fleet on one machine. They share every other setting; a token
+ * belongs to one device, so they join an anonymous hub, or enrol each with a token file of its
+ * own in the --token-file directory.
+ */
+async function simulate(count: number, settings: Partial<Record<FlagName, Setting>>, tunnels: boolean, log: Logger): Promise<void> {
+  const prefix = settings.id;
+  if (!prefix) throw new UsageError('--simulate needs --id PREFIX: the devices are PREFIX-000, PREFIX-001, …');
+  if (settings.token) throw new UsageError(`${settings.token.origin}: a token belongs to one device; simulated devices join an anonymous hub, or use --enroll-key with --token-file DIR`);
+  const tokenDir = settings['token-file'];
+  if (tokenDir && !settings['enroll-key']) throw new UsageError(`${tokenDir.origin}: with --simulate it is the directory of the devices' own tokens, made with --enroll-key`);
+  if (tokenDir) mkdirSync(tokenDir.value, { recursive: true, mode: 0o700 });
+  const width = Math.max(3, String(count - 1).length);
+  const agents: Agent[] = [];
+  for (let i = 0; i < count; i++) {
+    const id = `${prefix.value}-${String(i).padStart(width, '0')}`;
+    const own: Partial<Record<FlagName, Setting>> = { ...settings, id: { ...prefix, value: id }, ...(tokenDir ? { 'token-file': { ...tokenDir, value: join(tokenDir.value, id) } } : {}) };
+    agents.push(await startAgent(agentOptions(own, tunnels, log)));
+  }
+  log.info('simulating a fleet', { devices: count, first: agents[0]!.id, last: agents.at(-1)!.id });
+  const stop = () => {
+    setTimeout(() => process.exit(EXIT_FORCED), FORCE_EXIT_AFTER_MS).unref();
+    void Promise.all(agents.map((agent) => agent.stop())).then(() => process.exit(0));
+  };
+  process.once('SIGTERM', stop);
+  process.once('SIGINT', stop);
+}
+
 function stopOnSignals(agent: Agent, log: Logger): void {
   const stop = (signal: NodeJS.Signals) => {
     log.info('signal received, stopping', { signal });
@@ -358,6 +395,8 @@ async function main(): Promise<void> {
   });
   // First of all: a new agent that never committed gives way to the previous one (its supervisor starts that).
   if (selfUpgrade.startCheck()) process.exit(0);
+  const count = wholeNumber(settings.simulate, 1, SIMULATE_MAX);
+  if (count !== undefined) return simulate(count, settings, tunnels, log);
   const options = { ...agentOptions(settings, tunnels, log), selfUpgrade };
   try {
     agent = await startAgent(options);

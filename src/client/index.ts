@@ -282,6 +282,15 @@ export class HubClient extends Emitter<HubClientEvents> {
     return new DeviceHandle(this, id);
   }
 
+  /**
+   * `PATCH /api/state/desired` (operator or admin): the same desired change on every device a job
+   * with this `target` would select (tags, ids, online, a state condition). Devices the hub has
+   * never seen are listed in `unknown` and left out.
+   */
+  setDesiredMany(target: DeviceSelector & { state?: string }, patch: Record<string, JsonValue>, options: { replace?: boolean } = {}): Promise<{ devices: number; changed: { device: string; version: number }[]; unknown?: string[] }> {
+    return this.rest.call('PATCH', '/api/state/desired', { target, desired: patch, ...(options.replace ? { replace: true } : {}) });
+  }
+
   /** `GET /api/devices/{id}/health` (any role): the device's health history, one point a minute, in columns. */
   deviceHealth(id: string, query: HealthQuery = {}): Promise<HealthSeries> {
     const problem = idProblem(id);

@@ -71,7 +71,7 @@ export const JobSpecSchema = z
       rollback: z.string({ error: expect('must be a command') }).min(1, { error: 'must not be empty' }).max(65_536, { error: 'must be at most 65536 characters' }).optional(),
       dir: z
         .string({ error: expect('must be an absolute directory path') })
-        .regex(/^\/[A-Za-z0-9._\/-]{0,255}$/, { error: 'must be an absolute directory path of A-Z a-z 0-9 . _ - /' })
+        .regex(/^\/([A-Za-z0-9._\/-]|\{device\}){0,255}$/, { error: 'must be an absolute directory path of A-Z a-z 0-9 . _ - / (and {device}, the device id)' })
         .refine((dir) => !dir.split('/').includes('..'), { error: 'must not contain ..' })
         .optional(),
     },
