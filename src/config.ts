@@ -115,6 +115,13 @@ export const SETTINGS = {
 export type SettingKey = keyof typeof SETTINGS;
 
 /**
+ * The client commands' variables (rhizosphere exec, run, deploy, …: which hub, which token) and
+ * RHIZOSPHERE_CONFIG: not hub settings, but no typo either, so a shell that exports them for
+ * the client commands can still start a hub or run an admin command.
+ */
+const CLIENT_ENV: ReadonlySet<string> = new Set(['RHIZOSPHERE_URL', 'RHIZOSPHERE_TOKEN_NAME', 'RHIZOSPHERE_TOKEN', 'RHIZOSPHERE_CONFIG']);
+
+/**
  * One server-side handler (docs/handlers.md): a config-file-only key, no flag or variable.
  * `module` starting with `.` or `/` is a file, relative to the config file (in-process: to
  * the working directory); anything else is a package name.
@@ -339,7 +346,7 @@ export function resolveConfig(layers: ConfigLayers = {}): HubConfig {
     sources[key] = { kind: 'env' };
   }
   for (const name of Object.keys(env)) {
-    if (name.startsWith('RHIZOSPHERE_') && !(Object.keys(SETTINGS) as SettingKey[]).some((key) => envName(key) === name)) {
+    if (name.startsWith('RHIZOSPHERE_') && !CLIENT_ENV.has(name) && !(Object.keys(SETTINGS) as SettingKey[]).some((key) => envName(key) === name)) {
       throw new ConfigError(`${name}: unknown environment variable (see rhizosphere --help)`);
     }
   }

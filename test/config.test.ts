@@ -25,6 +25,10 @@ describe('config', () => {
     expect(config).toMatchObject({ mqttPort: 1001, httpPort: 2002, dataDir: '/from/flag', topicPrefix: 'file', allowAnonymous: true, host: '127.0.0.1' });
   });
 
+  it('lets the client commands\' variables be (a shell exporting them can still start a hub)', () => {
+    expect(resolveConfig({ env: { RHIZOSPHERE_URL: 'ws://hub:8080/mqtt', RHIZOSPHERE_TOKEN_NAME: 'ops', RHIZOSPHERE_TOKEN: 'rz_x' } })).toEqual(DEFAULTS);
+  });
+
   it('names the culprit of every problem in one line', () => {
     const cases: [Parameters<typeof resolveConfig>[0], RegExp][] = [
       [{ file: configFile({ mqttport: 1 }) }, /unknown key "mqttport" \(did you mean "mqttPort"\?\)/],

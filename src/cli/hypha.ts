@@ -10,7 +10,8 @@ import { parseArgsProblem } from './args.js';
 import { startAgent, urlProblem, type Agent, type AgentOptions } from '../hypha/agent.js';
 import { resolveDeviceId, type ChosenIdSource } from '../hypha/identity.js';
 import { createLogger, isLogLevel, LOG_LEVELS, type Logger, type LogLevel } from '../hypha/log.js';
-import { DEFAULT_MAX_CONCURRENT, DEFAULT_MAX_QUEUE, DEFAULT_OUTPUT_CAP } from '../hypha/runner.js';
+import { DEFAULT_MAX_CONCURRENT, DEFAULT_MAX_QUEUE, DEFAULT_OUTPUT_CAP, Runner } from '../hypha/runner.js';
+import { Gate } from '../hypha/gate.js';
 import { DEFAULT_MAX_FILE_BYTES, DEFAULT_MAX_TUNNELS } from '../hypha/tunnels/index.js';
 import { MAX_DEVICE_TAGS, tagProblem } from '../protocol/tags.js';
 import { DEFAULT_HEALTH_INTERVAL_S } from '../protocol/health.js';
@@ -327,6 +328,8 @@ function credential(settings: Partial<Record<FlagName, Setting>>, log: Logger): 
 }
 
 const SIMULATE_MAX = 5000;
+/** Shells the simulated fleet runs at once (commands, and state commands). */
+const SIMULATE_SHELLS = 4;
 
 /**
  * `--simulate N`: N real agents (each its own MQTT connection, running real bash) in this one
@@ -343,10 +346,15 @@ async function simulate(count: number, settings: Partial<Record<FlagName, Settin
   if (tokenDir) mkdirSync(tokenDir.value, { recursive: true, mode: 0o700 });
   const width = Math.max(3, String(count - 1).length);
   const agents: Agent[] = [];
+  // One machine's CPU for the whole fleet: commands and state commands take turns, a few at a
+  // time, or hundreds of shells started at once starve this process's keepalives.
+  const shared = agentOptions({ ...settings, id: { ...prefix, value: `${prefix.value}-0` } }, tunnels, log);
+  const runner = new Runner({ maxConcurrent: SIMULATE_SHELLS, maxQueue: count * (shared.maxQueue ?? DEFAULT_MAX_QUEUE), outputCap: shared.outputCap });
+  const stateGate = new Gate(SIMULATE_SHELLS);
   for (let i = 0; i < count; i++) {
     const id = `${prefix.value}-${String(i).padStart(width, '0')}`;
     const own: Partial<Record<FlagName, Setting>> = { ...settings, id: { ...prefix, value: id }, ...(tokenDir ? { 'token-file': { ...tokenDir, value: join(tokenDir.value, id) } } : {}) };
-    agents.push(await startAgent(agentOptions(own, tunnels, log)));
+    agents.push(await startAgent({ ...agentOptions(own, tunnels, log), runner, stateGate }));
   }
   log.info('simulating a fleet', { devices: count, first: agents[0]!.id, last: agents.at(-1)!.id });
   const stop = () => {

@@ -17,6 +17,7 @@ import { DEFAULT_TOPIC_PREFIX, Topics } from '../protocol/topics.js';
 import { applyTarget, brokerTarget, urlProblem, type BrokerTarget } from './broker-urls.js';
 import { createLogger, type Logger, type LogLevel } from './log.js';
 import type { SelfUpgrade } from './self-upgrade.js';
+import type { Gate } from './gate.js';
 import { HealthReporter } from './health.js';
 import { AGENT_VERSION, birthPayload, judgePresence, newPresenceNonce, offlinePayload } from './presence.js';
 import { failureResponse, monotonicNow, Runner, type CommandResponse } from './runner.js';
@@ -105,6 +106,10 @@ export interface AgentOptions {
   loadPty?: () => Promise<unknown>;
   /** How the standalone agent replaces itself (agent_upgrade tunnels); it commits once its command subscription is granted. */
   selfUpgrade?: SelfUpgrade;
+  /** Simulated devices (hypha --simulate): one runner for them all, so their commands take turns on this machine. */
+  runner?: Runner;
+  /** Simulated devices: their state commands take turns too. */
+  stateGate?: Gate;
   /**
    * Seconds between health reports on `P/devices/{id}/telemetry/health` (docs/protocol.md
    * "Health telemetry"), the first at the first connect; 0 or unset: none (`hypha` defaults to 60).
@@ -196,6 +201,8 @@ export class Agent extends EventEmitter<AgentEvents> {
   private readonly speaksOnly311 = new Set<number>();
   /** The refusal of MQTT 5 just seen: the next attempt is 3.1.1 at once, not after a backoff. */
   private versionFallback = false;
+  /** The next 'offline' is that fallback's, not worth a warning. */
+  private quietOffline = false;
   private readonly credentials: { username?: string; password?: string };
   private readonly presenceTopic: string;
   /** The nonce of the connection being made or held (a new one for every attempt). */
@@ -232,7 +239,7 @@ export class Agent extends EventEmitter<AgentEvents> {
     this.responseTopic = this.topics.deviceResponse(this.id);
     this.presenceTopic = this.topics.devicePresence(this.id);
     this.log = options.logger ?? createLogger({ level: options.logLevel ?? 'info' });
-    this.runner = new Runner({ maxConcurrent: options.maxConcurrent, maxQueue: options.maxQueue, outputCap: options.outputCap });
+    this.runner = options.runner ?? new Runner({ maxConcurrent: options.maxConcurrent, maxQueue: options.maxQueue, outputCap: options.outputCap });
     this.backoff = {
       baseMs: options.backoffBaseMs ?? DEFAULT_BACKOFF_BASE_MS,
       capMs: options.backoffCapMs ?? DEFAULT_BACKOFF_CAP_MS,
@@ -240,7 +247,7 @@ export class Agent extends EventEmitter<AgentEvents> {
     };
     this.tunnelsTopic = this.topics.deviceTunnelsIn(this.id);
     this.stateTopic = this.topics.deviceStateDelta(this.id);
-    this.state = new StateApplier({ command: options.stateCommand, deviceId: this.id, log: this.log, report: (report) => this.publishStateReport(report) });
+    this.state = new StateApplier({ command: options.stateCommand, deviceId: this.id, log: this.log, report: (report) => this.publishStateReport(report), ...(options.stateGate ? { gate: options.stateGate } : {}) });
     this.tunnels =
       options.tunnels === false
         ? undefined
@@ -329,7 +336,11 @@ export class Agent extends EventEmitter<AgentEvents> {
     // Registered after MQTT.js's own 'close' listener, so it runs after that one has set up its fixed-period retry.
     this.client.on('close', () => this.onClose());
     this.client.on('error', (err) => this.onError(err));
-    this.client.on('offline', () => this.log.warn('offline', { url: redactUrl(this.url) }));
+    this.client.on('offline', () => {
+      // Falling back from MQTT 5 to 3.1.1 (the embedded broker) is no loss of connection.
+      if (this.quietOffline) this.quietOffline = false;
+      else this.log.warn('offline', { url: redactUrl(this.url) });
+    });
     this.client.on('reconnect', () => {
       this.prepareAttempt(this.client.options);
       this.log.debug('reconnecting', { url: redactUrl(this.url), mqtt: this.protocolVersion === 5 ? '5' : '3.1.1' });
@@ -489,6 +500,7 @@ export class Agent extends EventEmitter<AgentEvents> {
     if (this.mqttVersion === 'auto' && this.protocolVersion === 5 && typeof err.code === 'number' && PROTOCOL_VERSION_REFUSED.has(err.code)) {
       this.speaksOnly311.add(this.targetIndex);
       this.versionFallback = true;
+      this.quietOffline = true;
       this.log.info('the broker refused MQTT 5: speaking 3.1.1 to it', { url: redactUrl(this.url) });
       return;
     }

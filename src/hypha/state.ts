@@ -11,6 +11,7 @@
  * connection, is not run again (QoS 1 redeliveries, the retained copy after a reconnect).
  * No MQTT here: the agent hands deltas in and publishes the reports it gets back.
  */
+import type { Gate } from './gate.js';
 import { spawn } from 'node:child_process';
 import type { Logger } from './log.js';
 import { DeltaMessageSchema, stateProblem, STATE_ERROR_MAX_LENGTH, type DeltaMessage, type JsonValue, type ReportMessage } from '../protocol/state.js';
@@ -32,6 +33,8 @@ export interface StateApplierOptions {
   /** Publishes a report on the device's state/reported topic. */
   report: (report: ReportMessage) => void;
   timeoutMs?: number;
+  /** Shared by simulated devices: their state commands take turns. */
+  gate?: Gate;
 }
 
 export class StateApplier {
@@ -100,7 +103,7 @@ export class StateApplier {
         this.options.log.debug('state delta already handled', { version: delta.version });
         continue;
       }
-      const outcome = await this.apply(delta);
+      const outcome = this.options.gate ? await this.options.gate.run(() => this.apply(delta)) : await this.apply(delta);
       if (this.stopped) return;
       if ('state' in outcome) {
         this.lastApplied = key;
