@@ -211,7 +211,7 @@ describe('web console: remote access', () => {
     await page.evaluate(() => (location.hash = '#/devices/pi-remote/terminal'));
     await page.locator('.device-title').waitFor();
     await page.locator('.command-input').waitFor();
-    expect(await page.locator('.device-tab-link').evaluateAll((links) => links.map((link) => (link as HTMLElement).dataset.tab))).toEqual(['commands', 'health']);
+    expect(await page.locator('.device-tab-link').evaluateAll((links) => links.map((link) => (link as HTMLElement).dataset.tab))).toEqual(['commands', 'health', 'state']);
     expect(await page.locator('.terminal, .terminals, .files, .web-page').count()).toBe(0);
     expect(await page.isVisible('#recordings-link')).toBe(false);
     expect(await page.evaluate(() => fetch('/api/recordings').then((r) => r.status))).toBe(403);

@@ -10,6 +10,7 @@
 import { copyButton } from './clipboard.js';
 import { FilesPanel } from './files-panel.js';
 import { DeviceHealthPanel } from './health-view.js';
+import { DeviceStatePanel } from './state-view.js';
 import { clockTime, duration, el, relativeTime } from './format.js';
 import { loadHistory, remember, type HistoryEntry } from './history.js';
 import type { HubClient } from './hub-client.js';
@@ -19,9 +20,9 @@ import { DEVICE_TABS, links, type DeviceTab } from './router.js';
 import { TerminalsPanel } from './terminal-view.js';
 import { ORDERS, type Device, type Order, type Reply } from './types.js';
 
-const TAB_TITLES: Record<DeviceTab, string> = { commands: 'Commands', terminal: 'Terminal', files: 'Files', recordings: 'Recordings', health: 'Health' };
+const TAB_TITLES: Record<DeviceTab, string> = { commands: 'Commands', terminal: 'Terminal', files: 'Files', recordings: 'Recordings', health: 'Health', state: 'State' };
 /** What viewers have: no remote access. */
-const VIEWER_TABS: readonly DeviceTab[] = ['commands', 'health'];
+const VIEWER_TABS: readonly DeviceTab[] = ['commands', 'health', 'state'];
 
 /** A device's remote-access tools, made on the first visit and kept for the page's life. */
 interface RemoteTools {
@@ -50,6 +51,7 @@ export class DeviceView {
   private tab: DeviceTab = 'commands';
   private readonly tools = new Map<string, RemoteTools>();
   private readonly healthPanels = new Map<string, DeviceHealthPanel>();
+  private readonly statePanels = new Map<string, DeviceStatePanel>();
 
   constructor(
     private readonly root: HTMLElement,
@@ -61,6 +63,7 @@ export class DeviceView {
     const next = this.tabs().includes(tab) ? tab : 'commands';
     if (id !== this.deviceId) {
       for (const panel of this.healthPanels.values()) panel.hidden();
+      for (const panel of this.statePanels.values()) panel.hidden();
       this.deviceId = id;
       this.history = id ? loadHistory(id) : [];
       this.recall = -1;
@@ -137,9 +140,10 @@ export class DeviceView {
         tabPanel('files', tools.files.root),
         tabPanel('recordings', tools.recordings.root),
         tabPanel('health', this.healthOf(id).root),
+        tabPanel('state', this.stateOf(id).root),
       );
     } else {
-      this.root.replaceChildren(header, banner, this.tabBar(id), commands, tabPanel('health', this.healthOf(id).root));
+      this.root.replaceChildren(header, banner, this.tabBar(id), commands, tabPanel('health', this.healthOf(id).root), tabPanel('state', this.stateOf(id).root));
     }
     this.renderState();
     this.renderResults();
@@ -154,6 +158,15 @@ export class DeviceView {
       this.tools.set(id, tools);
     }
     return tools;
+  }
+
+  private stateOf(id: string): DeviceStatePanel {
+    let panel = this.statePanels.get(id);
+    if (!panel) {
+      panel = new DeviceStatePanel(id, canRunCommands(this.hub.session));
+      this.statePanels.set(id, panel);
+    }
+    return panel;
   }
 
   private healthOf(id: string): DeviceHealthPanel {
@@ -195,6 +208,8 @@ export class DeviceView {
     const tools = this.tools.get(id);
     if (this.tab === 'health') this.healthOf(id).shown();
     else this.healthPanels.get(id)?.hidden();
+    if (this.tab === 'state') this.stateOf(id).shown();
+    else this.statePanels.get(id)?.hidden();
     if (this.tab === 'commands') {
       const input = this.root.querySelector<HTMLInputElement>('.command-input');
       if (input && !input.disabled) input.focus();

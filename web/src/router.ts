@@ -7,7 +7,7 @@
  */
 
 /** The tabs of a device's page: commands, terminals, file transfers, its recordings, its health. */
-export const DEVICE_TABS = ['commands', 'terminal', 'files', 'recordings', 'health'] as const;
+export const DEVICE_TABS = ['commands', 'terminal', 'files', 'recordings', 'health', 'state'] as const;
 export type DeviceTab = (typeof DEVICE_TABS)[number];
 
 export type Route =
