@@ -95,8 +95,8 @@ export function watchMqttDevices(
       takeovers.delete(client.id);
     }
     presence.attach(client.id, link);
-    const agent = earlyAgents.get(client);
-    if (agent !== undefined) presence.setAgent(client.id, link, agent);
+    const early = earlyAgents.get(client);
+    if (early !== undefined) presence.setAgent(client.id, link, early.agent, early.tz);
     // A safety net under 'clientDisconnect': when a second connection with the same id dies in
     // the middle of taking over, Aedes unregisters the wrong client and never reports the
     // first one's end. The socket's own close always comes; presence ignores a link it has
@@ -154,7 +154,7 @@ export function watchMqttDevices(
     log.debug({ clientId: client.id, err: error.message }, 'client connection error');
   };
   /** Agents announced before their connection counted as a device (the birth overtook the SUBSCRIBE's handling). */
-  const earlyAgents = new WeakMap<Client, string>();
+  const earlyAgents = new WeakMap<Client, { agent: string; tz: string | undefined }>();
   const onBirth = (client: Client, payload: Buffer | string) => {
     if (payload.length === 0) return;
     const parsed = parsePayload(PresenceMessageSchema, payload);
@@ -164,9 +164,10 @@ export function watchMqttDevices(
     }
     const agent = parsed.value.online ? parsed.value.agent : undefined;
     if (agent === undefined) return;
+    const tz = parsed.value.tz;
     const link = links.get(client);
-    if (link) presence.setAgent(client.id, link, agent);
-    else earlyAgents.set(client, agent);
+    if (link) presence.setAgent(client.id, link, agent, tz);
+    else earlyAgents.set(client, { agent, tz });
   };
   const onActivity = (_packet: unknown, client: Client | null) => {
     if (!client) return;

@@ -26,6 +26,8 @@ export interface DeviceLink {
   readonly tunnels?: boolean;
   /** The agent and version the device announced when this link came up (an external broker's birth). */
   readonly agent?: string;
+  /** The time zone the birth announced. */
+  readonly tz?: string;
 }
 
 export interface DeviceEntry {
@@ -47,6 +49,8 @@ export interface DeviceEntry {
   readonly node?: string;
   /** The agent and version of the device's last birth, e.g. "hypha/0.1.0"; null when it never said. */
   readonly agent: string | null;
+  /** The time zone its birth announced (IANA name), for job windows in the device's time; null when unknown. */
+  readonly tz: string | null;
 }
 
 /** A device as the REST API and events show it (PROTOCOL.md `GET /api/devices`). */
@@ -105,6 +109,7 @@ interface MutableEntry {
   tags: string[];
   node?: string;
   agent: string | null;
+  tz: string | null;
   /**
    * The database held the device when presence learned of it: what is seen of it then only
    * updates its row, and a row removed meanwhile (by an admin, another node) stays removed.
@@ -131,7 +136,7 @@ export function toDeviceInfo(entry: DeviceEntry): DeviceInfo {
 const sameTags = (a: readonly string[], b: readonly string[]) => a.length === b.length && a.every((tag, i) => tag === b[i]);
 
 function blankEntry(id: string, tags: string[], stored: boolean): MutableEntry {
-  return { id, online: false, transport: null, remoteAddress: null, connectedAt: null, lastSeen: null, link: null, clients: new Map(), tags, stored, agent: null };
+  return { id, online: false, transport: null, remoteAddress: null, connectedAt: null, lastSeen: null, link: null, clients: new Map(), tags, stored, agent: null, tz: null };
 }
 
 export class Presence extends EventEmitter<PresenceEvents> {
@@ -237,6 +242,7 @@ export class Presence extends EventEmitter<PresenceEvents> {
     // On the embedded broker the birth comes just after (setAgent); until then it is not known
     // which agent this connection runs (an upgrade may have just changed it).
     entry.agent = link.agent ?? null;
+    if (link.tz !== undefined) entry.tz = link.tz;
     if (previous && previous !== link) {
       this.log.info({ device: id, transport: link.transport }, 'device reconnected; the older connection is replaced');
       previous.close('replaced by a newer connection with the same id');
@@ -345,9 +351,11 @@ export class Presence extends EventEmitter<PresenceEvents> {
    * The device announced its agent and version (its birth on the embedded broker): kept,
    * written, and in its status. Ignored unless `link` is the device's current one.
    */
-  setAgent(id: string, link: DeviceLink, agent: string): void {
+  setAgent(id: string, link: DeviceLink, agent: string, tz?: string): void {
     const entry = this.entries.get(id);
-    if (!entry || entry.link !== link || entry.agent === agent) return;
+    if (!entry || entry.link !== link) return;
+    if (tz !== undefined) entry.tz = tz;
+    if (entry.agent === agent) return;
     entry.agent = agent;
     this.persist(entry);
     if (!this.closing) this.publishStatus(id, this.statusOf(entry));

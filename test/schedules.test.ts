@@ -7,7 +7,7 @@ import { spawn } from 'node:child_process';
 import { describe, expect, it } from 'vitest';
 import type { Hub } from '../src/index.js';
 import { cronProblem, nextCronRun, windowWait } from '../src/jobs/schedule.js';
-import { cleanup, HUB_BIN, startAgents, startTestHub, tempDir, waitFor } from './helpers.js';
+import { cleanup, HUB_BIN, HYPHA_BIN, startAgents, startTestHub, tempDir, waitFor } from './helpers.js';
 
 /** A clock the test moves: real time plus an offset. */
 function movableClock(startsAt: number) {
@@ -82,6 +82,29 @@ describe('schedules on a real hub', () => {
     clock.moveTo(utc('02:00:05'));
     const job = await waitFor(() => (hub.jobs.get(id)!.state === 'done' ? hub.jobs.get(id) : undefined), { what: 'the job done once the window opened' });
     expect(job.counts.succeeded).toBe(2);
+  });
+
+  it('holds each target until the window opens in its own time zone, as its birth announced it', async () => {
+    // 02:30 UTC is 11:30 in Tokyo: inside a 02:00–04:00 window for the UTC device, outside for the other.
+    const clock = movableClock(utc('02:30:00'));
+    const hub = await startTestHub({ clock: clock.now });
+    for (const [id, tz] of [
+      ['here', 'UTC'],
+      ['tokyo', 'Asia/Tokyo'],
+    ] as const) {
+      const child = spawn(process.execPath, [HYPHA_BIN, '--url', hub.urls.mqtt, '--id', id], { stdio: 'ignore', env: { ...process.env, TZ: tz } });
+      cleanup(() => child.kill('SIGKILL'));
+    }
+    await waitFor(() => hub.connections.get('here')?.tz === 'UTC' && hub.connections.get('tokyo')?.tz === 'Asia/Tokyo', { timeoutMs: 15_000, what: 'both devices announced their time zones' });
+    const created = await api(hub, 'POST', '/api/jobs', { target: { devices: ['here', 'tokyo'] }, order: 'exec_bash', cmd_str: 'echo done', window: { start: '02:00', end: '04:00', tz: 'device' } });
+    const id = created.body.id as string;
+    await waitFor(() => hub.jobs.get(id)!.targets.find((t) => t.device === 'here')?.state === 'succeeded', { what: 'the UTC device done' });
+    await new Promise((r) => setTimeout(r, 1500));
+    expect(hub.jobs.get(id)!.targets.find((t) => t.device === 'tokyo')?.state).toBe('queued');
+    // 17:30 UTC is 02:30 in Tokyo.
+    clock.moveTo(utc('17:30:00'));
+    await waitFor(() => hub.jobs.get(id)!.state === 'done', { what: 'the Tokyo device done in its own window' });
+    expect(hub.jobs.get(id)!.counts.succeeded).toBe(2);
   });
 
   it('creates jobs on a cron expression and at a time, keeps them across a restart, and through the CLI', async () => {

@@ -34,6 +34,8 @@ export class ExternalLink implements DeviceLink {
     readonly agent: string | undefined,
     /** The birth offered tunnels. */
     readonly tunnels: boolean,
+    /** The birth's time zone. */
+    readonly tz?: string,
   ) {
     this.commandTopic = topics.deviceCommand(id);
   }
@@ -83,7 +85,7 @@ export function watchExternalDevices({ uplink, topics, presence, log, admitUnkno
   const warnedUnknown = new Set<string>();
   let recheck: { timer: NodeJS.Timeout; confirmed: Set<string> } | null = null;
 
-  const online = (id: string, nonce: string, transport: Transport, agent: string | undefined, tunnels: boolean) => {
+  const online = (id: string, nonce: string, transport: Transport, agent: string | undefined, tunnels: boolean, tz: string | undefined) => {
     recheck?.confirmed.add(id);
     const current = links.get(id);
     if (current?.nonce === nonce) return presence.touch(id, current);
@@ -92,7 +94,7 @@ export function watchExternalDevices({ uplink, topics, presence, log, admitUnkno
       warnedUnknown.add(id);
       return;
     }
-    const link = new ExternalLink(uplink, topics, id, nonce, transport, agent, tunnels);
+    const link = new ExternalLink(uplink, topics, id, nonce, transport, agent, tunnels, tz);
     links.set(id, link);
     // A link already there is replaced without an offline flap (a reconnect: a takeover).
     presence.attach(id, link);
@@ -125,8 +127,8 @@ export function watchExternalDevices({ uplink, topics, presence, log, admitUnkno
         log.warn({ code: 'BAD_REQUEST', device: id, problem: parsed.message }, 'malformed presence message ignored');
         return;
       }
-      const { online: isOnline, nonce, transport, agent, tunnels } = parsed.value;
-      if (isOnline) online(id, nonce, transport ?? 'mqtt', agent, tunnels ?? false);
+      const { online: isOnline, nonce, transport, agent, tunnels, tz } = parsed.value;
+      if (isOnline) online(id, nonce, transport ?? 'mqtt', agent, tunnels ?? false, tz);
       else offline(id, nonce);
     },
     touch(id) {

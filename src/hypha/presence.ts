@@ -20,8 +20,14 @@ export function newPresenceNonce(): string {
 }
 
 export function birthPayload(nonce: string, transport: PresenceTransport, tunnels: boolean): string {
-  const birth: PresenceMessage = { online: true, nonce, transport, tunnels, agent: AGENT_NAME };
+  const birth: PresenceMessage = { online: true, nonce, transport, tunnels, agent: AGENT_NAME, ...deviceTimeZone() };
   return JSON.stringify(birth);
+}
+
+/** The device's time zone as the system says it (TZ, /etc/localtime), when it names one. */
+function deviceTimeZone(): { tz?: string } {
+  const tz = Intl.DateTimeFormat().resolvedOptions().timeZone;
+  return tz && /^[A-Za-z0-9_+\-/]{1,64}$/.test(tz) ? { tz } : {};
 }
 
 /** The will, and what a clean stop publishes itself (a clean DISCONNECT suppresses the will). */

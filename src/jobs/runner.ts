@@ -480,13 +480,16 @@ export class JobRunner extends EventEmitter<JobRunnerEvents> {
     }
     const { presence } = this.options;
     const { rollout, canary, window } = job.staging;
-    if (window && job.head < job.ready.length) {
+    const perDevice = window?.tz === 'device';
+    if (window && !perDevice && job.head < job.ready.length) {
       const wait = windowWait(window, this.now());
       if (wait > 0) {
         this.scheduleRetry(job, Math.min(wait, WINDOW_RECHECK_MS));
         return;
       }
     }
+    /** In the device's own time zone: targets outside their window wait and are looked at again. */
+    const outside: string[] = [];
     while (job.counts.sent + job.attempting < job.concurrency && job.head < job.ready.length) {
       // The canary's targets go first and alone; the rest wait for its verdict.
       if (canary && job.canary && !job.canary.passed && job.canary.members.size >= canary.count) break;
@@ -500,13 +503,22 @@ export class JobRunner extends EventEmitter<JobRunnerEvents> {
       const device = job.ready[job.head++]!;
       const target = job.targets.get(device);
       if (!target || target.state !== 'queued') continue;
-      if (!presence.get(device)?.online) {
+      const entry = presence.get(device);
+      if (!entry?.online) {
         job.waiting.add(device);
+        continue;
+      }
+      if (perDevice && windowWait(window!, this.now(), entry.tz) > 0) {
+        outside.push(device);
         continue;
       }
       if (job.canary && !job.canary.passed) job.canary.members.add(device);
       this.send(job, target);
       if (rollout) job.pacer.took(now, ratePerMinute(rollout, job.counts.succeeded));
+    }
+    if (outside.length > 0) {
+      job.ready.push(...outside);
+      this.scheduleRetry(job, WINDOW_RECHECK_MS);
     }
     if (job.head > 1024 && job.head * 2 > job.ready.length) {
       job.ready = job.ready.slice(job.head);

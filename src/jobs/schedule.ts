@@ -32,8 +32,8 @@ export const WindowSchema = z
     {
       start: timeOfDay,
       end: timeOfDay,
-      /** Default: the hub's own time zone. */
-      tz: TimeZoneSchema.optional(),
+      /** Default: the hub's own time zone; "device": each device's own, from its birth (the hub's when it never said). */
+      tz: z.union([z.literal('device'), TimeZoneSchema]).optional(),
     },
     { error: 'must be an object like {"start": "02:00", "end": "04:00", "tz": "Europe/Berlin"}' },
   )
@@ -54,8 +54,9 @@ function clockIn(tz: string | undefined, now: number): { minutes: number; second
  * (22:00–04:00). Across a daylight-saving change the answer can be an hour off; callers look
  * again at least every minute, so that settles itself.
  */
-export function windowWait(window: Window, now: number): number {
-  const { minutes, seconds } = clockIn(window.tz, now);
+export function windowWait(window: Window, now: number, deviceTz?: string | null): number {
+  const zone = window.tz === 'device' ? (deviceTz ?? undefined) : window.tz;
+  const { minutes, seconds } = clockIn(zone, now);
   const start = minutesOf(window.start);
   const end = minutesOf(window.end);
   const open = start < end ? minutes >= start && minutes < end : minutes >= start || minutes < end;

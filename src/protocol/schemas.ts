@@ -131,6 +131,12 @@ export const PresenceMessageSchema = z.object({
   tunnels: z.boolean({ error: expect('must be true or false') }).optional(),
   /** The agent and its version, e.g. "hypha/0.1.0". */
   agent: z.string({ error: expect('must be a string') }).max(64, { error: 'must be at most 64 characters' }).optional(),
+  /** Birth only: the device's time zone (an IANA name), for job windows in the device's time. */
+  tz: z
+    .string({ error: expect('must be a string') })
+    .max(64, { error: 'must be at most 64 characters' })
+    .regex(/^[A-Za-z0-9_+\-/]+$/, { error: 'must be a time zone name like Europe/Berlin' })
+    .optional(),
 });
 export type PresenceMessage = z.infer<typeof PresenceMessageSchema>;
 
