@@ -104,8 +104,8 @@ describe('web console: health', () => {
     });
     await logIn(page, hub.urls.http, '#/devices/pi-hot/health', 'vera', 'vera-password');
 
-    // A viewer has Commands and Health (no remote access).
-    expect(await page.locator('.device-tab-link').allTextContents()).toEqual(['Commands', 'Health']);
+    // A viewer has Commands, Health and State (no remote access).
+    expect(await page.locator('.device-tab-link').allTextContents()).toEqual(['Commands', 'Health', 'State']);
     expect(await page.getAttribute('.device-tab-link[data-tab="health"]', 'aria-current')).toBe('page');
 
     // pi-hot: 90 minutes of history and its report now, in four charts drawn on canvas.
