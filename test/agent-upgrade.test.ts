@@ -12,7 +12,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { buildAgentBundle } from '../src/build/agent-bundle.js';
 import type { Hub } from '../src/index.js';
 import { PACKAGE_VERSION } from '../src/package-root.js';
-import { cleanup, HUB_BIN, ROOT, startTestHub, tempDir, waitFor } from './helpers.js';
+import { cleanup, ROOT, startTestHub, tempDir, waitFor, runCli as cli } from './helpers.js';
 
 const CURRENT = join(ROOT, 'dist', 'agent', 'hypha.js');
 const NEXT_VERSION = `${PACKAGE_VERSION}-next.1`;
@@ -66,16 +66,6 @@ function install(hub: Hub, id: string, env: Record<string, string> = {}): Instal
   return { id, dir, file, output: () => output };
 }
 
-/** The real CLI, as its own process (the hub runs in this one, so nothing here may block). */
-function cli(args: string[]): Promise<{ status: number | null; stdout: string; stderr: string }> {
-  const child = spawn(process.execPath, [HUB_BIN, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
-  let stdout = '';
-  let stderr = '';
-  child.stdout.on('data', (chunk: Buffer) => (stdout += chunk.toString()));
-  child.stderr.on('data', (chunk: Buffer) => (stderr += chunk.toString()));
-  cleanup(() => child.kill('SIGKILL'));
-  return new Promise((resolve) => child.on('close', (status) => resolve({ status, stdout, stderr })));
-}
 
 async function job(hub: Hub, body: unknown) {
   const created = await fetch(`${hub.urls.http}/api/jobs`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify(body) });

@@ -8,7 +8,6 @@
  * that fails first is retried, across a restart too, each attempt audited. Bad input is refused
  * with coded errors over REST and the real CLI.
  */
-import { spawn } from 'node:child_process';
 import { createHmac, timingSafeEqual } from 'node:crypto';
 import { createServer, type IncomingHttpHeaders } from 'node:http';
 import type { AddressInfo } from 'node:net';
@@ -16,7 +15,7 @@ import { describe, expect, it } from 'vitest';
 import type { Hub } from '../src/index.js';
 import type { AlertView, WebhookPayload } from '../src/protocol/alerts.js';
 import { backoffMs, signature, WEBHOOK_MAX_ATTEMPTS } from '../src/alerts/webhooks.js';
-import { cleanup, connectMqtt, HUB_BIN, spawnHypha, startTestHub, tempDir, waitFor } from './helpers.js';
+import { cleanup, connectMqtt, spawnHypha, startTestHub, tempDir, waitFor, runCli as cli } from './helpers.js';
 
 const MINUTE = 60_000;
 const SECRET = 'a-webhook-secret-of-some-length';
@@ -39,15 +38,6 @@ async function api(hub: Hub, method: string, path: string, body?: unknown, token
   return { status: res.status, body: (await res.json()) as any };
 }
 
-function cli(args: string[]): Promise<{ status: number | null; stdout: string; stderr: string }> {
-  const child = spawn(process.execPath, [HUB_BIN, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
-  let stdout = '';
-  let stderr = '';
-  child.stdout.on('data', (chunk: Buffer) => (stdout += chunk.toString()));
-  child.stderr.on('data', (chunk: Buffer) => (stderr += chunk.toString()));
-  cleanup(() => child.kill('SIGKILL'));
-  return new Promise((resolve) => child.on('close', (status) => resolve({ status, stdout, stderr })));
-}
 
 interface Received {
   headers: IncomingHttpHeaders;

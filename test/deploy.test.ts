@@ -3,23 +3,14 @@
  * the real CLI, copied by the hub to 20 real hypha agents over file tunnels, unpacked and
  * installed there, the one failing install rolled back; and the bad input refused.
  */
-import { execFileSync, spawn } from 'node:child_process';
+import { execFileSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import type { Hub } from '../src/index.js';
-import { cleanup, HUB_BIN, startAgents, startTestHub, tempDir } from './helpers.js';
+import { startAgents, startTestHub, tempDir, runCli as cli } from './helpers.js';
 
-function cli(args: string[]): Promise<{ status: number | null; stdout: string; stderr: string }> {
-  const child = spawn(process.execPath, [HUB_BIN, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
-  let stdout = '';
-  let stderr = '';
-  child.stdout.on('data', (chunk: Buffer) => (stdout += chunk.toString()));
-  child.stderr.on('data', (chunk: Buffer) => (stderr += chunk.toString()));
-  cleanup(() => child.kill('SIGKILL'));
-  return new Promise((resolve) => child.on('close', (status) => resolve({ status, stdout, stderr })));
-}
 
 async function api(hub: Hub, method: string, path: string, body?: unknown, raw?: Buffer) {
   const res = await fetch(`${hub.urls.http}${path}`, {

@@ -183,6 +183,20 @@ export function isGone(pid: number): boolean {
   }
 }
 
+/**
+ * The real `rhizosphere` CLI as a process of its own, its output collected. Never spawnSync it
+ * while a hub runs in the test's process: that hub would stop answering until the CLI ends.
+ */
+export function runCli(args: string[], env: Record<string, string> = {}): Promise<{ status: number | null; stdout: string; stderr: string }> {
+  const child = spawn(process.execPath, [HUB_BIN, ...args], { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, ...env } });
+  let stdout = '';
+  let stderr = '';
+  child.stdout!.on('data', (chunk: Buffer) => (stdout += chunk.toString()));
+  child.stderr!.on('data', (chunk: Buffer) => (stderr += chunk.toString()));
+  cleanup(() => child.kill('SIGKILL'));
+  return new Promise((resolve) => child.on('close', (status) => resolve({ status, stdout, stderr })));
+}
+
 /** Starts the hub as a process and waits until it answers /healthz. */
 export function spawnHub(args: string[]) {
   const child = spawn(process.execPath, [HUB_BIN, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });

@@ -4,12 +4,11 @@
  * ramps, an abort at its threshold, a canary that stops a broken change and one that lets a good
  * one through, pause and resume, and the bad input refused.
  */
-import { spawn } from 'node:child_process';
 import { describe, expect, it } from 'vitest';
 import type { Hub } from '../src/index.js';
 import type { JobView } from '../src/jobs/runner.js';
 import { abortReason, Pacer, ratePerMinute } from '../src/jobs/rollout.js';
-import { cleanup, HUB_BIN, startAgents, startTestHub, waitFor } from './helpers.js';
+import { cleanup, startAgents, startTestHub, waitFor, runCli as cli } from './helpers.js';
 
 const counts = (c: Partial<Record<'queued' | 'sent' | 'succeeded' | 'failed' | 'timed_out' | 'canceled', number>>) => ({
   queued: 0,
@@ -191,12 +190,3 @@ describe('staged rollouts on real agents', () => {
   });
 });
 
-function cli(args: string[]): Promise<{ status: number | null; stdout: string; stderr: string }> {
-  const child = spawn(process.execPath, [HUB_BIN, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
-  let stdout = '';
-  let stderr = '';
-  child.stdout.on('data', (chunk: Buffer) => (stdout += chunk.toString()));
-  child.stderr.on('data', (chunk: Buffer) => (stderr += chunk.toString()));
-  cleanup(() => child.kill('SIGKILL'));
-  return new Promise((resolve) => child.on('close', (status) => resolve({ status, stdout, stderr })));
-}

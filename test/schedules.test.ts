@@ -7,7 +7,7 @@ import { spawn } from 'node:child_process';
 import { describe, expect, it } from 'vitest';
 import type { Hub } from '../src/index.js';
 import { cronProblem, nextCronRun, windowWait } from '../src/jobs/schedule.js';
-import { cleanup, HUB_BIN, HYPHA_BIN, startAgents, startTestHub, tempDir, waitFor } from './helpers.js';
+import { cleanup, HYPHA_BIN, startAgents, startTestHub, tempDir, waitFor, runCli as cli } from './helpers.js';
 
 /** A clock the test moves: real time plus an offset. */
 function movableClock(startsAt: number) {
@@ -28,15 +28,6 @@ async function api(hub: Hub, method: string, path: string, body?: unknown) {
   return { status: res.status, body: (await res.json()) as any };
 }
 
-function cli(args: string[]): Promise<{ status: number | null; stdout: string; stderr: string }> {
-  const child = spawn(process.execPath, [HUB_BIN, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
-  let stdout = '';
-  let stderr = '';
-  child.stdout.on('data', (chunk: Buffer) => (stdout += chunk.toString()));
-  child.stderr.on('data', (chunk: Buffer) => (stderr += chunk.toString()));
-  cleanup(() => child.kill('SIGKILL'));
-  return new Promise((resolve) => child.on('close', (status) => resolve({ status, stdout, stderr })));
-}
 
 /** Today (UTC) at hh:mm:ss. */
 const utc = (time: string) => Date.parse(`${new Date().toISOString().slice(0, 10)}T${time}Z`);
