@@ -67,9 +67,6 @@ export async function startHub(sup: Supervisor, dataDir: string, transport: Tran
     '--http-port', String(httpPort),
     '--data-dir', dataDir,
     '--log-level', 'warn',
-    // The load client is one connection standing for many clients: the per-connection limit
-    // (1000/s by default, then the connection is closed) would cap the round trips.
-    '--max-publish-rate', '0',
     ...(options.extraArgs ?? []),
   ]);
   options.spawned?.(child);
@@ -92,7 +89,7 @@ export async function startAedes(sup: Supervisor, transport: TransportName): Pro
   const port = await freePort();
   const wsPort = transport === 'ws' ? await freePort() : 0;
   const args = ['--port', String(port), ...(wsPort ? ['--ws-port', String(wsPort)] : [])];
-  const child = sup.fork('aedes', join(ROOT, 'dist', 'bench', 'bare-aedes.js'), args);
+  const child = sup.fork('aedes', join(ROOT, 'dist', 'bench', 'bare-aedes.js'), args, { execArgv: process.env.BENCH_AEDES_NODE_ARGS?.split(' ').filter(Boolean) ?? [] });
   await waitForPort(child, wsPort || port);
   return { name: 'aedes', child, url: wsPort ? `ws://127.0.0.1:${wsPort}/mqtt` : `mqtt://127.0.0.1:${port}`, acceptingAt: performance.now() };
 }

@@ -1,14 +1,17 @@
 /**
  * The broker's door and its rules: who may connect (ids, credentials) and who may publish
- * and subscribe where (src/auth/acl.ts). MQTT 3.1.1 has no way to refuse one PUBLISH, so
- * Aedes answers a refused publish by closing that connection; a refused SUBSCRIBE gets
- * return code 0x80. Every refusal is logged with its code so the operator can see why.
+ * and subscribe where (src/auth/acl.ts), and how fast (src/publish-limit.ts). MQTT 3.1.1 has
+ * no way to refuse one PUBLISH, so Aedes answers a refused publish by closing that connection;
+ * a refused SUBSCRIBE gets return code 0x80. Every refusal is logged with its code so the
+ * operator can see why.
  */
 import type { AedesOptions, AuthenticateError, Client } from 'aedes';
 import { mayPublish, maySubscribe } from './auth/acl.js';
 import type { Authenticator } from './auth/authenticator.js';
 import type { Principal } from './auth/roles.js';
+import { EveryMinute } from './every-minute.js';
 import type { Logger } from './log.js';
+import { FLOOD_SECONDS, PublishLimit } from './publish-limit.js';
 import { idProblem } from './protocol/ids.js';
 import type { Topics } from './protocol/topics.js';
 
@@ -22,30 +25,10 @@ export interface AccessOptions {
   certificateIdOf?: (client: Client) => string | undefined;
   /** Told of each connection that passed authentication, before the broker registers it (takeover detection). */
   onAuthenticated?: (client: Client) => void;
-  /** Publishes a second one connection may keep up (bursts of twice that pass); 0 = no limit. */
+  /** Publishes a second a device connection may keep up (bursts of twice that); past it, it is slowed. 0 = no limit. */
   maxPublishRate?: number;
-}
-
-/**
- * A token bucket per connection: `rate` publishes a second on average, bursts up to twice
- * that. A client past it is flooding the hub, and MQTT 3.1.1 can only refuse it by closing.
- */
-class PublishBudget {
-  private tokens: number;
-  private last = performance.now();
-
-  constructor(private readonly rate: number) {
-    this.tokens = rate * 2;
-  }
-
-  take(): boolean {
-    const now = performance.now();
-    this.tokens = Math.min(this.rate * 2, this.tokens + ((now - this.last) / 1000) * this.rate);
-    this.last = now;
-    if (this.tokens < 1) return false;
-    this.tokens -= 1;
-    return true;
-  }
+  /** The same for every other connection (API tokens, consoles, anonymous clients): their requests fan out to many devices. */
+  maxClientPublishRate?: number;
 }
 
 export interface Access {
@@ -66,13 +49,25 @@ function remoteOf(client: Client): string | undefined {
   return client.req?.socket.remoteAddress ?? (client.conn as { remoteAddress?: string }).remoteAddress;
 }
 
-export function createAccess({ topics, log, auth, certificateIdOf, onAuthenticated, maxPublishRate = 0 }: AccessOptions): Access {
+export function createAccess({ topics, log, auth, certificateIdOf, onAuthenticated, maxPublishRate = 0, maxClientPublishRate = 0 }: AccessOptions): Access {
   // Aedes replaces an empty client id with a generated one before `authenticate` runs;
   // the id the client really sent is kept here so an empty one can be refused.
   const sentIds = new WeakMap<Client, string>();
   const principals = new WeakMap<Client, Principal>();
-  const budgets = new WeakMap<Client, PublishBudget>();
+  const limits = new WeakMap<Client, PublishLimit | null>();
   const remotes = new WeakMap<Client, string>();
+  const slowed = new EveryMinute();
+
+  /** The connection's limit, made at its first publish; null when its kind has none. */
+  const limitOf = (client: Client): PublishLimit | null => {
+    let limit = limits.get(client);
+    if (limit === undefined) {
+      const rate = principals.get(client)?.kind === 'device' ? maxPublishRate : maxClientPublishRate;
+      limit = rate > 0 ? new PublishLimit(rate, () => !client.closed) : null;
+      limits.set(client, limit);
+    }
+    return limit;
+  };
 
   const hooks: Hooks = {
     preConnect(client, packet, callback) {
@@ -108,14 +103,6 @@ export function createAccess({ topics, log, auth, certificateIdOf, onAuthenticat
       // from the broker's disconnect event, so a will from a connection that a reconnect
       // replaced can never mark the device offline.
       if (client.closed && device?.kind === 'status') return callback(new Error('status is published by the hub'));
-      if (maxPublishRate > 0) {
-        let budget = budgets.get(client);
-        if (!budget) budgets.set(client, (budget = new PublishBudget(maxPublishRate)));
-        if (!budget.take()) {
-          log.warn({ code: 'BUSY', clientId: client.id, rate: maxPublishRate }, `publish refused, connection closed: more than ${maxPublishRate} publishes a second`);
-          return callback(new Error('publish rate exceeded'));
-        }
-      }
       const principal = principals.get(client);
       const verdict = principal ? mayPublish(principal, client.id, packet.topic, topics) : { ok: false as const, why: 'not authenticated' };
       if (!verdict.ok) {
@@ -127,7 +114,17 @@ export function createAccess({ topics, log, auth, certificateIdOf, onAuthenticat
       if (device?.kind === 'response' || device?.kind === 'tunnel' || own?.kind === 'request' || own?.kind === 'tunnel') packet.retain = false;
       // A state report is a patch of the reported document, not a document: never replayed either.
       if (device?.kind === 'state' && device.state === 'reported') packet.retain = false;
-      callback(null);
+      const limit = limitOf(client);
+      // A will is published as its connection closes: nothing left to slow.
+      if (!limit || client.closed) return callback(null);
+      const admission = limit.admit(() => callback(null));
+      if (admission === 'held') {
+        const times = slowed.count();
+        if (times > 0) log.warn({ code: 'BUSY', clientId: client.id, rate: limit.rate, times }, `publishes slowed: a connection went past ${limit.rate} publishes a second (connections slowed since the last such line: ${times})`);
+      } else if (admission === 'flood') {
+        log.warn({ code: 'BUSY', clientId: client.id, rate: limit.rate, backlog: limit.backlog }, `connection closed: ${limit.backlog} publishes held, more than ${FLOOD_SECONDS} s at ${limit.rate} a second`);
+        callback(new Error('publish rate exceeded'));
+      }
     },
 
     authorizeSubscribe(client, subscription, callback) {

@@ -18,6 +18,8 @@ const port = z
   .max(65535, { error: 'must be 0 to 65535' });
 /** A file path; '' means not set. */
 const filePath = z.string({ error: () => 'must be a file path' });
+/** Publishes a second, 0 for no limit. */
+const publishRate = z.number({ error: () => 'must be a number' }).int({ error: 'must be a whole number' }).min(0, { error: 'must be 0 (no limit) or more' });
 const positiveInt = (min: number) =>
   z.number({ error: () => 'must be a number' }).int({ error: 'must be a whole number' }).min(min, { error: `must be at least ${min}` });
 
@@ -48,7 +50,8 @@ export const SETTINGS = {
     help: 'unsent bytes the hub keeps for one MQTT connection; a connection that reads slower is closed, so it never holds up the others',
     default: 16 * 1024 * 1024,
   },
-  maxPublishRate: { flag: 'max-publish-rate', type: 'number', help: 'publishes a second one connection may keep up (bursts of twice that); 0 = no limit', default: 1000 },
+  maxPublishRate: { flag: 'max-publish-rate', type: 'number', help: 'publishes a second one device connection may keep up (bursts of twice that); past it the device is slowed (its socket is not read); 0 = no limit', default: 1000 },
+  maxClientPublishRate: { flag: 'max-client-publish-rate', type: 'number', help: 'the same for every other MQTT connection (API tokens, consoles, anonymous clients); 0 = no limit', default: 10000 },
   maxFileBytes: { flag: 'max-file-bytes', type: 'number', help: 'largest file a tunnel may carry to or from a device (file_put, file_get)', default: 1024 * 1024 * 1024 },
   maxTunnelsPerDevice: { flag: 'max-tunnels-per-device', type: 'number', help: 'tunnels open to one device before BUSY', default: 16 },
   tunnelIdleMs: { flag: 'tunnel-idle-ms', type: 'number', help: 'a shell tunnel with no data either way for this long is closed with TIMEOUT', default: 30 * 60 * 1000 },
@@ -171,7 +174,8 @@ export const ConfigSchema = z.strictObject({
     error: 'must be at least 16 characters, without "."',
   }),
   maxClientBufferBytes: positiveInt(64 * 1024),
-  maxPublishRate: z.number({ error: () => 'must be a number' }).int({ error: 'must be a whole number' }).min(0, { error: 'must be 0 (no limit) or more' }),
+  maxPublishRate: publishRate,
+  maxClientPublishRate: publishRate,
   maxFileBytes: positiveInt(1),
   maxTunnelsPerDevice: positiveInt(1),
   tunnelIdleMs: positiveInt(100),

@@ -324,7 +324,7 @@ export async function startHub(options: HubOptions = {}): Promise<Hub> {
     onClose(() => registry.flush());
 
     let noteAuthenticated: (client: Client) => void = () => {};
-    const access = createAccess({ topics, log, auth, certificateIdOf, onAuthenticated: (client) => noteAuthenticated(client), maxPublishRate: config.maxPublishRate });
+    const access = createAccess({ topics, log, auth, certificateIdOf, onAuthenticated: (client) => noteAuthenticated(client), maxPublishRate: config.maxPublishRate, maxClientPublishRate: config.maxClientPublishRate });
     const metrics = new HubMetrics();
     const cluster = config.cluster ? await startClusterNode(config, log) : null;
     if (cluster) onClose(() => cluster.close());

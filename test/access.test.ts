@@ -6,7 +6,7 @@ import { spawnSync } from 'node:child_process';
 import { WebSocket } from 'ws';
 import { describe, expect, it } from 'vitest';
 import type { Hub } from '../src/index.js';
-import { connectMqtt, grantedQos, HUB_BIN, spawnHypha, startTestHub, waitFor } from './helpers.js';
+import { capturedLog, connectMqtt, grantedQos, HUB_BIN, RequestClient, spawnHypha, startTestHub, waitFor } from './helpers.js';
 
 const secure = () => startTestHub({ allowAnonymous: false });
 
@@ -315,15 +315,65 @@ describe('what lasts and what is limited', () => {
     expect(cli(second, ['audit', '--since', 'yesterday']).status).toBe(2);
   });
 
-  it('closes a connection that publishes faster than the limit, and no other', async () => {
-    const hub = await startTestHub({ maxPublishRate: 20 });
-    const calm = await connectMqtt(hub.urls.mqtt, { clientId: 'calm' });
-    const flood = await connectMqtt(hub.urls.mqtt, { clientId: 'flood' });
+  it('slows a client past its publish rate, answers every request, and holds up nobody else', async () => {
+    const { logger, lines } = capturedLog();
+    const hub = await startTestHub({ logger, maxClientPublishRate: 40, maxInflightPerDevice: 256 });
+    const device = await connectMqtt(hub.urls.mqtt, { clientId: 'pi-fast' });
+    device.on('message', (_topic, payload) => {
+      const command = JSON.parse(payload.toString()) as { id: string };
+      device.publish('rhizosphere/devices/pi-fast/response', JSON.stringify({ type: 'response', id: command.id, status: 'ok', result: 'ok', exit_code: 0 }), { qos: 1 });
+    });
+    await device.subscribeAsync('rhizosphere/devices/pi-fast/command', { qos: 1 });
+    await waitFor(() => hub.device('pi-fast')?.online);
+    const busy = await RequestClient.connect(hub.urls.mqtt, 'busy-tool');
+    const calm = await RequestClient.connect(hub.urls.mqtt, 'calm-tool');
+
+    // 200 Requests at once: a burst of 80 passes, the other 120 at 40 a second.
+    const started = Date.now();
+    const all = Promise.all(Array.from({ length: 200 }, (_, i) => busy.request({ id: `b-${i}`, device: 'pi-fast', order: 'exec_bash', cmd_str: 'true' }, 30_000)));
+    await new Promise((r) => setTimeout(r, 1000));
+    const calmStarted = Date.now();
+    expect(await calm.request({ device: 'pi-fast', order: 'exec_bash', cmd_str: 'true' }, 5000)).toMatchObject({ status: 'ok' });
+    const calmMs = Date.now() - calmStarted;
+    const replies = await all;
+    const elapsed = Date.now() - started;
+
+    expect(replies.map((r) => r.status)).toEqual(Array(200).fill('ok'));
+    expect(new Set(replies.map((r) => r.id)).size).toBe(200);
+    expect(elapsed).toBeGreaterThan(2500);
+    expect(calmMs).toBeLessThan(1000);
+    expect(busy.client.connected).toBe(true);
+    expect(lines.some((l) => l.code === 'BUSY' && l.clientId === 'busy-tool' && /publishes slowed/.test(l.msg))).toBe(true);
+    expect(lines.some((l) => /connection closed/.test(l.msg))).toBe(false);
+  });
+
+  it('slows a device past its publish rate without losing what it sent, and closes only a flood', async () => {
+    const { logger, lines } = capturedLog();
+    const hub = await startTestHub({ logger, maxPublishRate: 20 });
+    const watcher = await connectMqtt(hub.urls.mqtt, { clientId: 'watcher' });
+    await watcher.subscribeAsync('sensors/#', { qos: 0 });
+    const seen: string[] = [];
+    watcher.on('message', (topic, payload) => seen.push(`${topic} ${payload.toString()}`));
+
+    // A device: it authenticated with a device token, so the device rate applies.
+    const token = hub.stores.devices.add('pi-chatty');
+    const chatty = await connectMqtt(hub.urls.mqtt, { clientId: 'pi-chatty', username: 'pi-chatty', password: token });
+    await watcher.subscribeAsync('rhizosphere/devices/pi-chatty/telemetry/#', { qos: 0 });
+    const started = Date.now();
+    for (let i = 0; i < 100; i++) chatty.publish('rhizosphere/devices/pi-chatty/telemetry/n', String(i), { qos: 1 });
+    // A burst of 40 passes, the other 60 at 20 a second: all 100, in order.
+    await waitFor(() => seen.length >= 100, { timeoutMs: 15_000, what: 'telemetry' });
+    expect(Date.now() - started).toBeGreaterThan(2000);
+    expect(seen).toEqual(Array.from({ length: 100 }, (_, i) => `rhizosphere/devices/pi-chatty/telemetry/n ${i}`));
+    expect(chatty.connected).toBe(true);
+
+    // A client that keeps writing while it is slowed: past 10 s of backlog (20 publishes at 2 a second) it is a flood.
+    const strict = await startTestHub({ logger, maxClientPublishRate: 2 });
+    const flood = await connectMqtt(strict.urls.mqtt, { clientId: 'flood' });
     const closed = new Promise<void>((r) => flood.once('close', () => r()));
-    for (let i = 0; i < 200; i++) flood.publish('sensors/flood', String(i), { qos: 0 });
+    for (let i = 0; i < 2000; i++) flood.publish('sensors/flood', String(i), { qos: 0 });
     await closed;
-    calm.publish('sensors/calm', 'one', { qos: 0 });
-    await new Promise((r) => setTimeout(r, 200));
-    expect(calm.connected).toBe(true);
+    expect(lines.some((l) => l.code === 'BUSY' && l.clientId === 'flood' && /connection closed/.test(l.msg))).toBe(true);
+    expect(chatty.connected).toBe(true);
   });
 });
