@@ -111,13 +111,30 @@ export function redisPid(): number | null {
 
 /**
  * N nodes, one after another, each once its /healthz answers: the first one starts alone (only
- * a node that starts alone resumes unfinished jobs), the others join it. `started` hands each
- * process over for the cleanup as soon as it is spawned.
+ * a node that starts alone resumes unfinished jobs), the others join it. Each node has its own
+ * data dir: the first one's holds the registered fleet, the others start empty and take the
+ * devices and the token from the cluster's replication (each is waited for until its /healthz
+ * counts `fleet` devices). `started` hands each process over for the cleanup as soon as it is
+ * spawned.
  */
-export async function startCluster(sup: Supervisor, dataDir: string, transport: TransportName, claim: RedisClaim, nodes: number, spawned: (child: ManagedChild) => void): Promise<RunningTarget[]> {
+export async function startCluster(
+  sup: Supervisor,
+  dataDir: string,
+  transport: TransportName,
+  claim: RedisClaim,
+  nodes: number,
+  fleet: number,
+  spawned: (child: ManagedChild) => void,
+): Promise<RunningTarget[]> {
   const out: RunningTarget[] = [];
   for (let k = 1; k <= nodes; k++) {
-    out.push(await startHub(sup, dataDir, transport, undefined, { name: `node-${k}`, extraArgs: ['--cluster', claim.url, '--node-id', `node-${k}`], spawned }));
+    const dir = k === 1 ? dataDir : sup.tempDir(`rhizo-bench-node-${k}-`);
+    const node = await startHub(sup, dir, transport, undefined, { name: `node-${k}`, extraArgs: ['--cluster', claim.url, '--node-id', `node-${k}`], spawned });
+    while (((await healthCounts(node.httpUrl!))?.devices ?? 0) < fleet) {
+      if (!node.child.running) throw new Error(`node-${k} exited:\n${node.child.tail()}`);
+      await new Promise((r) => setTimeout(r, 200));
+    }
+    out.push(node);
   }
   return out;
 }

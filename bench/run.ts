@@ -424,7 +424,7 @@ async function runTarget(session: Session, name: TargetName): Promise<TargetResu
           log(name, `${child.name}: ${line}`);
         });
       };
-      nodes = await phase(name, 'start nodes', 30_000 * options.nodes, () => startCluster(sup, dir, options.transport, claim!, options.nodes, spawned));
+      nodes = await phase(name, 'start nodes', 30_000 * options.nodes, () => startCluster(sup, dir, options.transport, claim!, options.nodes, options.devices, spawned));
       deviceUrls = nodes.map((t) => t.url);
     } else {
       const started = await phase(name, 'start', 30_000, () =>

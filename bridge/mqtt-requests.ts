@@ -5,6 +5,7 @@
  */
 import type { Aedes, AedesPublishPacket, Client } from 'aedes';
 import { actorOf, canRunCommands, type Principal } from '../src/auth/roles.js';
+import { newMemo, type DirectDelivery, type SoleMemo } from '../src/direct-delivery.js';
 import { errorReply, type Dispatcher } from '../src/dispatcher.js';
 import type { Logger } from '../src/log.js';
 import { RequestSchema, parsePayload, type Reply } from '../src/protocol/schemas.js';
@@ -18,12 +19,19 @@ export interface MqttRequestBridgeOptions {
   log: Logger;
   principalOf: (client: Client) => Principal | undefined;
   remoteOf: (client: Client) => string | null;
+  direct: DirectDelivery;
 }
 
-export function bridgeMqttRequests({ broker, topics, dispatcher, maxPayloadBytes, log, principalOf, remoteOf }: MqttRequestBridgeOptions): { close(): void } {
+export function bridgeMqttRequests({ broker, topics, dispatcher, maxPayloadBytes, log, principalOf, remoteOf, direct }: MqttRequestBridgeOptions): { close(): void } {
+  const memos = new WeakMap<Client, SoleMemo>();
   const reply = (clientId: string, body: Reply) => {
     const payload = Buffer.from(JSON.stringify(body));
-    broker.publish({ cmd: 'publish', topic: topics.clientResponse(clientId), payload, qos: 1, retain: false, dup: false }, () => {});
+    const packet = { cmd: 'publish', topic: topics.clientResponse(clientId), payload, qos: 1, retain: false, dup: false } as AedesPublishPacket;
+    // The connection with that id now (it may have reconnected since it asked).
+    const client = (broker as unknown as { clients: Record<string, Client | undefined> }).clients[clientId];
+    let memo = client && memos.get(client);
+    if (client && !memo) memos.set(client, (memo = newMemo()));
+    direct.publish(packet, client, memo ?? newMemo());
   };
 
   const onPublish = (packet: AedesPublishPacket, client: Client | null) => {

@@ -12,6 +12,7 @@ import { listen, stopListening, withinBudget } from './listen.js';
 import { mqttConnectionHandler } from './mqtt-connections.js';
 import { attachLegacyBridge } from '../bridge/legacy.js';
 import { bridgeMqttRequests } from '../bridge/mqtt-requests.js';
+import { directDelivery } from './direct-delivery.js';
 import { restRouter, type HubInfo } from '../bridge/rest.js';
 import { createAccess } from './access.js';
 import { ClusterUnreachable, defaultNodeId, openCluster, type ClusterNode } from './cluster/index.js';
@@ -343,6 +344,8 @@ export async function startHub(options: HubOptions = {}): Promise<Hub> {
       // (on an external broker, that broker does, and the embedded one stays this hub's own).
       ...(config.broker ? {} : cluster?.brokerOptions),
     });
+    // The hub's commands and Replies straight to their one subscriber (not in a cluster: there the emitter is Redis).
+    const direct = directDelivery(broker, !cluster);
     const refusedMqtt5 = new EveryMinute();
     broker.on('connectionError', (client, error) => {
       if ((error as Error & { errorCode?: number }).errorCode === UNACCEPTABLE_PROTOCOL_VERSION) {
@@ -413,6 +416,7 @@ export async function startHub(options: HubOptions = {}): Promise<Hub> {
         health: (device, payload) => void health.ingest(device, payload),
         reportedState: (device, payload) => state.report(device, payload) },
       access.principalOf,
+      direct,
     );
     noteAuthenticated = mqttDevices.noteAuthenticated;
     if (config.broker && brokerCredentials) {
@@ -456,7 +460,7 @@ export async function startHub(options: HubOptions = {}): Promise<Hub> {
     } else releaseDynsecOutbox(stores, log);
     // Requests keep being answered while the broker closes (the dispatcher, closed first,
     // refuses them with a coded error): a client is never left waiting for a Reply.
-    const requests = bridgeMqttRequests({ broker, topics, dispatcher, maxPayloadBytes: config.maxPayloadBytes, log, principalOf: access.principalOf, remoteOf: access.remoteOf });
+    const requests = bridgeMqttRequests({ broker, topics, dispatcher, maxPayloadBytes: config.maxPayloadBytes, log, principalOf: access.principalOf, remoteOf: access.remoteOf, direct });
     onClose(() => requests.close());
     onClose(() => mqttDevices.close());
     onClose(() =>
@@ -539,7 +543,7 @@ export async function startHub(options: HubOptions = {}): Promise<Hub> {
     onClose(() => schedules.close());
     schedules.start();
     alerts.start();
-    metrics.watch({ presence, broker, inflight: () => dispatcher.inflight, jobsRunning: () => jobs.running });
+    metrics.watch({ presence, broker, inflight: () => dispatcher.inflight, jobsRunning: () => jobs.running, hubPublishes: direct.counts });
     onClose(() => metrics.close());
 
     // Filled in with the real ports once the listeners are up.

@@ -45,6 +45,8 @@ export interface MetricSources {
   inflight: () => number;
   /** Fleet jobs running (the job runner's `running`). */
   jobsRunning: () => number;
+  /** The hub's own commands and Replies so far, by the way they went (src/direct-delivery.ts). */
+  hubPublishes?: { direct: number; broker: number };
 }
 
 const payloadBytes = (payload: Buffer | string) => (typeof payload === 'string' ? Buffer.byteLength(payload) : payload.length);
@@ -117,6 +119,18 @@ export class HubMetrics {
         this.reset();
         this.inc({ direction: 'in' }, metrics.mqtt.messagesIn);
         this.inc({ direction: 'out' }, metrics.mqtt.messagesOut);
+      },
+    });
+    new Counter({
+      name: `${METRIC_PREFIX}mqtt_hub_publishes_total`,
+      help: 'Commands and Replies the hub published: path direct = straight to their only subscriber, broker = through the broker (somebody else subscribes too)',
+      labelNames: ['path'],
+      registers,
+      collect() {
+        this.reset();
+        const counts = metrics.sources?.hubPublishes;
+        this.inc({ path: 'direct' }, counts?.direct ?? 0);
+        this.inc({ path: 'broker' }, counts?.broker ?? 0);
       },
     });
     new Counter({

@@ -5,6 +5,7 @@
  */
 import type { EventEmitter } from 'node:events';
 import type { Aedes, AedesPublishPacket, Client } from 'aedes';
+import { newMemo, type DirectDelivery } from './direct-delivery.js';
 import type { Logger } from './log.js';
 import type { Principal } from './auth/roles.js';
 import type { DeviceLink, OfflineReason, Presence } from './presence.js';
@@ -17,9 +18,10 @@ const TAKEOVER_GRACE_MS = 5000;
 class MqttLink implements DeviceLink {
   readonly transport: Transport;
   readonly remoteAddress: string | null;
+  private readonly memo = newMemo();
 
   constructor(
-    private readonly broker: Aedes,
+    private readonly direct: DirectDelivery,
     private readonly client: Client,
     private readonly commandTopic: string,
     readonly credential: string | undefined,
@@ -31,7 +33,7 @@ class MqttLink implements DeviceLink {
 
   send(command: Command): void {
     const payload = Buffer.from(JSON.stringify(command));
-    this.broker.publish({ cmd: 'publish', topic: this.commandTopic, payload, qos: 1, retain: false, dup: false }, () => {});
+    this.direct.publish({ cmd: 'publish', topic: this.commandTopic, payload, qos: 1, retain: false, dup: false } as AedesPublishPacket, this.client, this.memo);
   }
 
   close(): void {
@@ -59,6 +61,7 @@ export function watchMqttDevices(
     reportedState?: (device: string, payload: Buffer | string) => void;
   },
   principalOf: (client: Client) => Principal | undefined,
+  direct: DirectDelivery,
 ): MqttDevices {
   const links = new WeakMap<Client, MqttLink>();
   /** Authenticated connections not yet registered by the broker, by id. */
@@ -87,7 +90,7 @@ export function watchMqttDevices(
   const goOnline = (client: Client): void => {
     if (links.has(client) || client.closed) return;
     const principal = principalOf(client);
-    const link = new MqttLink(broker, client, topics.deviceCommand(client.id), principal?.kind === 'device' ? principal.tokenHash : undefined);
+    const link = new MqttLink(direct, client, topics.deviceCommand(client.id), principal?.kind === 'device' ? principal.tokenHash : undefined);
     links.set(client, link);
     const pending = takeovers.get(client.id);
     if (pending) {

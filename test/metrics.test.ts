@@ -2,32 +2,7 @@
 import { describe, expect, it } from 'vitest';
 import type { Hub } from '../src/index.js';
 import { Readiness } from '../src/readiness.js';
-import { connectMqtt, startAgents, startTestHub, waitFor } from './helpers.js';
-
-type Labels = Record<string, string>;
-interface Sample {
-  name: string;
-  labels: Labels;
-  value: number;
-}
-
-/** The samples of a Prometheus text exposition (comments skipped). */
-function parse(text: string): Sample[] {
-  const samples: Sample[] = [];
-  for (const line of text.split('\n')) {
-    const match = /^([a-zA-Z_:][\w:]*)(?:\{(.*)\})?\s+(\S+)$/.exec(line);
-    if (!match) continue;
-    const labels: Labels = {};
-    for (const [, key, value] of (match[2] ?? '').matchAll(/(\w+)="((?:[^"\\]|\\.)*)"/g)) labels[key!] = value!;
-    samples.push({ name: match[1]!, labels, value: Number(match[3]) });
-  }
-  return samples;
-}
-
-/** The sum of the samples named `name` whose labels include `labels`. */
-function value(samples: Sample[], name: string, labels: Labels = {}): number {
-  return samples.filter((s) => s.name === name && Object.entries(labels).every(([k, v]) => s.labels[k] === v)).reduce((sum, s) => sum + s.value, 0);
-}
+import { connectMqtt, metricValue as value, parseMetrics as parse, type Sample, startAgents, startTestHub, waitFor } from './helpers.js';
 
 async function scrape(hub: Hub, headers: Record<string, string> = {}): Promise<Sample[]> {
   const res = await fetch(`${hub.urls.http}/metrics`, { headers });

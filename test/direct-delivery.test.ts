@@ -1,0 +1,61 @@
+/**
+ * The hub's commands and Replies go straight to their one subscriber (src/direct-delivery.ts),
+ * and through the broker again as soon as anybody else subscribes: third-party tools, live or
+ * with a persistent session, see what they saw before. Real hub, real hypha, MQTT.js clients.
+ */
+import { describe, expect, it } from 'vitest';
+import type { Hub } from '../src/index.js';
+import { connectMqtt, metricValue, parseMetrics, RequestClient, startAgents, startTestHub, waitFor } from './helpers.js';
+
+async function hubPublishes(hub: Hub): Promise<{ direct: number; broker: number }> {
+  const samples = parseMetrics(await (await fetch(`${hub.urls.http}/metrics`)).text());
+  const path = (p: string) => metricValue(samples, 'rhizosphere_mqtt_hub_publishes_total', { path: p });
+  return { direct: path('direct'), broker: path('broker') };
+}
+
+describe('direct delivery of commands and Replies', () => {
+  it('skips the broker while nobody else listens, and goes through it for every other subscriber, live or offline', async () => {
+    const hub = await startTestHub();
+    await startAgents(hub, ['pi-direct']);
+    const tool = await RequestClient.connect(hub.urls.mqtt, 'tool-direct');
+    const run = async (n: number, tag: string) => {
+      for (let i = 0; i < n; i++) {
+        expect(await tool.request({ id: `${tag}-${i}`, device: 'pi-direct', order: 'exec_bash', cmd_str: `echo ${tag}-${i}` })).toMatchObject({ status: 'ok', result: `${tag}-${i}` });
+      }
+    };
+
+    // The first command and Reply go through the broker while the hub asks; the rest go straight.
+    await run(6, 'alone');
+    const alone = await hubPublishes(hub);
+    expect(alone.direct).toBeGreaterThanOrEqual(8);
+
+    // A third-party tool following every command and Reply: everything through the broker, seen by it.
+    const watcher = await connectMqtt(hub.urls.mqtt, { clientId: 'explorer' });
+    const seen: string[] = [];
+    watcher.on('message', (topic, payload) => seen.push(`${topic} ${(JSON.parse(payload.toString()) as { id: string }).id}`));
+    await watcher.subscribeAsync(['rhizosphere/devices/+/command', 'rhizosphere/clients/+/response'], { qos: 1 });
+    await run(3, 'watched');
+    await waitFor(() => seen.length >= 6, { what: 'the watcher to see 3 commands and 3 Replies' });
+    expect(seen.filter((s) => s.startsWith('rhizosphere/devices/pi-direct/command')).length).toBe(3);
+    expect(seen.filter((s) => s.startsWith('rhizosphere/clients/tool-direct/response watched-')).length).toBe(3);
+    const watched = await hubPublishes(hub);
+    expect(watched.direct).toBe(alone.direct);
+
+    // It leaves: straight again.
+    await watcher.unsubscribeAsync(['rhizosphere/devices/+/command', 'rhizosphere/clients/+/response']);
+    await run(4, 'again');
+    expect((await hubPublishes(hub)).direct).toBeGreaterThan(watched.direct);
+    expect(seen).toHaveLength(6);
+
+    // A persistent session subscribed to the commands, offline: its queue still gets them.
+    const archiver = await connectMqtt(hub.urls.mqtt, { clientId: 'archiver', clean: false });
+    await archiver.subscribeAsync('rhizosphere/devices/pi-direct/command', { qos: 1 });
+    await archiver.endAsync();
+    await run(2, 'queued');
+    const back = await connectMqtt(hub.urls.mqtt, { clientId: 'archiver', clean: false });
+    const queued: string[] = [];
+    back.on('message', (_topic, payload) => queued.push(JSON.parse(payload.toString()).cmd_str as string));
+    await waitFor(() => queued.length >= 2, { what: 'the queued commands' });
+    expect(queued).toEqual(['echo queued-0', 'echo queued-1']);
+  });
+});
