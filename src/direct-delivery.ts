@@ -13,7 +13,8 @@
  * (a `#` in MQTT Explorer, a handler, an admin's mosquitto_sub), everything goes through the
  * broker again, so what third-party tools see is unchanged.
  *
- * For the embedded broker of a hub on its own: in a cluster the emitter is shared over Redis.
+ * In a cluster the bus (src/cluster/route-emitter.ts) also knows whether another node
+ * subscribes: a topic followed elsewhere goes through the broker, and so over Redis.
  */
 import type { Aedes, AedesPublishPacket, Client } from 'aedes';
 
@@ -39,6 +40,9 @@ export interface DirectDelivery {
 }
 
 interface Emitter {
+  /** The cluster's bus: whether another node subscribes to the topic, and a hook for changes of that. */
+  remoteSubscribed?(topic: string): boolean;
+  onRemoteChange?: () => void;
   on(topic: string, notify: unknown, done?: () => void): unknown;
   removeListener(topic: string, notify: unknown, done?: () => void): unknown;
   removeAllListeners?(topic: string, done?: () => void): unknown;
@@ -51,7 +55,7 @@ type SubscriptionPersistence = {
 
 const noop = () => {};
 
-export function directDelivery(broker: Aedes, enabled: boolean): DirectDelivery {
+export function directDelivery(broker: Aedes, enabled = true): DirectDelivery {
   const counts = { direct: 0, broker: 0 };
   const viaBroker = (packet: AedesPublishPacket) => {
     counts.broker++;
@@ -77,6 +81,8 @@ export function directDelivery(broker: Aedes, enabled: boolean): DirectDelivery 
     };
   }
   const persistence = internals.persistence;
+  if (mq.remoteSubscribed) mq.onRemoteChange = bump;
+  const remote = (topic: string) => mq.remoteSubscribed?.(topic) ?? false;
   for (const method of ['addSubscriptions', 'removeSubscriptions', 'cleanSubscriptions'] as const) {
     const original = persistence[method];
     persistence[method] = function (this: unknown, ...args: unknown[]) {
@@ -92,7 +98,7 @@ export function directDelivery(broker: Aedes, enabled: boolean): DirectDelivery 
   const ask = (topic: string, client: Client, memo: SoleMemo) => {
     memo.asking = true;
     const asked = generation;
-    const live = matcher.match(topic).length === 1;
+    const live = matcher.match(topic).length === 1 && !remote(topic);
     void persistence.subscriptionsByTopic(topic).then(
       (stored) => {
         memo.asking = false;

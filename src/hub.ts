@@ -344,8 +344,8 @@ export async function startHub(options: HubOptions = {}): Promise<Hub> {
       // (on an external broker, that broker does, and the embedded one stays this hub's own).
       ...(config.broker ? {} : cluster?.brokerOptions),
     });
-    // The hub's commands and Replies straight to their one subscriber (not in a cluster: there the emitter is Redis).
-    const direct = directDelivery(broker, !cluster);
+    // The hub's commands and Replies straight to their one subscriber.
+    const direct = directDelivery(broker);
     const refusedMqtt5 = new EveryMinute();
     broker.on('connectionError', (client, error) => {
       if ((error as Error & { errorCode?: number }).errorCode === UNACCEPTABLE_PROTOCOL_VERSION) {

@@ -16,7 +16,8 @@ import type { Presence, RemoteHold } from '../presence.js';
 import type { Topics } from '../protocol/topics.js';
 import type { Db } from '../store/db.js';
 import { DEFAULT_TIMING, Membership, type MembershipTiming } from './membership.js';
-import { connectClusterRedis, displayUrl, probeRedis, type ClusterEmitter } from './redis.js';
+import { connectClusterRedis, displayUrl, probeRedis } from './redis.js';
+import type { RouteEmitter } from './route-emitter.js';
 import { watchRemoteDevices, type RemoteDevices } from './remote-devices.js';
 import { Replication, type ReplicaChange } from './replication.js';
 
@@ -65,7 +66,7 @@ export interface ClusterOptions {
 export interface ClusterNode {
   readonly nodeId: string;
   /** Spread into `Aedes.createBroker` options. */
-  readonly brokerOptions: { id: string; mq: ClusterEmitter; persistence: unknown };
+  readonly brokerOptions: { id: string; mq: RouteEmitter; persistence: unknown };
   /**
    * Joins (first heartbeat), watches the other nodes' devices and reads the statuses already
    * retained. Resolves with whether this node is the only one alive (it then resumes the
@@ -93,7 +94,9 @@ export async function openCluster(url: string, nodeId: string, log: Logger, timi
   } catch (error) {
     throw new ClusterUnreachable(url, (error as Error).message);
   }
-  const redis = connectClusterRedis(url, log);
+  const redis = connectClusterRedis(url, nodeId, log);
+  // On the bus before the broker subscribes anything: its routes are announced as they come.
+  await redis.brokerOptions.mq.start();
   const membership = new Membership(redis.commands, nodeId, log, timing);
   let remote: RemoteDevices | null = null;
   let replication: Replication | null = null;

@@ -1,26 +1,19 @@
 /**
- * The Redis side of a cluster: Aedes' own Redis-backed emitter (every publish reaches every
- * node) and persistence (retained messages, sessions and their queues, wills), plus one
- * connection for the hub's own bookkeeping (node heartbeats, replication) and one for the
- * blocking read of the replication stream. The two libraries are
- * CommonJS without types, hence `createRequire` and the small interfaces below.
+ * The Redis side of a cluster: the message bus (src/cluster/route-emitter.ts: a message goes to
+ * the nodes that subscribe to it), Aedes' Redis persistence (retained messages, sessions and
+ * their queues, wills), plus one connection for the hub's own bookkeeping (node heartbeats,
+ * replication) and one for the blocking read of the replication stream. The persistence is
+ * CommonJS without types, hence `createRequire` and the small interface below.
  */
 import { createRequire } from 'node:module';
 import { Redis, type RedisOptions } from 'ioredis';
 import type { Logger } from '../log.js';
+import { RouteEmitter } from './route-emitter.js';
 
 const require = createRequire(import.meta.url);
 
-/** What Aedes needs of an emitter; the rest of mqemitter-redis is not used here. */
-export interface ClusterEmitter {
-  state: { on(event: 'error', listener: (error: Error) => void): void };
-  close(done: () => void): void;
-}
-
-type EmitterFactory = new (prefix: string, options: Record<string, unknown>) => ClusterEmitter;
 type PersistenceFactory = (options: Record<string, unknown>) => unknown;
 
-const { MQEmitterRedisPrefix } = require('mqemitter-redis') as { MQEmitterRedisPrefix: EmitterFactory };
 const aedesPersistenceRedis = require('aedes-persistence-redis') as PersistenceFactory;
 
 /** The URL without its password, for logs and error lines. */
@@ -58,7 +51,7 @@ export async function probeRedis(url: string, timeoutMs = 3000): Promise<void> {
 
 export interface ClusterRedis {
   /** For `Aedes.createBroker`. */
-  brokerOptions: { mq: ClusterEmitter; persistence: unknown };
+  brokerOptions: { mq: RouteEmitter; persistence: unknown };
   /** The hub's own connection: heartbeats, replication pushes. */
   commands: Redis;
   /** Blocks on the stream of replicated changes (src/cluster/replication.ts). */
@@ -71,7 +64,7 @@ export interface ClusterRedis {
  * The connections a node uses. ioredis reconnects by itself when Redis goes away; errors are
  * logged at most once per connection until it is back, not on every retry.
  */
-export function connectClusterRedis(url: string, log: Logger): ClusterRedis {
+export function connectClusterRedis(url: string, nodeId: string, log: Logger): ClusterRedis {
   const open = (role: string, extra: RedisOptions = {}) => {
     const client = new Redis(url, { connectionName: `rhizosphere-${role}`, ...extra });
     let down = false;
@@ -96,8 +89,8 @@ export function connectClusterRedis(url: string, log: Logger): ClusterRedis {
   const commands = open('commands');
   const reader = open('replication');
   // Redis pub/sub ignores the database number: the prefix keeps clusters on different
-  // databases of one Redis apart (Aedes' own $SYS topics included).
-  const mq = new MQEmitterRedisPrefix(`rhizosphere:${databaseOf(url)}:`, { subConn, pubConn, matchEmptyLevels: true });
+  // databases of one Redis apart.
+  const mq = new RouteEmitter({ nodeId, prefix: `rhizosphere:${databaseOf(url)}:`, pub: pubConn, sub: subConn });
   // Each failure is also an error of one of the connections above, logged there once per outage.
   mq.state.on('error', (error) => log.debug({ err: error.message }, 'cluster: message bus error'));
   handleFloatingCommands(store, ['lrem', 'rpush']);
@@ -110,7 +103,6 @@ export function connectClusterRedis(url: string, log: Logger): ClusterRedis {
       store.disconnect();
       commands.disconnect();
       reader.disconnect();
-      // The broker closes the emitter (its two connections); disconnect them too when it could not.
       subConn.disconnect();
       pubConn.disconnect();
     },

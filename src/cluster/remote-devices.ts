@@ -1,8 +1,9 @@
 /**
  * The cluster-wide connections table. Every node publishes the retained Status of the devices
  * it holds, with its `node` (docs/protocol.md "Status"); through the shared emitter every
- * other node sees it and keeps the device as a remote entry whose link publishes Commands on
- * the device's command topic, which the shared emitter carries to the holding node.
+ * other node sees it and keeps the device as a remote entry whose link sends Commands to the
+ * holding node (`P/cluster/nodes/{node}/commands/{device}`), which hands each to the device
+ * over its own link: the command's QoS 1 delivery and session queue stay on that node.
  *
  * Rules, so that no order of arrival makes a device flap:
  * - a node's own link is authoritative for that node; a status that contradicts it is
@@ -26,7 +27,7 @@ const MOVE_NOTICE_MS = 10_000;
 /** A device's status is republished at most this often when other nodes contradict it. */
 const REPAIR_GAP_MS = 500;
 
-/** A device held by another node: commands go out on its topic, the shared emitter takes them there. */
+/** A device held by another node: commands go to that node, which hands them to the device. */
 class RemoteLink implements DeviceLink {
   readonly remoteAddress = null;
 
@@ -104,14 +105,14 @@ export function watchRemoteDevices({ broker, topics, presence, dispatcher, membe
   const repaired = new Map<string, number>();
   const repairTimers = new Map<string, NodeJS.Timeout>();
 
-  const sendTo = (id: string) => (command: Command) =>
-    broker.publish({ cmd: 'publish', topic: topics.deviceCommand(id), payload: Buffer.from(JSON.stringify(command)), qos: 1, retain: false, dup: false }, () => {});
+  const publish = (topic: string, payload: Buffer | string) => broker.publish({ cmd: 'publish', topic, payload, qos: 1, retain: false, dup: false }, () => {});
+  const sendTo = (id: string, node: string) => (command: Command) => publish(topics.nodeCommand(node, id), JSON.stringify(command));
 
   const holdOf = (id: string, node: string, status: NodeStatus): RemoteHold => {
     const transport = status.transport && TRANSPORTS.includes(status.transport) ? status.transport : 'mqtt';
     const since = Date.parse(status.since);
     const agent = typeof status.agent === 'string' && status.agent.length <= 64 ? status.agent : undefined;
-    return { node, link: new RemoteLink(node, transport, sendTo(id), agent), since: Number.isNaN(since) ? Date.now() : since };
+    return { node, link: new RemoteLink(node, transport, sendTo(id, node), agent), since: Number.isNaN(since) ? Date.now() : since };
   };
 
   /** This node holds the device and a stale status said otherwise: publish ours again (at most every REPAIR_GAP_MS). */
@@ -170,6 +171,26 @@ export function watchRemoteDevices({ broker, topics, presence, dispatcher, membe
     const device = packet.topic.startsWith(routedPrefix) ? packet.topic.slice(routedPrefix.length) : '';
     if (device) dispatcher.handleResponse(device, packet.payload);
     done();
+  };
+
+  // A command another node sends a device held here: over the device's own link (straight to
+  // its connection, src/direct-delivery.ts). A device that has moved on meanwhile gets it on
+  // its command topic, wherever it is now.
+  const commandsPrefix = topics.nodeCommands(self).slice(0, -1);
+  const onNodeCommand: Handler = (packet, done) => {
+    done();
+    const id = packet.topic.startsWith(commandsPrefix) ? packet.topic.slice(commandsPrefix.length) : '';
+    if (!id) return;
+    const entry = presence.get(id);
+    if (!entry?.link || !presence.holdsLocally(id)) return publish(topics.deviceCommand(id), packet.payload);
+    let command: Command;
+    try {
+      command = JSON.parse(packet.payload.toString()) as Command;
+    } catch {
+      return;
+    }
+    if (entry.transport === 'legacy-ws') void relayToLegacy(id, command);
+    else entry.link.send(command);
   };
 
   // A command from another node for a device held here over the legacy WebSocket, which
@@ -231,7 +252,7 @@ export function watchRemoteDevices({ broker, topics, presence, dispatcher, membe
     const move = moves.get(id);
     if (!move || move.at < connectedAt || Date.now() - move.at > MOVE_NOTICE_MS || departed.has(move.node)) return undefined;
     const transport = presence.get(id)?.transport ?? 'mqtt';
-    return { node: move.node, link: new RemoteLink(move.node, transport, sendTo(id)), since: move.at };
+    return { node: move.node, link: new RemoteLink(move.node, transport, sendTo(id, move.node)), since: move.at };
   };
 
   /** Entries held by nodes that are no longer alive go offline; `announce` publishes that once. */
@@ -270,6 +291,7 @@ export function watchRemoteDevices({ broker, topics, presence, dispatcher, membe
   const subscriptions: [topic: string, handler: Handler][] = [
     [topics.allDeviceStatuses, onStatus],
     [topics.nodeResponses(self), onRoutedResponse],
+    [topics.nodeCommands(self), onNodeCommand],
     ['$SYS/+/new/clients', onNewClient],
   ];
   for (const [topic, handler] of subscriptions) broker.subscribe(topic, handler, () => {});

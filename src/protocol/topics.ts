@@ -127,6 +127,14 @@ export class Topics {
   nodeResponses(node: string): string {
     return `${this.prefix}/cluster/nodes/${node}/responses/+`;
   }
+  /** In a cluster: where a node sends a command for a device that node `{node}` holds, which hands it to the device. */
+  nodeCommand(node: string, device: string): string {
+    return `${this.prefix}/cluster/nodes/${node}/commands/${device}`;
+  }
+  /** What a node subscribes to for the commands other nodes send its devices. */
+  nodeCommands(node: string): string {
+    return `${this.prefix}/cluster/nodes/${node}/commands/+`;
+  }
   /** Retained, hub → device: what of its desired state the device has not reported yet (docs/protocol.md "Desired state"). */
   deviceStateDelta(id: string): string {
     return `${this.devicesPrefix}${id}/state/delta`;
