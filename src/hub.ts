@@ -13,6 +13,7 @@ import { mqttConnectionHandler } from './mqtt-connections.js';
 import { attachLegacyBridge } from '../bridge/legacy.js';
 import { bridgeMqttRequests } from '../bridge/mqtt-requests.js';
 import { directDelivery } from './direct-delivery.js';
+import { keepSessionQueuesLocal } from './cluster/session-queues.js';
 import { restRouter, type HubInfo } from '../bridge/rest.js';
 import { createAccess } from './access.js';
 import { ClusterUnreachable, defaultNodeId, openCluster, type ClusterNode } from './cluster/index.js';
@@ -344,6 +345,8 @@ export async function startHub(options: HubOptions = {}): Promise<Hub> {
       // (on an external broker, that broker does, and the embedded one stays this hub's own).
       ...(config.broker ? {} : cluster?.brokerOptions),
     });
+    // In a cluster: the QoS 1 queues of sessions connected here stay in memory until they disconnect.
+    if (cluster && !config.broker) keepSessionQueuesLocal(broker, log);
     // The hub's commands and Replies straight to their one subscriber.
     const direct = directDelivery(broker);
     const refusedMqtt5 = new EveryMinute();

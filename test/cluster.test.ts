@@ -9,6 +9,8 @@ import { readFileSync } from 'node:fs';
 import { createServer as createWebServer } from 'node:http';
 import { createConnection, createServer, type Server, type Socket } from 'node:net';
 import { join } from 'node:path';
+import { Redis } from 'ioredis';
+import mqtt from 'mqtt';
 import WebSocket from 'ws';
 import { connect } from '../src/client/index.js';
 import { afterAll, beforeEach, describe, expect, it } from 'vitest';
@@ -329,6 +331,49 @@ describe.skipIf(!claimed)('cluster', () => {
       void second.publishAsync('rhizosphere/devices/flip/response', JSON.stringify({ type: 'response', id: command.id, result: 'moved', error: '', exit_code: 0, duration_ms: 1, truncated: false }), { qos: 1 });
     });
     expect(await a.exec('flip', 'anything')).toMatchObject({ result: 'moved' });
+  }, 60_000);
+
+  it('a session\'s QoS 1 queue stays on its node while it is connected, and reaches Redis and the next node when it drops', async () => {
+    const dataDir = tempDir('rhizo-cluster-');
+    const a = await inProcessNode(dataDir, 'node-a');
+    const b = await inProcessNode(dataDir, 'node-b');
+    const redis = new Redis(CLUSTER_URL);
+    cleanup(() => redis.quit());
+
+    // A device that answers, on node A: commands from node B come and go without touching its Redis queue.
+    const answering = await connectMqtt(a.urls.mqtt, { clientId: 'q-answers', clean: false });
+    answering.on('message', (_topic, payload) => {
+      const command = JSON.parse(payload.toString()) as { id: string };
+      void answering.publishAsync('rhizosphere/devices/q-answers/response', JSON.stringify({ type: 'response', id: command.id, result: 'ok', error: '', exit_code: 0 }), { qos: 1 });
+    });
+    await answering.subscribeAsync('rhizosphere/devices/q-answers/command', { qos: 1 });
+    await waitFor(() => b.device('q-answers')?.online, { what: 'q-answers online on node B' });
+    const pushes = async () => Number((await redis.info('commandstats')).match(/cmdstat_rpush:calls=(\d+)/)?.[1] ?? 0);
+    const before = await pushes();
+    for (let i = 0; i < 20; i++) expect(await b.exec('q-answers', `n${i}`)).toMatchObject({ result: 'ok' });
+    expect(await pushes()).toBe(before);
+    expect(await redis.llen('outgoing:q-answers')).toBe(0);
+
+    // A device that receives a command and drops before its PUBACK: the command is written to its
+    // Redis queue then, and its next connection, on node B, gets it.
+    const silent = await connectMqtt(a.urls.mqtt, { clientId: 'q-drops', clean: false });
+    // MQTT.js sends the PUBACK once handleMessage calls back: this one never does.
+    silent.handleMessage = () => {};
+    const received = new Promise<string>((r) => silent.on('message', (_topic, payload) => r(JSON.parse(payload.toString()).cmd_str as string)));
+    await silent.subscribeAsync('rhizosphere/devices/q-drops/command', { qos: 1 });
+    await waitFor(() => b.device('q-drops')?.online, { what: 'q-drops online on node B' });
+    const reply = b.exec('q-drops', 'echo kept').catch((error: Error) => error.message);
+    expect(await received).toBe('echo kept');
+    expect(await redis.llen('outgoing:q-drops')).toBe(0);
+    silent.stream.destroy();
+    expect(await reply).toMatch(/disconnected before it answered/);
+    await waitFor(async () => (await redis.llen('outgoing:q-drops')) === 1, { what: 'the unacknowledged command in Redis' });
+
+    const again = mqtt.connect(b.urls.mqtt, { clientId: 'q-drops', clean: false, protocolVersion: 4, reconnectPeriod: 0 });
+    cleanup(() => again.endAsync(true));
+    const redelivered = await new Promise<string>((r) => again.on('message', (_topic, payload) => r(JSON.parse(payload.toString()).cmd_str as string)));
+    expect(redelivered).toBe('echo kept');
+    await waitFor(async () => (await redis.llen('outgoing:q-drops')) === 0, { what: 'the queue emptied by the PUBACK' });
   }, 60_000);
 });
 
