@@ -25,6 +25,20 @@ export interface OutboundOptions {
 }
 
 export function governWrites(stream: Duplex, { maxBufferedBytes, onTooSlow }: OutboundOptions): void {
+  coalesceWrites(stream, () => {
+    if (stream.writableLength > maxBufferedBytes) {
+      onTooSlow(stream.writableLength);
+      stream.destroy();
+    }
+  });
+}
+
+/**
+ * Every write to `stream` in one round of the event loop leaves in one syscall: the stream is
+ * corked at the first and uncorked once the round's I/O has been handled (setImmediate).
+ * `afterWrite` runs after each write; a write to a destroyed stream is dropped.
+ */
+export function coalesceWrites(stream: Duplex, afterWrite: () => void = () => {}): void {
   const write = stream.write;
   let corked = false;
   const flush = () => {
@@ -39,10 +53,7 @@ export function governWrites(stream: Duplex, { maxBufferedBytes, onTooSlow }: Ou
       setImmediate(flush);
     }
     write.apply(this, args);
-    if (stream.writableLength > maxBufferedBytes) {
-      onTooSlow(stream.writableLength);
-      stream.destroy();
-    }
+    afterWrite();
     return true;
   } as Duplex['write'];
 }

@@ -8,6 +8,7 @@
 import { createRequire } from 'node:module';
 import { Redis, type RedisOptions } from 'ioredis';
 import type { Logger } from '../log.js';
+import { coalesceWrites } from '../outbound.js';
 import { RouteEmitter } from './route-emitter.js';
 
 const require = createRequire(import.meta.url);
@@ -82,6 +83,10 @@ export function connectClusterRedis(url: string, nodeId: string, log: Logger): C
   };
   const subConn = open('sub');
   const pubConn = open('pub', { enableAutoPipelining: true });
+  // The bus's messages of one event-loop turn leave in one write (auto-pipelining batches only
+  // within one tick; under load each message is its own tick): a node's Redis writes were a
+  // quarter of its CPU.
+  pubConn.on('connect', () => coalesceWrites(pubConn.stream));
   // Sessions' QoS 1 queues cost several commands per delivery (enqueue, update, clear): those
   // issued in one event-loop turn go out in one write. Redis CPU per 10000 round trips over
   // three nodes: 1.21-1.42 s without, 0.63-0.76 s with; the hubs' own CPU is the same within noise.
