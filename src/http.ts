@@ -111,7 +111,9 @@ export function mqttOverWebSocket(handle: (stream: Duplex, req: IncomingMessage)
       wss.handleUpgrade(req, socket, head, (ws) => {
         const stream = webSocketDuplex(ws);
         stream.on('error', () => stream.destroy());
-        handle(stream, req);
+        // The broker keeps what it is given as the client's `req` for the connection's life; of
+        // the upgrade request the hub reads only the socket (remote address, TLS certificate).
+        handle(stream, { socket: req.socket } as IncomingMessage);
       });
     },
     close() {

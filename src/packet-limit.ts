@@ -1,3 +1,5 @@
+import { createRequire } from 'node:module';
+
 /**
  * A cap on the size of MQTT packets. The broker's parser buffers a packet until all of it has
  * arrived, so a client that declares a 200 MB packet would make the hub hold 200 MB. This
@@ -50,8 +52,44 @@ export class PacketSizeGuard {
 
 /** What limitPacketSize needs of an Aedes client (its parser is not in Aedes' typings). */
 interface ParsingClient {
-  _parser: { parse(chunk: Uint8Array): unknown };
+  _parser: MqttParser;
   close(): void;
+}
+
+/** mqtt-packet's parser, as far as it is slimmed here. */
+interface MqttParser {
+  parse(chunk: Uint8Array): unknown;
+  _resetState(): void;
+  _list: unknown;
+  settings: { cmd?: string; protocolVersion?: number; bridgeMode?: boolean };
+}
+
+/**
+ * The parser's byte queue without a stream around it. mqtt-packet keeps its unparsed bytes in
+ * a BufferListStream, a full Duplex (two stream states, listeners) of which it uses only the
+ * list methods; the plain BufferList of the same package has them all. Taken from the copy
+ * mqtt-packet itself loads.
+ */
+const requireFromParser = createRequire(createRequire(import.meta.url).resolve('mqtt-packet'));
+const { BufferList } = requireFromParser('bl') as { BufferList: new () => unknown };
+
+/**
+ * Per-connection memory the parser need not keep, a few hundred bytes of each of tens of
+ * thousands of connections: the stream around its byte queue, and the whole CONNECT packet
+ * (credentials, will) it keeps as its settings where it reads only the protocol version and
+ * bridge mode.
+ */
+function slimParser(parser: MqttParser): () => void {
+  const reset = parser._resetState.bind(parser);
+  parser._resetState = () => {
+    reset();
+    parser._list = new BufferList();
+  };
+  parser._list = new BufferList();
+  return () => {
+    const settings = parser.settings;
+    if (settings.cmd === 'connect') parser.settings = { protocolVersion: settings.protocolVersion, bridgeMode: settings.bridgeMode };
+  };
 }
 
 /**
@@ -63,12 +101,17 @@ export function limitPacketSize(client: unknown, maxBytes: number, onRefused: (d
   const target = client as ParsingClient;
   const parser = target._parser;
   const parse = parser.parse.bind(parser);
+  const afterParse = slimParser(parser);
   const guard = new PacketSizeGuard(maxBytes);
   let refused = false;
   parser.parse = (chunk: Uint8Array) => {
     if (refused) return 0;
     const declared = guard.feed(chunk);
-    if (declared === null) return parse(chunk);
+    if (declared === null) {
+      const left = parse(chunk);
+      afterParse();
+      return left;
+    }
     refused = true;
     onRefused(declared);
     target.close();
