@@ -7,8 +7,8 @@
  * 'publish' event to every listener of the hub, before the one write it needs.
  *
  * So the hub asks once whether the connection is the topic's only subscriber (live or
- * persistent, client or handler), keeps the answer until any subscription anywhere changes,
- * and meanwhile hands the packet to the connection's own delivery (QoS, message id, session
+ * persistent, client or handler), keeps the answer until a subscription that may match the
+ * topic changes, and meanwhile hands the packet to the connection's own delivery (QoS, message id, session
  * queue and the authorizeForward count all as the broker does). When anybody else subscribes
  * (a `#` in MQTT Explorer, a handler, an admin's mosquitto_sub), everything goes through the
  * broker again, so what third-party tools see is unchanged.
@@ -17,17 +17,19 @@
  * subscribes: a topic followed elsewhere goes through the broker, and so over Redis.
  */
 import type { Aedes, AedesPublishPacket, Client } from 'aedes';
+import { filterCovers } from './auth/acl.js';
 
 /** What the hub last learned about one topic and connection. */
 export interface SoleMemo {
-  /** The subscription generation the answer was found in; -1: never asked. */
-  generation: number;
-  sole: boolean;
+  /** undefined: not known (never asked, or a subscription that may match the topic changed since). */
+  sole: boolean | undefined;
   /** A lookup is under way. */
   asking: boolean;
+  /** Bumped by every change that may concern the topic: a lookup started before it is not kept. */
+  version: number;
 }
 
-export const newMemo = (): SoleMemo => ({ generation: -1, sole: false, asking: false });
+export const newMemo = (): SoleMemo => ({ sole: undefined, asking: false, version: 0 });
 
 export interface DirectDelivery {
   /**
@@ -35,14 +37,16 @@ export interface DirectDelivery {
    * holds that exact subscription and nobody else matches the topic, else through the broker.
    */
   publish(packet: AedesPublishPacket, client: Client | undefined, memo: SoleMemo): void;
+  /** Finds out now, in the background, what `publish` will need for `topic` (a device that just came online). */
+  prime(topic: string, client: Client, memo: SoleMemo): void;
   /** How many packets went each way (for the tests and the bench). */
   readonly counts: { direct: number; broker: number };
 }
 
 interface Emitter {
-  /** The cluster's bus: whether another node subscribes to the topic, and a hook for changes of that. */
+  /** The cluster's bus: whether another node subscribes to the topic, and a hook for changes of its routes (undefined: all may have changed). */
   remoteSubscribed?(topic: string): boolean;
-  onRemoteChange?: () => void;
+  onRemoteChange?: (filters: string[] | undefined) => void;
   on(topic: string, notify: unknown, done?: () => void): unknown;
   removeListener(topic: string, notify: unknown, done?: () => void): unknown;
   removeAllListeners?(topic: string, done?: () => void): unknown;
@@ -54,6 +58,14 @@ type SubscriptionPersistence = {
 } & Record<'addSubscriptions' | 'removeSubscriptions' | 'cleanSubscriptions', (...args: unknown[]) => unknown>;
 
 const noop = () => {};
+const hasWildcard = (filter: string) => filter.includes('+') || filter.includes('#');
+
+/** The filters a persistence call changes: undefined when it does not say (cleanSubscriptions). */
+function filtersOf(method: string, args: unknown[]): string[] | undefined {
+  const subs = args[1];
+  if (method === 'cleanSubscriptions' || !Array.isArray(subs)) return undefined;
+  return subs.map((sub) => (typeof sub === 'string' ? sub : String((sub as { topic?: unknown }).topic)));
+}
 
 export function directDelivery(broker: Aedes, enabled = true): DirectDelivery {
   const counts = { direct: 0, broker: 0 };
@@ -64,47 +76,99 @@ export function directDelivery(broker: Aedes, enabled = true): DirectDelivery {
   const internals = broker as unknown as { mq?: Emitter; persistence: SubscriptionPersistence };
   const mq = internals.mq;
   const matcher = mq?._matcher;
-  if (!enabled || !mq || !matcher) return { counts, publish: viaBroker };
+  if (!enabled || !mq || !matcher) return { counts, publish: viaBroker, prime: noop };
+  const persistence = internals.persistence;
 
-  // Every subscription change, in the emitter (live clients, handlers) or in the persistent
-  // sessions (offline clients), starts a new generation: every answer is asked again.
-  let generation = 0;
-  const bump = () => {
-    generation++;
+  /**
+   * The answers kept, by topic (the latest connection's). A subscription change forgets only
+   * the answers it may concern: an exact filter its own topic's, a filter with wildcards those
+   * of the topics it matches; a change that does not say which filters (a session cleaned,
+   * another node starting again) forgets all. A device that reconnects, or a console that
+   * follows every status, leaves the other devices' answers alone.
+   */
+  const memos = new Map<string, SoleMemo>();
+  /** The last levels of the topics answers are kept for (`command`, `response`). */
+  const lastLevels = new Set<string>();
+  const forget = (memo: SoleMemo) => {
+    memo.sole = undefined;
+    memo.version++;
+  };
+  const changed = (filters: readonly string[] | undefined) => {
+    if (filters === undefined) {
+      for (const memo of memos.values()) forget(memo);
+      memos.clear();
+      return;
+    }
+    for (const filter of filters) {
+      if (!hasWildcard(filter)) {
+        const memo = memos.get(filter);
+        if (memo) {
+          forget(memo);
+          memos.delete(filter);
+        }
+        continue;
+      }
+      // Most wildcard filters end in a level no kept topic ends in (a device's tunnels/+/in, a
+      // console's +/status): those cannot match any, and tens of thousands of devices
+      // connecting must not each scan every answer.
+      const last = filter.slice(filter.lastIndexOf('/') + 1);
+      if (last !== '#' && last !== '+' && !lastLevels.has(last)) continue;
+      for (const [topic, memo] of memos) {
+        if (!filterCovers(filter, topic)) continue;
+        forget(memo);
+        memos.delete(topic);
+      }
+    }
   };
   for (const method of ['on', 'removeListener', 'removeAllListeners'] as const) {
     const original = mq[method] as ((...args: unknown[]) => unknown) | undefined;
     if (!original) continue;
     (mq as unknown as Record<string, unknown>)[method] = function (this: unknown, ...args: unknown[]) {
-      bump();
+      const filters = [String(args[0])];
+      changed(filters);
+      // The emitter removes a listener on a later turn: answers found meanwhile are forgotten again once it has.
+      if (method !== 'on') {
+        const at = method === 'removeListener' ? 2 : 1;
+        const done = args[at] as (() => void) | undefined;
+        args[at] = () => {
+          changed(filters);
+          done?.();
+        };
+      }
       return original.apply(this, args);
     };
   }
-  const persistence = internals.persistence;
-  if (mq.remoteSubscribed) mq.onRemoteChange = bump;
-  const remote = (topic: string) => mq.remoteSubscribed?.(topic) ?? false;
   for (const method of ['addSubscriptions', 'removeSubscriptions', 'cleanSubscriptions'] as const) {
     const original = persistence[method];
     persistence[method] = function (this: unknown, ...args: unknown[]) {
-      bump();
+      const filters = filtersOf(method, args);
+      changed(filters);
       const result = original.apply(this, args);
       // Asked again once the change has landed too (the memory persistence applies it at once; another may not).
-      if (result && typeof (result as Promise<unknown>).finally === 'function') void (result as Promise<unknown>).finally(bump).catch(noop);
+      if (result && typeof (result as Promise<unknown>).finally === 'function') void (result as Promise<unknown>).finally(() => changed(filters)).catch(noop);
       return result;
     };
   }
+  if (mq.remoteSubscribed) mq.onRemoteChange = changed;
+  const remote = (topic: string) => mq.remoteSubscribed?.(topic) ?? false;
+
+  const holds = (client: Client, topic: string) => !client.closed && Boolean((client as unknown as { subscriptions?: Record<string, unknown> }).subscriptions?.[topic]);
 
   /** Finds out, in the background, whether `client` alone subscribes to `topic`. */
   const ask = (topic: string, client: Client, memo: SoleMemo) => {
     memo.asking = true;
-    const asked = generation;
+    const asked = memo.version;
     const live = matcher.match(topic).length === 1 && !remote(topic);
     void persistence.subscriptionsByTopic(topic).then(
       (stored) => {
         memo.asking = false;
-        if (generation !== asked) return;
-        memo.generation = asked;
+        // Something changed meanwhile (often the subscription being asked about, landing in the persistence): ask again.
+        if (memo.version !== asked) return holds(client, topic) ? ask(topic, client, memo) : undefined;
         memo.sole = live && stored.every((s) => s.clientId === client.id);
+        const previous = memos.get(topic);
+        if (previous && previous !== memo) forget(previous);
+        memos.set(topic, memo);
+        lastLevels.add(topic.slice(topic.lastIndexOf('/') + 1));
       },
       () => {
         memo.asking = false;
@@ -114,15 +178,17 @@ export function directDelivery(broker: Aedes, enabled = true): DirectDelivery {
 
   return {
     counts,
+    prime(topic, client, memo) {
+      if (memo.sole === undefined && !memo.asking && holds(client, topic)) ask(topic, client, memo);
+    },
     publish(packet, client, memo) {
-      const own = client && !client.closed && (client as unknown as { subscriptions?: Record<string, unknown> }).subscriptions?.[packet.topic];
-      if (!client || !own) return viaBroker(packet);
-      if (memo.generation === generation && memo.sole) {
+      if (!client || !holds(client, packet.topic)) return viaBroker(packet);
+      if (memo.sole === true) {
         counts.direct++;
         client.publish(packet, noop);
         return;
       }
-      if (memo.generation !== generation && !memo.asking) ask(packet.topic, client, memo);
+      if (memo.sole === undefined && !memo.asking) ask(packet.topic, client, memo);
       viaBroker(packet);
     },
   };

@@ -27,6 +27,8 @@ class MqttLink implements DeviceLink {
     readonly credential: string | undefined,
   ) {
     this.transport = client.req ? 'mqtt-ws' : 'mqtt';
+    // Its first command can then go straight to it (src/direct-delivery.ts).
+    direct.prime(commandTopic, client, this.memo);
     const socket = client.req?.socket ?? (client.conn as { remoteAddress?: string });
     this.remoteAddress = socket.remoteAddress ?? null;
   }

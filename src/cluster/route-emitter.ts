@@ -107,8 +107,8 @@ export class RouteEmitter {
   private readonly wild = new QlobberDedup({ separator: '/', wildcard_one: '+', wildcard_some: '#', match_empty_levels: true });
   private readonly wildByNode = new Map<string, Set<string>>();
   private readonly exactByNode = new Map<string, Set<string>>();
-  /** Told when another node's routes change (direct delivery asks again). */
-  onRemoteChange: () => void = () => {};
+  /** Told when another node's routes change, with the filters (undefined: all of that node's; direct delivery asks again). */
+  onRemoteChange: (filters: string[] | undefined) => void = () => {};
   private readonly routesChannel: string;
   private readonly ownChannel: string;
   private readonly nodesKey: string;
@@ -288,7 +288,7 @@ export class RouteEmitter {
     }
     if (typeof notice.node !== 'string' || notice.node === this.options.nodeId) return;
     this.applyNotice(notice);
-    this.onRemoteChange();
+    this.onRemoteChange(notice.reset ? undefined : [...(notice.add ?? []), ...(notice.remove ?? [])]);
   }
 
   private applyNotice({ node, add, remove, reset }: RouteNotice): void {
