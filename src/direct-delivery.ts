@@ -152,11 +152,26 @@ export function directDelivery(broker: Aedes, enabled = true): DirectDelivery {
   if (mq.remoteSubscribed) mq.onRemoteChange = changed;
   const remote = (topic: string) => mq.remoteSubscribed?.(topic) ?? false;
 
+  /**
+   * Direct packets are numbered on their own. A client drops a packet whose number is not above
+   * the last it got from the same broker id (Aedes' dedupe), and a direct packet reaches the
+   * client in fewer steps than a brokered one published just before it: under one id the
+   * brokered one (a tunnel frame, a state delta) would be dropped, and its queue entry with it.
+   */
+  const directId = `${(broker as unknown as { id: string }).id}~direct`;
+  // Numbers of an earlier run under the same id may still name packets queued in Redis (a cluster node's id is its --node-id).
+  let directCounter = Date.now() * 1000;
+
   const holds = (client: Client, topic: string) => !client.closed && Boolean((client as unknown as { subscriptions?: Record<string, unknown> }).subscriptions?.[topic]);
 
   /** Finds out, in the background, whether `client` alone subscribes to `topic`. */
   const ask = (topic: string, client: Client, memo: SoleMemo) => {
     memo.asking = true;
+    // Kept from now on, so that a change while the persistence answers is seen (and asked again).
+    const previous = memos.get(topic);
+    if (previous && previous !== memo) forget(previous);
+    memos.set(topic, memo);
+    lastLevels.add(topic.slice(topic.lastIndexOf('/') + 1));
     const asked = memo.version;
     const live = matcher.match(topic).length === 1 && !remote(topic);
     void persistence.subscriptionsByTopic(topic).then(
@@ -165,10 +180,6 @@ export function directDelivery(broker: Aedes, enabled = true): DirectDelivery {
         // Something changed meanwhile (often the subscription being asked about, landing in the persistence): ask again.
         if (memo.version !== asked) return holds(client, topic) ? ask(topic, client, memo) : undefined;
         memo.sole = live && stored.every((s) => s.clientId === client.id);
-        const previous = memos.get(topic);
-        if (previous && previous !== memo) forget(previous);
-        memos.set(topic, memo);
-        lastLevels.add(topic.slice(topic.lastIndexOf('/') + 1));
       },
       () => {
         memo.asking = false;
@@ -185,7 +196,7 @@ export function directDelivery(broker: Aedes, enabled = true): DirectDelivery {
       if (!client || !holds(client, packet.topic)) return viaBroker(packet);
       if (memo.sole === true) {
         counts.direct++;
-        client.publish(packet, noop);
+        client.publish({ ...packet, brokerId: directId, brokerCounter: ++directCounter } as AedesPublishPacket, noop);
         return;
       }
       if (memo.sole === undefined && !memo.asking) ask(packet.topic, client, memo);

@@ -346,7 +346,12 @@ export async function startHub(options: HubOptions = {}): Promise<Hub> {
       ...(config.broker ? {} : cluster?.brokerOptions),
     });
     // In a cluster: the QoS 1 queues of sessions connected here stay in memory until they disconnect.
-    if (cluster && !config.broker) keepSessionQueuesLocal(broker, log);
+    if (cluster && !config.broker) {
+      keepSessionQueuesLocal(broker, log);
+      // The broker's id is the node id, the same in every run: its packet numbers must not start
+      // again at 0, or a new packet would take the Redis key of one queued for an offline device.
+      (broker as unknown as { counter: number }).counter = Date.now() * 1000;
+    }
     // The hub's commands and Replies straight to their one subscriber.
     const direct = directDelivery(broker);
     const refusedMqtt5 = new EveryMinute();

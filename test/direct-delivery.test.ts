@@ -58,4 +58,31 @@ describe('direct delivery of commands and Replies', () => {
     await waitFor(() => queued.length >= 2, { what: 'the queued commands' });
     expect(queued).toEqual(['echo queued-0', 'echo queued-1']);
   });
+
+  it('loses nothing when direct and brokered messages to one device leave in the same turn', async () => {
+    const hub = await startTestHub({ maxInflightPerDevice: 64 });
+    const device = await connectMqtt(hub.urls.mqtt, { clientId: 'pi-order', clean: false });
+    const frames: string[] = [];
+    device.on('message', (topic, payload) => {
+      if (topic.endsWith('/command')) {
+        const command = JSON.parse(payload.toString()) as { id: string; cmd_str: string };
+        void device.publishAsync('rhizosphere/devices/pi-order/response', JSON.stringify({ type: 'response', id: command.id, result: command.cmd_str, error: '', exit_code: 0 }), { qos: 1 });
+      } else frames.push(payload.toString());
+    });
+    await device.subscribeAsync(['rhizosphere/devices/pi-order/command', 'rhizosphere/devices/pi-order/tunnels/+/in'], { qos: 1 });
+    await waitFor(() => hub.device('pi-order')?.online);
+    await hub.exec('pi-order', 'warm-up');
+    await waitFor(async () => (await hub.exec('pi-order', 'warm-up')) && (await hubPublishes(hub)).direct > 0, { what: 'the direct path in use' });
+
+    // Commands go straight to the device, tunnel frames through the broker: 50 of each, interleaved in one turn.
+    const replies: Promise<unknown>[] = [];
+    for (let i = 0; i < 50; i++) {
+      hub.broker.publish({ cmd: 'publish', topic: 'rhizosphere/devices/pi-order/tunnels/t1/in', payload: Buffer.from(`frame-${i}`), qos: 1, retain: false, dup: false }, () => {});
+      replies.push(hub.exec('pi-order', `cmd-${i}`));
+    }
+    const results = (await Promise.all(replies)) as { result: string }[];
+    expect(results.map((r) => r.result)).toEqual(Array.from({ length: 50 }, (_, i) => `cmd-${i}`));
+    await waitFor(() => frames.length >= 50, { what: '50 tunnel frames' });
+    expect(frames).toEqual(Array.from({ length: 50 }, (_, i) => `frame-${i}`));
+  });
 });
