@@ -196,7 +196,8 @@ export function directDelivery(broker: Aedes, enabled = true): DirectDelivery {
       if (!client || !holds(client, packet.topic)) return viaBroker(packet);
       if (memo.sole === true) {
         counts.direct++;
-        client.publish({ ...packet, brokerId: directId, brokerCounter: ++directCounter } as AedesPublishPacket, noop);
+        Object.assign(packet, { brokerId: directId, brokerCounter: ++directCounter });
+        client.publish(packet, noop);
         return;
       }
       if (memo.sole === undefined && !memo.asking) ask(packet.topic, client, memo);
