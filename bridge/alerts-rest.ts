@@ -8,11 +8,12 @@ import express, { type NextFunction, type Request, type Response, type Router } 
 import type { AlertService } from '../src/alerts/service.js';
 import type { Authenticator } from '../src/auth/authenticator.js';
 import { actorOf, canRunCommands, isAdmin, type Principal } from '../src/auth/roles.js';
-import { HubError, httpStatusOf, type ErrorCode } from '../src/errors.js';
+import { HubError } from '../src/errors.js';
 import type { Logger } from '../src/log.js';
 import { ALERT_STATES, type AlertState } from '../src/protocol/alerts.js';
 import type { Stores } from '../src/store/stores.js';
 import { requirePrincipal } from '../src/web-auth.js';
+import { jsonBody, principalOf, sendError } from './rest-kit.js';
 
 export interface AlertsRestOptions {
   alerts: AlertService;
@@ -25,11 +26,6 @@ const BODY_LIMIT = 64 * 1024;
 const LIST_DEFAULT = 100;
 const LIST_MAX = 1000;
 
-function sendError(res: Response, code: ErrorCode, message: string, httpStatus = httpStatusOf(code)): void {
-  res.status(httpStatus).json({ status: 'error', code, message });
-}
-
-const principalOf = (res: Response) => res.locals.principal as Principal;
 const remoteOf = (req: Request) => req.socket.remoteAddress ?? null;
 const roleOf = (who: Principal) => ('role' in who ? who.role : 'none');
 
@@ -46,15 +42,7 @@ export function alertsRouter({ alerts, auth, stores, log }: AlertsRestOptions): 
     if (isAdmin(who)) return next();
     sendError(res, 'FORBIDDEN', `${actorOf(who).actor} may not manage webhooks (role ${roleOf(who)}; admins only: they carry a secret)`);
   };
-  const parseJson = express.json({ limit: BODY_LIMIT, strict: true, type: () => true });
-  const body = (req: Request, res: Response, next: NextFunction) =>
-    parseJson(req, res, (error?: unknown) => {
-      const failure = error as { type?: string } | undefined;
-      if (!failure) return next();
-      if (failure.type === 'entity.too.large') sendError(res, 'PAYLOAD_TOO_LARGE', `body is larger than ${BODY_LIMIT} bytes`);
-      else if (failure.type === 'entity.parse.failed') sendError(res, 'BAD_REQUEST', 'body is not valid JSON');
-      else next(error);
-    });
+  const body = jsonBody(BODY_LIMIT);
   const creatorOf = (req: Request, res: Response) => {
     const { actor, kind } = actorOf(principalOf(res));
     return { actor, actorKind: kind, remote: remoteOf(req) };

@@ -6,12 +6,13 @@
  */
 import express, { type NextFunction, type Request, type Response, type Router } from 'express';
 import type { Authenticator } from '../src/auth/authenticator.js';
-import { actorOf, canRunCommands, type Principal } from '../src/auth/roles.js';
-import { HubError, httpStatusOf, type ErrorCode } from '../src/errors.js';
+import { actorOf, canRunCommands } from '../src/auth/roles.js';
+import { HubError } from '../src/errors.js';
 import type { ArtifactStore } from '../src/jobs/artifacts.js';
 import type { Logger } from '../src/log.js';
 import type { Stores } from '../src/store/stores.js';
 import { requirePrincipal } from '../src/web-auth.js';
+import { principalOf, sendError } from './rest-kit.js';
 
 export interface ArtifactsRestOptions {
   artifacts: ArtifactStore;
@@ -19,12 +20,6 @@ export interface ArtifactsRestOptions {
   stores: Stores;
   log: Logger;
 }
-
-function sendError(res: Response, code: ErrorCode, message: string, httpStatus = httpStatusOf(code)): void {
-  if (!res.headersSent) res.status(httpStatus).json({ status: 'error', code, message });
-}
-
-const principalOf = (res: Response) => res.locals.principal as Principal;
 
 export function artifactsRouter({ artifacts, auth, stores, log }: ArtifactsRestOptions): Router {
   const router = express.Router();

@@ -15,7 +15,7 @@ import { z } from 'zod';
 import { filterCovers, mayPublish, maySubscribe, type Verdict } from '../src/auth/acl.js';
 import { CONSOLE_USERNAME, type Authenticator } from '../src/auth/authenticator.js';
 import type { Principal } from '../src/auth/roles.js';
-import { ERROR_CODES, httpStatusOf, StartError, type ErrorCode } from '../src/errors.js';
+import { ERROR_CODES, StartError } from '../src/errors.js';
 import { EveryMinute } from '../src/every-minute.js';
 import type { Logger } from '../src/log.js';
 import { idProblem } from '../src/protocol/ids.js';
@@ -24,6 +24,7 @@ import type { Topics } from '../src/protocol/topics.js';
 import type { DeviceStore } from '../src/store/devices.js';
 import type { TokenStore } from '../src/store/people.js';
 import { bearerOf } from '../src/web-auth.js';
+import { sendError } from './rest-kit.js';
 
 export const HOOK_SECRET_MIN_LENGTH = 16;
 /** Far above any real call (the longest MQTT topic is 65535 bytes), far below harm. */
@@ -226,10 +227,6 @@ export interface BrokerHooksOptions extends BrokerDecisionOptions {
   /** From --broker-hook-secret-file. */
   secret: string;
   log: Logger;
-}
-
-function sendError(res: Response, code: ErrorCode, message: string, httpStatus = httpStatusOf(code)): void {
-  res.status(httpStatus).json({ status: 'error', code, message });
 }
 
 /** For the log: a hostile value is cut short. */

@@ -15,12 +15,13 @@ import { actorOf, canRunCommands, type Principal } from '../src/auth/roles.js';
 import { Tunnel } from '../src/client/tunnel.js';
 import { ClientError } from '../src/client/errors.js';
 import { tunnelDuplex } from '../src/tunnels/duplex.js';
-import { httpStatusOf, isErrorCode, type ErrorCode } from '../src/errors.js';
+import { isErrorCode } from '../src/errors.js';
 import type { Logger } from '../src/log.js';
 import { idProblem } from '../src/protocol/ids.js';
 import { decodeFrame } from '../src/protocol/tunnel.js';
 import type { TunnelRelay } from '../src/tunnels/relay.js';
 import { requirePrincipal } from '../src/web-auth.js';
+import { sendError } from './rest-kit.js';
 
 export interface DeviceHttpOptions {
   auth: Authenticator;
@@ -47,11 +48,6 @@ const NOT_RETURNED = new Set(['connection', 'keep-alive', 'transfer-encoding', '
 
 /** What the device's page may do: run its scripts and forms, in an opaque origin of its own. */
 const SANDBOX = 'sandbox allow-scripts allow-forms allow-popups allow-downloads';
-
-function sendError(res: Response, code: ErrorCode, message: string): void {
-  if (res.headersSent) return void res.destroy();
-  res.status(httpStatusOf(code)).json({ status: 'error', code, message });
-}
 
 function forwardedHeaders(headers: IncomingHttpHeaders, port: number): Record<string, string | string[]> {
   const out: Record<string, string | string[]> = {};

@@ -6,13 +6,13 @@
  */
 import express, { type NextFunction, type Request, type Response, type Router } from 'express';
 import type { Authenticator } from '../src/auth/authenticator.js';
-import { httpStatusOf, type ErrorCode } from '../src/errors.js';
 import type { HealthTelemetry } from '../src/health.js';
 import type { Logger } from '../src/log.js';
 import type { Presence } from '../src/presence.js';
 import { HEALTH_SERIES, type HealthSeriesName } from '../src/protocol/health.js';
 import { idProblem } from '../src/protocol/ids.js';
 import { requirePrincipal } from '../src/web-auth.js';
+import { sendError } from './rest-kit.js';
 
 export interface HealthRestOptions {
   health: HealthTelemetry;
@@ -24,10 +24,6 @@ export interface HealthRestOptions {
 const FLEET_LIMIT_DEFAULT = 10;
 const FLEET_LIMIT_MAX = 100;
 const UNITS_MS: Record<string, number> = { s: 1000, m: 60_000, h: 3_600_000, d: 86_400_000 };
-
-function sendError(res: Response, code: ErrorCode, message: string, httpStatus = httpStatusOf(code)): void {
-  res.status(httpStatus).json({ status: 'error', code, message });
-}
 
 class BadQuery extends Error {}
 

@@ -7,13 +7,13 @@
 import { createReadStream, statSync } from 'node:fs';
 import express, { type NextFunction, type Request, type Response, type Router } from 'express';
 import type { Authenticator } from '../src/auth/authenticator.js';
-import { actorOf, canRunCommands, type Principal } from '../src/auth/roles.js';
-import { httpStatusOf, type ErrorCode } from '../src/errors.js';
+import { actorOf, canRunCommands } from '../src/auth/roles.js';
 import type { Logger } from '../src/log.js';
 import { idProblem } from '../src/protocol/ids.js';
 import type { Stores } from '../src/store/stores.js';
 import { RECORDING_ID, recordingPath } from '../src/tunnels/recorder.js';
 import { requirePrincipal } from '../src/web-auth.js';
+import { principalOf, sendError } from './rest-kit.js';
 
 export interface RecordingsRestOptions {
   auth: Authenticator;
@@ -37,12 +37,6 @@ const LIST_DEFAULT = 50;
 const LIST_MAX = 1000;
 /** tunnel.close entries read to find recordings (shell tunnels among the others). */
 const SCAN_MAX = 10_000;
-
-function sendError(res: Response, code: ErrorCode, message: string, httpStatus = httpStatusOf(code)): void {
-  res.status(httpStatus).json({ status: 'error', code, message });
-}
-
-const principalOf = (res: Response) => res.locals.principal as Principal;
 
 export function recordingsRouter({ auth, stores, log, recordingsDir }: RecordingsRestOptions): Router {
   const router = express.Router();

@@ -5,16 +5,17 @@
  */
 import express, { type NextFunction, type Request, type Response, type Router } from 'express';
 import type { Authenticator } from '../src/auth/authenticator.js';
-import { actorOf, canRunCommands, isAdmin, type Principal } from '../src/auth/roles.js';
+import { actorOf, canRunCommands, isAdmin } from '../src/auth/roles.js';
 import { errorReply, type Dispatcher } from '../src/dispatcher.js';
 import { HubError } from '../src/errors.js';
 import type { Stores } from '../src/store/stores.js';
 import { requirePrincipal } from '../src/web-auth.js';
-import { ERROR_CODES, httpStatusOf, type ErrorCode } from '../src/errors.js';
+import { ERROR_CODES, httpStatusOf } from '../src/errors.js';
 import type { Logger } from '../src/log.js';
 import { toDeviceInfo, type DeviceInfo, type Presence } from '../src/presence.js';
 import { idProblem } from '../src/protocol/ids.js';
 import { RestCommandSchema, validate } from '../src/protocol/schemas.js';
+import { principalOf, sendError } from './rest-kit.js';
 
 export interface HubInfo {
   topicPrefix: string;
@@ -42,11 +43,6 @@ export interface RestOptions {
   onCredentialsChanged: () => void;
 }
 
-function sendError(res: Response, code: ErrorCode, message: string, httpStatus = httpStatusOf(code)): void {
-  res.status(httpStatus).json({ status: 'error', code, message });
-}
-
-const principalOf = (res: Response) => res.locals.principal as Principal;
 const remoteOf = (req: Request) => req.socket.remoteAddress ?? null;
 
 export function restRouter({ presence, dispatcher, maxPayloadBytes, log, info, auth, stores, onCredentialsChanged }: RestOptions): Router {

@@ -5,12 +5,13 @@
  */
 import express, { type NextFunction, type Request, type Response, type Router } from 'express';
 import type { Authenticator } from '../src/auth/authenticator.js';
-import { actorOf, canRunCommands, type Principal } from '../src/auth/roles.js';
-import { HubError, httpStatusOf, type ErrorCode } from '../src/errors.js';
+import { actorOf, canRunCommands } from '../src/auth/roles.js';
+import { HubError } from '../src/errors.js';
 import type { Scheduler } from '../src/jobs/scheduler.js';
 import type { Logger } from '../src/log.js';
 import type { Stores } from '../src/store/stores.js';
 import { requirePrincipal } from '../src/web-auth.js';
+import { jsonBody, principalOf, sendError } from './rest-kit.js';
 
 export interface SchedulesRestOptions {
   schedules: Scheduler;
@@ -22,12 +23,6 @@ export interface SchedulesRestOptions {
 /** A job with 100000 device ids fits. */
 const BODY_LIMIT = 16 * 1024 * 1024;
 
-function sendError(res: Response, code: ErrorCode, message: string, httpStatus = httpStatusOf(code)): void {
-  res.status(httpStatus).json({ status: 'error', code, message });
-}
-
-const principalOf = (res: Response) => res.locals.principal as Principal;
-
 export function schedulesRouter({ schedules, auth, stores, log }: SchedulesRestOptions): Router {
   const router = express.Router();
   const principal = requirePrincipal(auth);
@@ -36,15 +31,7 @@ export function schedulesRouter({ schedules, auth, stores, log }: SchedulesRestO
     if (canRunCommands(who)) return next();
     sendError(res, 'FORBIDDEN', `${actorOf(who).actor} may not schedule jobs (role ${'role' in who ? who.role : 'none'})`);
   };
-  const parseJson = express.json({ limit: BODY_LIMIT, strict: true, type: () => true });
-  const body = (req: Request, res: Response, next: NextFunction) =>
-    parseJson(req, res, (error?: unknown) => {
-      const failure = error as { type?: string } | undefined;
-      if (!failure) return next();
-      if (failure.type === 'entity.too.large') sendError(res, 'PAYLOAD_TOO_LARGE', `body is larger than ${BODY_LIMIT} bytes`);
-      else if (failure.type === 'entity.parse.failed') sendError(res, 'BAD_REQUEST', 'body is not valid JSON');
-      else next(error);
-    });
+  const body = jsonBody(BODY_LIMIT);
   const audit = (req: Request, res: Response, action: string, outcome: string, detail: unknown) => {
     const { actor, kind } = actorOf(principalOf(res));
     stores.audit.record({ at: Date.now(), actor, actorKind: kind, remote: req.socket.remoteAddress ?? null, action, outcome, detail });

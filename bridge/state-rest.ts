@@ -6,12 +6,13 @@
  */
 import express, { type NextFunction, type Request, type Response, type Router } from 'express';
 import type { Authenticator } from '../src/auth/authenticator.js';
-import { actorOf, canRunCommands, type Principal } from '../src/auth/roles.js';
+import { actorOf, canRunCommands } from '../src/auth/roles.js';
 import type { DeviceStateService } from '../src/device-state.js';
-import { HubError, httpStatusOf, type ErrorCode } from '../src/errors.js';
+import { HubError } from '../src/errors.js';
 import type { Logger } from '../src/log.js';
 import type { Stores } from '../src/store/stores.js';
 import { requirePrincipal } from '../src/web-auth.js';
+import { principalOf, sendError } from './rest-kit.js';
 
 export interface StateRestOptions {
   state: DeviceStateService;
@@ -24,11 +25,6 @@ export interface StateRestOptions {
   select: (target: unknown) => { devices: string[]; unknown: string[] };
 }
 
-function sendError(res: Response, code: ErrorCode, message: string, httpStatus = httpStatusOf(code)): void {
-  res.status(httpStatus).json({ status: 'error', code, message });
-}
-
-const principalOf = (res: Response) => res.locals.principal as Principal;
 const remoteOf = (req: Request) => req.socket.remoteAddress ?? null;
 
 export function stateRouter({ state, auth, stores, log, maxStateBytes, select }: StateRestOptions): Router {
