@@ -287,7 +287,11 @@ describe('alerts and webhooks', () => {
     expect(second!.headers['x-rhizosphere-delivery']).toBe(first!.headers['x-rhizosphere-delivery']);
     expect(second!.raw).toBe(first!.raw);
     expect(signatureValid(SECRET, second!.raw, second!.headers['x-rhizosphere-signature'])).toBe(true);
-    const attempts = hub.stores.audit.query({ action: 'webhook.delivery' }).reverse();
+    // The hub audits an attempt once the receiver's answer is in, in its next audit batch (100 ms).
+    const attempts = await waitFor(() => {
+      const entries = hub.stores.audit.query({ action: 'webhook.delivery' }).reverse();
+      return entries.length >= 2 ? entries : null;
+    }, { what: 'both attempts audited' });
     expect(attempts.map((e) => [e.outcome, (e.detail as { attempt: number }).attempt, (e.detail as { status: number }).status])).toEqual([
       ['failed', 1, 500],
       ['delivered', 2, 200],
@@ -308,7 +312,10 @@ describe('alerts and webhooks', () => {
     const late = await waitFor(() => delivered(receiver, 'alert.resolved', 'flaky-1')[0], { what: 'the resolution delivered after the restart' });
     expect(late.payload.delivery).toBe(pendingId);
     expect(late.headers['x-rhizosphere-delivery']).toBe(pendingId);
-    const after = hub.stores.audit.query({ action: 'webhook.delivery' }).filter((e) => (e.detail as { delivery: string }).delivery === pendingId);
+    const after = await waitFor(() => {
+      const entries = hub.stores.audit.query({ action: 'webhook.delivery' }).filter((e) => (e.detail as { delivery: string }).delivery === pendingId);
+      return entries[0]?.outcome === 'delivered' ? entries : null;
+    }, { what: 'the late delivery audited' });
     expect(after[0]).toMatchObject({ outcome: 'delivered', detail: expect.objectContaining({ status: 200 }) });
     expect(after.slice(1).every((e) => e.outcome === 'failed' && (e.detail as { status: number }).status === 503)).toBe(true);
     expect((after[0]!.detail as { attempt: number }).attempt).toBe(after.length);
