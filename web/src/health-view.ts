@@ -12,6 +12,7 @@ import type { FleetHealth, FleetHealthEntry, FleetRanking, HealthSeries, HealthS
 import { callApi } from './api.js';
 import { cell, codedError, el, emptyRow, relativeTime, scrollingTable } from './format.js';
 import { links } from './router.js';
+import { Refresher } from './refresh.js';
 
 const REFRESH_MS = 30_000;
 const CHART_HEIGHT = 190;
@@ -198,11 +199,11 @@ export class DeviceHealthPanel {
   private readonly messages: HTMLElement;
   private readonly charts: Chart[];
   private readonly range: HTMLSelectElement;
-  private timer = 0;
-  private generation = 0;
+  private readonly refresher: Refresher;
 
   constructor(private readonly device: string) {
     this.root = el('section', 'device-health');
+    this.refresher = new Refresher(this.root, REFRESH_MS, () => this.load());
     this.root.setAttribute('aria-label', 'health');
     const bar = el('div', 'health-bar');
     this.range = el('select', 'health-range');
@@ -228,25 +229,18 @@ export class DeviceHealthPanel {
 
   /** On screen: load now and every REFRESH_MS. */
   shown(): void {
-    window.clearInterval(this.timer);
-    // Only while it is displayed: the console may be on another view meanwhile.
-    this.timer = window.setInterval(() => {
-      if (this.root.isConnected && this.root.offsetParent !== null) void this.load();
-    }, REFRESH_MS);
-    void this.load();
+    this.refresher.start();
   }
 
   hidden(): void {
-    window.clearInterval(this.timer);
-    this.timer = 0;
-    this.generation++;
+    this.refresher.stop();
   }
 
   private async load(): Promise<void> {
-    const generation = ++this.generation;
+    const current = this.refresher.begin();
     this.root.dataset.state = 'loading';
     const result = await callApi<HealthSeries>('GET', `/api/devices/${encodeURIComponent(this.device)}/health?since=-${this.range.value}`);
-    if (generation !== this.generation) return;
+    if (!current()) return;
     if (!result.ok) {
       this.root.dataset.state = 'failed';
       this.messages.replaceChildren(codedError('problem', result.code, result.message));

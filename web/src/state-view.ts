@@ -6,6 +6,7 @@
  */
 import { callApi } from './api.js';
 import { codedError, el } from './format.js';
+import { Refresher } from './refresh.js';
 
 /** While shown, the tab reads the state again this often (a device applies a change within seconds). */
 const REFRESH_MS = 3000;
@@ -43,14 +44,14 @@ export class DeviceStatePanel {
   private readonly summary: HTMLElement;
   private readonly body: HTMLTableSectionElement;
   private readonly messages: HTMLElement;
-  private timer = 0;
-  private generation = 0;
+  private readonly refresher: Refresher;
 
   constructor(
     private readonly device: string,
     private readonly mayChange: boolean,
   ) {
     this.root = el('section', 'device-state');
+    this.refresher = new Refresher(this.root, REFRESH_MS, () => this.load());
     this.root.setAttribute('aria-label', 'desired state');
     this.summary = el('p', 'admin-summary state-summary', 'loading…');
     this.messages = el('div', 'admin-messages');
@@ -67,17 +68,11 @@ export class DeviceStatePanel {
   }
 
   shown(): void {
-    window.clearInterval(this.timer);
-    this.timer = window.setInterval(() => {
-      if (this.root.isConnected && this.root.offsetParent !== null) void this.load();
-    }, REFRESH_MS);
-    void this.load();
+    this.refresher.start();
   }
 
   hidden(): void {
-    window.clearInterval(this.timer);
-    this.timer = 0;
-    this.generation++;
+    this.refresher.stop();
   }
 
   private form(): HTMLFormElement {
@@ -117,9 +112,9 @@ export class DeviceStatePanel {
   }
 
   private async load(): Promise<void> {
-    const mine = ++this.generation;
+    const current = this.refresher.begin();
     const result = await callApi<StateView>('GET', `/api/devices/${encodeURIComponent(this.device)}/state`);
-    if (mine !== this.generation) return;
+    if (!current()) return;
     if (!result.ok) {
       this.summary.textContent = '';
       this.messages.replaceChildren(codedError('problem', result.code, result.message));
