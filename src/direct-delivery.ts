@@ -18,6 +18,7 @@
  */
 import type { Aedes, AedesPublishPacket, Client } from 'aedes';
 import { filterCovers } from './auth/acl.js';
+import { hasWildcard } from './protocol/topics.js';
 
 /** What the hub last learned about one topic and connection. */
 export interface SoleMemo {
@@ -58,8 +59,6 @@ type SubscriptionPersistence = {
 } & Record<'addSubscriptions' | 'removeSubscriptions' | 'cleanSubscriptions', (...args: unknown[]) => unknown>;
 
 const noop = () => {};
-const hasWildcard = (filter: string) => filter.includes('+') || filter.includes('#');
-
 /** The filters a persistence call changes: undefined when it does not say (cleanSubscriptions). */
 function filtersOf(method: string, args: unknown[]): string[] | undefined {
   const subs = args[1];

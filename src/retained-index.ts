@@ -10,6 +10,7 @@
  */
 import { Readable } from 'node:stream';
 import memory, { type AedesPersistence } from 'aedes-persistence';
+import { hasWildcard } from './protocol/topics.js';
 
 /** A retained PUBLISH as the persistence keeps it (the library types it as any MQTT packet). */
 type Packet = { topic: string; payload: Buffer | string };
@@ -20,8 +21,6 @@ export function indexedMemoryPersistence(): AedesPersistence {
   const create = memory as unknown as () => AedesPersistence;
   return indexRetained(create());
 }
-
-const hasWildcard = (filter: string) => filter.includes('+') || filter.includes('#');
 
 /** Wraps a single-process persistence (it must see every retained message stored). */
 export function indexRetained<P extends AedesPersistence>(persistence: P): P {

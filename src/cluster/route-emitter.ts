@@ -23,6 +23,7 @@
 import { EventEmitter } from 'node:events';
 import { createRequire } from 'node:module';
 import type { Redis } from 'ioredis';
+import { hasWildcard } from '../protocol/topics.js';
 
 const require = createRequire(import.meta.url);
 
@@ -57,8 +58,6 @@ interface RouteNotice {
   remove?: string[];
   reset?: true;
 }
-
-const hasWildcard = (filter: string) => filter.includes('+') || filter.includes('#');
 
 /** A frame on a node's channel: 4 bytes of header length, the header (the packet but its payload) as JSON, the payload. */
 export function encodePacket(packet: BusPacket): Buffer {

@@ -209,3 +209,6 @@ export class Topics {
     return { id: rest.slice(0, slash), kind };
   }
 }
+
+/** Whether an MQTT filter has a wildcard level (`+` or `#`), i.e. may match more than one topic. */
+export const hasWildcard = (filter: string): boolean => filter.includes('+') || filter.includes('#');
