@@ -9,6 +9,7 @@ import { join } from 'node:path';
 import { Aedes, type Client } from 'aedes';
 import { indexedMemoryPersistence } from './retained-index.js';
 import { listen, stopListening, withinBudget } from './listen.js';
+import { leaveConnectionsToExit, skipPerClientTeardown } from './broker-shutdown.js';
 import { mqttConnectionHandler } from './mqtt-connections.js';
 import { attachLegacyBridge } from '../bridge/legacy.js';
 import { bridgeMqttRequests } from '../bridge/mqtt-requests.js';
@@ -89,6 +90,18 @@ export interface HubEvents {
 export type ExecCommand = string | { order?: Order; cmd_str: string; timeout_ms?: number };
 
 const CLOSE_BUDGET_MS = 4000;
+
+export interface CloseOptions {
+  /**
+   * The process exits right after (the CLI on SIGTERM and SIGINT). A standalone hub then
+   * records its devices offline and leaves their connections to the kernel, which closes them
+   * all at exit, instead of closing 19000 of them one by one (src/broker-shutdown.ts).
+   */
+  processExits?: boolean;
+}
+
+/** One part's step in `close()`. */
+type TeardownStep = (options: CloseOptions) => void | Promise<void>;
 /** On an external broker: how long after joining the retained births are taken to have come in. */
 const BIRTHS_SETTLE_MS = 2000;
 /** Aedes's CONNACK return code (and error code) for an MQTT 5 CONNECT. */
@@ -160,7 +173,7 @@ export class Hub extends EventEmitter<HubEvents> {
     readonly handlers: HandlerHost,
     ports: HubPorts,
     /** Teardown steps, in the order they run. */
-    private readonly teardown: (() => void | Promise<void>)[],
+    private readonly teardown: TeardownStep[],
     /** On an external broker (`--broker`): the hub's connection to it; null with the embedded broker. */
     readonly external: ExternalBroker | null = null,
     /** Desired and reported state of devices (docs/protocol.md "Desired state"): `get(id)`, `setDesired(id, patch, options)`. */
@@ -232,11 +245,11 @@ export class Hub extends EventEmitter<HubEvents> {
   private closing: Promise<void> | null = null;
 
   /** Stops listening, answers commands in flight, disconnects everyone and saves state. */
-  close(): Promise<void> {
+  close(options: CloseOptions = {}): Promise<void> {
     this.closing ??= (async () => {
       for (const step of this.teardown) {
         try {
-          await step();
+          await step(options);
         } catch (error) {
           this.log.warn({ err: error }, 'error while closing');
         }
@@ -313,8 +326,8 @@ export async function startHub(options: HubOptions = {}): Promise<Hub> {
   // start unwinds exactly what was started. Close order: listeners, connections,
   // commands in flight (answered while the broker can still carry the replies),
   // the broker (every client dropped), then state saved.
-  const teardown: (() => void | Promise<void>)[] = [];
-  const onClose = (step: () => void | Promise<void>) => teardown.unshift(step);
+  const teardown: TeardownStep[] = [];
+  const onClose = (step: TeardownStep) => teardown.unshift(step);
 
   try {
     const stores = openStores(config.dataDir);
@@ -471,10 +484,17 @@ export async function startHub(options: HubOptions = {}): Promise<Hub> {
     const requests = bridgeMqttRequests({ broker, topics, dispatcher, maxPayloadBytes: config.maxPayloadBytes, log, principalOf: access.principalOf, remoteOf: access.remoteOf, direct });
     onClose(() => requests.close());
     onClose(() => mqttDevices.close());
-    onClose(() =>
+    onClose(({ processExits }) =>
       withinBudget(
         new Promise<void>((resolve) => {
           presence.beginClose();
+          if (processExits && !cluster) {
+            // Devices recorded offline now; the kernel closes their connections at exit.
+            presence.releaseAll();
+            void leaveConnectionsToExit(broker).then(resolve);
+            return;
+          }
+          if (!cluster) skipPerClientTeardown(broker);
           broker.close(() => resolve());
         }),
         CLOSE_BUDGET_MS,
@@ -508,10 +528,17 @@ export async function startHub(options: HubOptions = {}): Promise<Hub> {
     // The retained statuses of the fleet: a standalone hub's broker starts with none; in a
     // cluster they live in Redis, published by the first node up, and a node joining others
     // adds nothing to them (50000 of them per joining node were half a GiB of start-up garbage).
-    if (!clusterStart || clusterStart.alone) presence.publishKnownStatuses();
     // The retained state deltas likewise (on an external broker, that broker keeps them too).
-    if (!clusterStart || clusterStart.alone) state.publishAll();
+    // With the embedded broker, once it listens: in a restart under a fleet, a device's connect
+    // waits in the listen queue meanwhile instead of being refused (each refusal doubles its
+    // backoff); a device online by then has its own status already and is skipped.
+    const publishRetainedAtStart = () => {
+      if (clusterStart && !clusterStart.alone) return;
+      presence.publishKnownStatuses();
+      state.publishAll();
+    };
     if (external) {
+      publishRetainedAtStart();
       // On the external broker, the known offline statuses are published once the retained
       // births have come in: a device online there is not announced offline first.
       const joined = external;
@@ -645,7 +672,9 @@ export async function startHub(options: HubOptions = {}): Promise<Hub> {
     // TCP_NODELAY: with QoS 1 round trips, Nagle plus delayed ACK adds ~40-90 ms to every command.
     const tcp = createTcpServer({ noDelay: true }, (socket) => handle(socket));
     const closed: Promise<void>[] = [];
-    teardown.push(() => withinBudget(Promise.all(closed).then(() => {}), 1000));
+    // Last: the listeners' own close, which waits for their connections to end (not when the
+    // process exits with them open: it closes them).
+    teardown.push(({ processExits }) => (processExits && !cluster ? undefined : withinBudget(Promise.all(closed).then(() => {}), 1000)));
     onClose(() => void closed.push(stopListening(tcp)));
     // On an external broker the hub has no MQTT port: devices connect to the broker.
     const mqttPort = external ? brokerPort(brokerNodes[0]!) : await listen(tcp, config.mqttPort, config.host, '--mqtt-port');
@@ -657,6 +686,7 @@ export async function startHub(options: HubOptions = {}): Promise<Hub> {
       onClose(() => void closed.push(stopListening(mqtts)));
       mqttsPort = await listen(mqtts, config.mqttsPort, config.host, '--mqtts-port');
     }
+    if (!external) publishRetainedAtStart();
     onClose(() => void closed.push(stopListening(http.server)));
     const httpPort = await listen(http.server, config.httpPort, config.host, '--http-port');
 
@@ -700,7 +730,7 @@ export async function startHub(options: HubOptions = {}): Promise<Hub> {
     }
     return hub;
   } catch (error) {
-    for (const step of teardown) await Promise.resolve().then(step).catch(() => {});
+    for (const step of teardown) await Promise.resolve().then(() => step({})).catch(() => {});
     throw error;
   }
 }

@@ -2,8 +2,9 @@
  * The hub's logger: pino, readable lines on a terminal, JSON lines otherwise
  * (for journald, files and log shippers).
  */
+import { createRequire } from 'node:module';
 import { pino, type Logger, type LevelWithSilent } from 'pino';
-import pretty from 'pino-pretty';
+import type PinoPretty from 'pino-pretty';
 
 export type { Logger };
 
@@ -18,6 +19,8 @@ export function createLogger(options: LoggerOptions = {}): Logger {
   const readable = options.pretty ?? Boolean(process.stdout.isTTY);
   if (!readable) return pino({ level, base: { name: 'rhizosphere' } });
   // sync: a hub that exits right after logging (a bad flag, SIGTERM) must not lose the line
+  // Loaded only for a terminal: a service's start does without it.
+  const pretty = createRequire(import.meta.url)('pino-pretty') as typeof PinoPretty;
   const stream = pretty({ sync: true, colorize: true, translateTime: 'SYS:HH:MM:ss.l', ignore: 'pid,hostname,name' });
   return pino({ level }, stream);
 }

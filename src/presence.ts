@@ -395,6 +395,13 @@ export class Presence extends EventEmitter<PresenceEvents> {
     this.closing = true;
   }
 
+  /** The process is exiting with the connections still open (the kernel closes them): every device held here goes offline now. */
+  releaseAll(): void {
+    for (const entry of [...this.entries.values()]) {
+      if (entry.link && !this.isRemote(entry)) this.detach(entry.id, entry.link, 'hub-closing');
+    }
+  }
+
   private persist(entry: MutableEntry): void {
     this.registry.put({
       id: entry.id,

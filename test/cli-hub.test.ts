@@ -4,7 +4,8 @@ import { existsSync } from 'node:fs';
 import { createServer } from 'node:net';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
-import { cleanup, freePort, HUB_BIN, spawnHub, tempDir, waitFor } from './helpers.js';
+import { Topics } from '../src/protocol/topics.js';
+import { cleanup, connectMqtt, freePort, HUB_BIN, spawnHub, tempDir, waitFor } from './helpers.js';
 
 function runHub(args: string[], env: Record<string, string> = {}) {
   return spawnSync(process.execPath, [HUB_BIN, ...args], { encoding: 'utf8', timeout: 15_000, env: { ...process.env, ...env } });
@@ -73,5 +74,34 @@ describe('rhizosphere CLI', () => {
       const lines = output.split('\n').filter((line) => line.startsWith('{')).map((line) => JSON.parse(line) as { msg: string });
       expect(lines.map((l) => l.msg)).toEqual(expect.arrayContaining(['hub listening', 'stopping', 'hub closed']));
     }
+  });
+
+  it('on SIGTERM answers the commands in flight, records its devices offline and leaves their connections closed', async () => {
+    const topics = new Topics('rhizosphere');
+    const [mqttPort, httpPort] = [await freePort(), await freePort()];
+    const hub = await spawnHub(['--mqtt-port', String(mqttPort), '--http-port', String(httpPort), '--data-dir', join(tempDir(), 'state'), '--allow-anonymous', '--log-level', 'info']);
+    await waitFor(async () => (await fetch(`http://127.0.0.1:${httpPort}/healthz`).catch(() => null))?.ok, { what: 'healthz' });
+    const url = `mqtt://127.0.0.1:${mqttPort}`;
+    // A device that takes the command and never answers it.
+    const device = await connectMqtt(url, { clientId: 'slow-1' });
+    await device.subscribeAsync(topics.deviceCommand('slow-1'), { qos: 1 });
+    const commands: string[] = [];
+    device.on('message', (_topic, payload) => commands.push(payload.toString()));
+    const deviceClosed = new Promise<void>((resolve) => device.once('close', () => resolve()));
+    const tool = await connectMqtt(url, { clientId: 'tool-1' });
+    await tool.subscribeAsync(topics.clientResponse('tool-1'), { qos: 1 });
+    const reply = new Promise<Record<string, unknown>>((resolve) => tool.once('message', (_topic, payload) => resolve(JSON.parse(payload.toString()) as Record<string, unknown>)));
+    await tool.publishAsync(topics.clientRequest('tool-1'), JSON.stringify({ id: 'r1', device: 'slow-1', order: 'exec_bash', cmd_str: 'sleep 60' }), { qos: 1 });
+    await waitFor(() => commands.length === 1, { what: 'the command at the device' });
+
+    const sent = Date.now();
+    hub.child.kill('SIGTERM');
+    expect(await reply).toMatchObject({ id: 'r1', status: 'error', code: 'INTERNAL' });
+    await deviceClosed;
+    const { code } = await hub.exited;
+    expect(code).toBe(0);
+    expect(Date.now() - sent).toBeLessThan(5000);
+    const lines = hub.output().split('\n').filter((line) => line.startsWith('{')).map((line) => JSON.parse(line) as { msg: string; device?: string; reason?: string });
+    expect(lines).toEqual(expect.arrayContaining([expect.objectContaining({ msg: 'device offline', device: 'slow-1', reason: 'hub-closing' })]));
   });
 });

@@ -126,7 +126,7 @@ async function main(): Promise<void> {
       log.error('clean stop took longer than 5 s; exiting');
       process.exit(1);
     }, 5000).unref();
-    void hub.close().then(() => process.exit(0));
+    void hub.close({ processExits: true }).then(() => process.exit(0));
   };
   process.on('SIGTERM', stop);
   process.on('SIGINT', stop);

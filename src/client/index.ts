@@ -7,8 +7,7 @@
  *   const { result, exitCode } = await hub.device('pi-01').exec('uptime');
  *   await hub.close();
  */
-// The default export: MQTT.js's browser bundle (mqtt/dist/mqtt.esm.js) has no named exports.
-import mqtt, { type IClientOptions, type ISubscriptionGrant, type MqttClient } from 'mqtt';
+import type { IClientOptions, ISubscriptionGrant, MqttClient } from 'mqtt';
 import { idProblem } from '../protocol/ids.js';
 import { DEFAULT_TOPIC_PREFIX, Topics } from '../protocol/topics.js';
 import { Emitter } from './emitter.js';
@@ -74,6 +73,10 @@ export async function connect(url: string, options: ConnectOptions = {}): Promis
     clean: true,
     ...(options.tokenName !== undefined ? { username: options.tokenName, password: options.token ?? '' } : {}),
   };
+  // Loaded here, not with the module: the `rhizosphere` command imports this SDK for its
+  // client commands, and the hub it also starts has no use for MQTT.js. The default export:
+  // MQTT.js's browser bundle (mqtt/dist/mqtt.esm.js) has no named exports.
+  const { default: mqtt } = await import('mqtt');
   const client = mqtt.connect(url, mqttOptions);
   const httpUrl = options.httpUrl ?? httpUrlFromMqttUrl(url);
   const settings: Settings = {

@@ -6,7 +6,7 @@
  * CommonJS without types, hence `createRequire` and the small interface below.
  */
 import { createRequire } from 'node:module';
-import { Redis, type RedisOptions } from 'ioredis';
+import type { Redis, RedisOptions } from 'ioredis';
 import type { Logger } from '../log.js';
 import { coalesceWrites } from '../outbound.js';
 import { RouteEmitter } from './route-emitter.js';
@@ -15,7 +15,13 @@ const require = createRequire(import.meta.url);
 
 type PersistenceFactory = (options: Record<string, unknown>) => unknown;
 
-const aedesPersistenceRedis = require('aedes-persistence-redis') as PersistenceFactory;
+// Both loaded when a cluster starts, not with every hub: a standalone hub starts sooner
+// without them, and in a restart under a fleet every moment it does not listen is refusals.
+const aedesPersistenceRedis = (options: Record<string, unknown>): unknown => (require('aedes-persistence-redis') as PersistenceFactory)(options);
+function openRedis(url: string, options: RedisOptions): Redis {
+  const { Redis: Client } = require('ioredis') as typeof import('ioredis');
+  return new Client(url, options);
+}
 
 /** The URL without its password, for logs and error lines. */
 export function displayUrl(url: string): string {
@@ -35,7 +41,7 @@ export function databaseOf(url: string): number {
  * when Redis cannot be used, so a start fails at once instead of waiting for reconnects.
  */
 export async function probeRedis(url: string, timeoutMs = 3000): Promise<void> {
-  const client = new Redis(url, { lazyConnect: true, connectTimeout: timeoutMs, maxRetriesPerRequest: 0, retryStrategy: () => null, enableOfflineQueue: false });
+  const client = openRedis(url, { lazyConnect: true, connectTimeout: timeoutMs, maxRetriesPerRequest: 0, retryStrategy: () => null, enableOfflineQueue: false });
   // connect() rejects with "Connection is closed."; the socket's own error says why.
   let cause: NodeJS.ErrnoException | undefined;
   client.on('error', (error: NodeJS.ErrnoException) => (cause ??= error));
@@ -67,7 +73,7 @@ export interface ClusterRedis {
  */
 export function connectClusterRedis(url: string, nodeId: string, log: Logger): ClusterRedis {
   const open = (role: string, extra: RedisOptions = {}) => {
-    const client = new Redis(url, { connectionName: `rhizosphere-${role}`, ...extra });
+    const client = openRedis(url, { connectionName: `rhizosphere-${role}`, ...extra });
     let down = false;
     client.on('error', (error: NodeJS.ErrnoException) => {
       if (down) return;

@@ -9,7 +9,8 @@
  */
 import { randomBytes } from 'node:crypto';
 import { EventEmitter } from 'node:events';
-import mqtt, { type IClientOptions, type MqttClient } from 'mqtt';
+import type { IClientOptions, MqttClient } from 'mqtt';
+import { connectMqtt } from './mqtt-connect.js';
 import type { DynsecCommand } from '../auth/dynsec-roles.js';
 import { StartError } from '../errors.js';
 import type { Logger } from '../log.js';
@@ -142,7 +143,7 @@ export class DynsecControl extends EventEmitter<{ up: []; down: [] }> {
 
   private async firstConnect(): Promise<void> {
     const { url, username } = this.options;
-    const client = mqtt.connect(url, this.clientOptions());
+    const client = connectMqtt(url, this.clientOptions());
     const outcome = await new Promise<{ ok: true } | { ok: false; error: Error }>((resolve) => {
       client.once('connect', () => resolve({ ok: true }));
       client.once('error', (error) => resolve({ ok: false, error }));

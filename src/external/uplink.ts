@@ -7,7 +7,8 @@
  */
 import { EventEmitter } from 'node:events';
 import { Socket } from 'node:net';
-import mqtt, { type IClientOptions, type IConnackPacket, type IClientPublishOptions, type IPublishPacket, type MqttClient } from 'mqtt';
+import type { IClientOptions, IConnackPacket, IClientPublishOptions, IPublishPacket, MqttClient } from 'mqtt';
+import { connectMqtt } from './mqtt-connect.js';
 import { StartError } from '../errors.js';
 import { brokerEndpoint, failoverOptions } from './broker-urls.js';
 import type { Logger } from '../log.js';
@@ -288,7 +289,7 @@ export class Uplink extends EventEmitter<UplinkEvents> {
   /** Connects to `url` (MQTT 5, else 3.1.1) with the others to fall back on later: null when connected. */
   private async tryConnect(url: string, index: number): Promise<ErrorWithCode | null> {
     for (const version of [5, 4] as const) {
-      const client = mqtt.connect(url, { ...this.clientOptions(version), ...failoverOptions(this.options.urls, index) });
+      const client = connectMqtt(url, { ...this.clientOptions(version), ...failoverOptions(this.options.urls, index) });
       const outcome = await new Promise<{ ok: true; sessionPresent: boolean } | { ok: false; error: ErrorWithCode }>((resolve) => {
         client.once('connect', (connack) => {
           this.sharedSubscriptions = sharedSubscriptionsOf(version, connack);

@@ -70,13 +70,17 @@ export class UserStore {
   /** The user, if the password is right. Runs scrypt even for an unknown name, so timing tells nothing. */
   verify(name: string, password: string): User | undefined {
     const row = this.db.prepare<[string], { password_hash: string }>('SELECT password_hash FROM users WHERE name = ?').get(name);
-    const ok = passwordMatches(password, row?.password_hash ?? UNKNOWN_USER_HASH);
+    const ok = passwordMatches(password, row?.password_hash ?? unknownUserHash());
     return ok && row ? this.get(name) : undefined;
   }
 }
 
-/** A real scrypt hash of a random password: verifying against it costs what a real check costs. */
-const UNKNOWN_USER_HASH = hashPassword(newToken());
+/**
+ * A real scrypt hash of a random password: verifying against it costs what a real check costs.
+ * Made at the first login with an unknown name, not at start (scrypt is slow on purpose).
+ */
+let unknownHash: string | undefined;
+const unknownUserHash = (): string => (unknownHash ??= hashPassword(newToken()));
 
 export class TokenStore {
   /** Credential changes for a broker's dynamic-security plugin, while the database is kept in step with one. */
