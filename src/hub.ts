@@ -8,7 +8,7 @@ import { createServer as createTcpServer } from 'node:net';
 import { join } from 'node:path';
 import { Aedes, type Client } from 'aedes';
 import { indexedMemoryPersistence } from './retained-index.js';
-import { listen, stopListening, withinBudget } from './listen.js';
+import { ConnectionGate, listen, stopListening, withinBudget } from './listen.js';
 import { leaveConnectionsToExit, skipPerClientTeardown } from './broker-shutdown.js';
 import { mqttConnectionHandler } from './mqtt-connections.js';
 import { attachLegacyBridge } from '../bridge/legacy.js';
@@ -330,6 +330,23 @@ export async function startHub(options: HubOptions = {}): Promise<Hub> {
   const onClose = (step: TeardownStep) => teardown.unshift(step);
 
   try {
+    // The MQTT ports listen first, before the database opens: what connects during the rest
+    // of the start waits for it (src/listen.ts ConnectionGate) instead of being refused.
+    const gate = new ConnectionGate();
+    // TCP_NODELAY: with QoS 1 round trips, Nagle plus delayed ACK adds ~40-90 ms to every command.
+    const tcp = createTcpServer({ noDelay: true }, gate.accept);
+    // With TLS the plain MQTT port stays open too (devices on a private network may keep
+    // using it); a firewall decides who reaches which.
+    const mqtts = tls && !config.broker ? createMqttsServer(tls, gate.accept, log) : null;
+    // For a start that fails: a hub that started stops listening first of all (below).
+    onClose(() => {
+      gate.drop();
+      void stopListening(tcp);
+      if (mqtts) void stopListening(mqtts);
+    });
+    // On an external broker the hub has no MQTT port: devices connect to the broker.
+    const mqttPort = config.broker ? brokerPort(brokerNodes[0]!) : await listen(tcp, config.mqttPort, config.host, '--mqtt-port');
+    const mqttsPort = mqtts ? await listen(mqtts, config.mqttsPort, config.host, '--mqtts-port') : undefined;
     const stores = openStores(config.dataDir);
     onClose(() => stores.close());
     const imported = stores.devices.importLegacyRegistry(config.dataDir);
@@ -669,23 +686,14 @@ export async function startHub(options: HubOptions = {}): Promise<Hub> {
       http.closeConnections();
     });
 
-    // TCP_NODELAY: with QoS 1 round trips, Nagle plus delayed ACK adds ~40-90 ms to every command.
-    const tcp = createTcpServer({ noDelay: true }, (socket) => handle(socket));
     const closed: Promise<void>[] = [];
     // Last: the listeners' own close, which waits for their connections to end (not when the
     // process exits with them open: it closes them).
     teardown.push(({ processExits }) => (processExits && !cluster ? undefined : withinBudget(Promise.all(closed).then(() => {}), 1000)));
     onClose(() => void closed.push(stopListening(tcp)));
-    // On an external broker the hub has no MQTT port: devices connect to the broker.
-    const mqttPort = external ? brokerPort(brokerNodes[0]!) : await listen(tcp, config.mqttPort, config.host, '--mqtt-port');
-    // With TLS the plain MQTT port stays open too (devices on a private network may keep
-    // using it); a firewall decides who reaches which.
-    let mqttsPort: number | undefined;
-    if (tls && !external) {
-      const mqtts = createMqttsServer(tls, (socket) => handle(socket), log);
-      onClose(() => void closed.push(stopListening(mqtts)));
-      mqttsPort = await listen(mqtts, config.mqttsPort, config.host, '--mqtts-port');
-    }
+    if (mqtts) onClose(() => void closed.push(stopListening(mqtts)));
+    // Served from now on, the connections held since the start first.
+    gate.open(handle);
     if (!external) publishRetainedAtStart();
     onClose(() => void closed.push(stopListening(http.server)));
     const httpPort = await listen(http.server, config.httpPort, config.host, '--http-port');

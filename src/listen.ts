@@ -3,7 +3,7 @@
  * be had, and closed so that shutdown waits for the connections they carried.
  */
 import type { Server as HttpServer } from 'node:http';
-import type { Server as TcpServer } from 'node:net';
+import type { Server as TcpServer, Socket } from 'node:net';
 import type { Server as TlsServer } from 'node:tls';
 import { StartError } from './errors.js';
 
@@ -65,3 +65,44 @@ export function withinBudget(work: Promise<void>, ms: number): Promise<void> {
     });
   });
 }
+
+/**
+ * Connections that arrive before the hub can serve them, held unread until `open` hands them
+ * to the broker. The MQTT ports listen from the start of a start: in a restart under a fleet,
+ * opening the database and building the device table would otherwise be time every device is
+ * refused, and each refusal doubles a device's backoff. Held, a device waits for its CONNACK.
+ */
+export class ConnectionGate<S extends Socket = Socket> {
+  private held: Set<S> | null = new Set();
+  private serve: ((socket: S) => void) | null = null;
+
+  /** The servers' connection listener. */
+  readonly accept = (socket: S): void => {
+    if (this.serve) return this.serve(socket);
+    const held = this.held;
+    if (!held) return void socket.destroy();
+    // Kept even if it closes meanwhile (skipped at `open`): the start takes seconds.
+    held.add(socket);
+    // A held socket reset by its peer must not be an uncaught error.
+    socket.on('error', ignore);
+  };
+
+  /** From now on connections go to `serve`, those held first. */
+  open(serve: (socket: S) => void): void {
+    this.serve = serve;
+    const held = this.held ?? new Set<S>();
+    this.held = null;
+    for (const socket of held) {
+      socket.off('error', ignore);
+      if (!socket.destroyed) serve(socket);
+    }
+  }
+
+  /** A start that failed: the held connections end, and later ones are refused. */
+  drop(): void {
+    for (const socket of this.held ?? []) socket.destroy();
+    this.held = null;
+  }
+}
+
+const ignore = () => {};
