@@ -117,7 +117,7 @@ export interface SetDesiredOptions {
 
 // Type-only: the wire shapes are shared with the hub, none of its code comes along.
 export type { JobCounts, JobOrder, JobStaging, JobState, JobStatus, JobSummary, JobTarget, JobView, TargetState } from '../protocol/jobs.js';
-import type { JobStaging } from '../protocol/jobs.js';
+import type { DeployParams, JobStaging } from '../protocol/jobs.js';
 
 // Health telemetry (docs/protocol.md "Health telemetry"): the REST shapes, type-only like the jobs'.
 export type { FleetHealth, FleetHealthEntry, FleetRanking, HealthReport, HealthSample, HealthSeries, HealthSeriesName } from '../protocol/health.js';
@@ -163,23 +163,13 @@ export interface AgentUpgradeJobSpec extends JobStaging {
   deadline_ms?: number;
 }
 
-/** A file on the hub for deploy jobs, as `POST /api/artifacts` answers it. */
-export interface ArtifactView {
-  sha256: string;
-  name: string;
-  size: number;
-  uploaded_at: string;
-  actor: string;
-}
+// Type-only, shared with the hub like the jobs'.
+export type { ArtifactView } from '../protocol/schedules-artifacts.js';
 
 /** A deploy job: the hub sends an artifact to each target, runs `install` there, `rollback` where it fails. */
-export interface DeployJobSpec extends JobStaging {
+export interface DeployJobSpec extends JobStaging, DeployParams {
   target: DeviceSelector;
   order: 'deploy';
-  artifact: string;
-  install: string;
-  rollback?: string;
-  dir?: string;
   timeout_ms?: number;
   concurrency?: number;
   deadline_ms?: number;
@@ -195,23 +185,9 @@ export interface ScheduleSpec {
   enabled?: boolean;
 }
 
-/** A schedule as `GET /api/schedules` lists it. */
-export interface ScheduleView {
-  id: string;
-  name: string | null;
-  created_at: string;
-  actor: string;
-  job: JobSpec;
-  at: string | null;
-  cron: string | null;
-  tz: string | null;
-  enabled: boolean;
-  next_at: string | null;
-  last_run_at: string | null;
-  last_job: string | null;
-  last_error: string | null;
-  runs: number;
-}
+import type { ScheduleView as ScheduleWire } from '../protocol/schedules-artifacts.js';
+/** A schedule as `GET /api/schedules` lists it, its job typed as the JobSpec it was given. */
+export type ScheduleView = ScheduleWire<JobSpec>;
 
 export type { AlertKind, AlertMetric, AlertRuleView, AlertState, AlertView, JobAlertState, WebhookEvent, WebhookPayload, WebhookView } from '../protocol/alerts.js';
 import type { AlertKind, AlertMetric, AlertState, JobAlertState, WebhookEvent } from '../protocol/alerts.js';

@@ -10,14 +10,7 @@ import { join } from 'node:path';
 import type { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { HubError } from '../errors.js';
-
-export interface Artifact {
-  sha256: string;
-  name: string;
-  size: number;
-  uploaded_at: string;
-  actor: string;
-}
+import type { ArtifactView } from '../protocol/schedules-artifacts.js';
 
 /** A file name a device may keep as it is: no directories, no hidden files, no shell quoting needed. */
 export function artifactNameProblem(name: string): string | null {
@@ -37,7 +30,7 @@ export class ArtifactStore {
   }
 
   /** Streams `body` in; resolves with the artifact (the same file uploaded twice is kept once). */
-  async put(body: Readable, name: string, actor: string): Promise<Artifact> {
+  async put(body: Readable, name: string, actor: string): Promise<ArtifactView> {
     const problem = artifactNameProblem(name);
     if (problem) throw new HubError('BAD_REQUEST', `name ${problem}`);
     const temp = join(this.dir, `.upload-${randomBytes(6).toString('hex')}`);
@@ -67,25 +60,25 @@ export class ArtifactStore {
     }
     const sha256 = hash.digest('hex');
     renameSync(temp, this.file(sha256));
-    const artifact: Artifact = { sha256, name, size, uploaded_at: new Date().toISOString(), actor };
+    const artifact: ArtifactView = { sha256, name, size, uploaded_at: new Date().toISOString(), actor };
     writeFileSync(`${this.file(sha256)}.json`, `${JSON.stringify(artifact)}\n`);
     return artifact;
   }
 
-  get(sha256: string): Artifact | undefined {
+  get(sha256: string): ArtifactView | undefined {
     if (!/^[0-9a-f]{64}$/.test(sha256)) return undefined;
     try {
-      return JSON.parse(readFileSync(`${this.file(sha256)}.json`, 'utf8')) as Artifact;
+      return JSON.parse(readFileSync(`${this.file(sha256)}.json`, 'utf8')) as ArtifactView;
     } catch {
       return undefined;
     }
   }
 
-  list(): Artifact[] {
+  list(): ArtifactView[] {
     return readdirSync(this.dir)
       .filter((entry) => entry.endsWith('.json'))
       .map((entry) => this.get(entry.slice(0, -5)))
-      .filter((artifact): artifact is Artifact => artifact !== undefined)
+      .filter((artifact): artifact is ArtifactView => artifact !== undefined)
       .sort((a, b) => b.uploaded_at.localeCompare(a.uploaded_at));
   }
 

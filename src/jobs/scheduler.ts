@@ -10,6 +10,7 @@ import { z } from 'zod';
 import { HubError } from '../errors.js';
 import type { Logger } from '../log.js';
 import { expect, validate } from '../protocol/schemas.js';
+import type { ScheduleView } from '../protocol/schedules-artifacts.js';
 import type { Db } from '../store/db.js';
 import type { AuditLog } from '../store/audit.js';
 import type { JobCreator, JobRunner } from './runner.js';
@@ -53,26 +54,6 @@ export const ScheduleSpecSchema = z
     if (spec.tz !== undefined && spec.cron === undefined) ctx.addIssue({ code: 'custom', path: ['tz'], message: 'is for cron (an at time carries its own offset)' });
   });
 export const SchedulePatchSchema = z.strictObject(fields, { error: objectError });
-
-export interface ScheduleView {
-  id: string;
-  name: string | null;
-  created_at: string;
-  actor: string;
-  job: unknown;
-  at: string | null;
-  cron: string | null;
-  tz: string | null;
-  enabled: boolean;
-  /** When it runs next; null once an `at` schedule has run, or a disabled one. */
-  next_at: string | null;
-  last_run_at: string | null;
-  /** The job the last run created. */
-  last_job: string | null;
-  /** Why the last run created no job, if it did not. */
-  last_error: string | null;
-  runs: number;
-}
 
 interface Row {
   id: string;
