@@ -68,8 +68,9 @@ describe('connections during the start', () => {
     lock.exec('BEGIN EXCLUSIVE');
     const [mqttPort, httpPort] = [await freePort(), await freePort()];
     const hub = spawnHub(['--mqtt-port', String(mqttPort), '--http-port', String(httpPort), '--data-dir', dataDir, '--allow-anonymous', '--log-level', 'info']);
-    // The MQTT port answers while the start is held up.
-    const first = await waitFor(() => dial(mqttPort).catch(() => undefined), { timeoutMs: 4000, intervalMs: 10, what: 'the MQTT port, during the start' });
+    // The MQTT port answers while the start is held up (the hub waits up to 5 s for the lock,
+    // from the moment it opens the database; node itself may take seconds to get there under load).
+    const first = await waitFor(() => dial(mqttPort).catch(() => undefined), { timeoutMs: 30_000, intervalMs: 10, what: 'the MQTT port, during the start' });
     first.destroy();
     const device = connectMqtt(`mqtt://127.0.0.1:${mqttPort}`, { clientId: 'early-1', connectTimeout: 30_000 });
     await new Promise((r) => setTimeout(r, 300));
