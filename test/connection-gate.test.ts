@@ -18,13 +18,18 @@ const dial = (port: number) =>
     socket.once('error', reject);
   });
 
+/** A server on a free port whose connections go through a gate, as the hub's MQTT ports do. */
+async function gatedServer(): Promise<{ gate: ConnectionGate; port: number }> {
+  const gate = new ConnectionGate();
+  const server = createServer(gate.accept);
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  cleanup(() => new Promise<void>((resolve) => server.close(() => resolve())));
+  return { gate, port: (server.address() as { port: number }).port };
+}
+
 describe('connections during the start', () => {
   it('are held unread, survive a peer that resets, and are served in order once the hub opens', async () => {
-    const gate = new ConnectionGate();
-    const server = createServer(gate.accept);
-    await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
-    cleanup(() => new Promise<void>((resolve) => server.close(() => resolve())));
-    const port = (server.address() as { port: number }).port;
+    const { gate, port } = await gatedServer();
     const [a, b, c] = [await dial(port), await dial(port), await dial(port)];
     a.write('early bytes');
     // One peer gives up while held: a reset, which must not be an uncaught error.
@@ -46,11 +51,7 @@ describe('connections during the start', () => {
   });
 
   it('ends what it holds when the start fails, and refuses what comes after', async () => {
-    const gate = new ConnectionGate();
-    const server = createServer(gate.accept);
-    await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
-    cleanup(() => new Promise<void>((resolve) => server.close(() => resolve())));
-    const port = (server.address() as { port: number }).port;
+    const { gate, port } = await gatedServer();
     const held = await dial(port);
     const ended = new Promise<void>((resolve) => held.once('close', () => resolve()));
     await new Promise((r) => setTimeout(r, 50));
