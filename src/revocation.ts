@@ -54,7 +54,11 @@ export function watchCredentials(
 
   const check = () => {
     const devices = stores.devices.credentialMap();
-    for (const id of known) if (!devices.has(id)) presence.forget(id);
+    const removed = new Set([...known].filter((id) => !devices.has(id)));
+    // A device added and removed between two polls was never in `known`: one that connected
+    // with its token meanwhile is found by its link, and its connection ends too.
+    for (const [id, entry] of presence.table) if (entry.link?.credential !== undefined && !devices.has(id)) removed.add(id);
+    for (const id of removed) presence.forget(id);
     for (const [id, current] of devices) {
       // New, or just accepted after enrolment: it belongs in the table now.
       if (current.state === 'active' && !presence.get(id)) presence.know(id, current.tags);

@@ -104,6 +104,20 @@ describe('credentials that change', () => {
     await expect(connectMqtt(hub.urls.mqtt, { clientId: 'pi-rot', username: 'pi-rot', password: fresh })).rejects.toMatchObject({ code: 4 });
   });
 
+  it('drops a device removed moments after it was added and connected (both between two looks at the database)', async () => {
+    const hub = await secure();
+    // The hub looks for credential changes twice a second; each round fits in one interval most times.
+    for (let round = 0; round < 4; round++) {
+      const id = `pi-brief-${round}`;
+      const token = hub.stores.devices.add(id);
+      const { client } = await deviceClient(hub, id, token);
+      const closed = new Promise<void>((r) => client.once('close', () => r()));
+      hub.stores.devices.remove(id);
+      await closed;
+      await waitFor(() => hub.device(id) === undefined, { what: `${id} gone from the table` });
+    }
+  });
+
   it('drops the connections of a removed API token', async () => {
     const hub = await secure();
     const secret = hub.stores.tokens.add('tool', 'viewer');
