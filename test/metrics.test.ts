@@ -50,6 +50,8 @@ describe('GET /metrics', () => {
     for (const name of ['rhizosphere_process_resident_memory_bytes', 'rhizosphere_process_open_fds', 'rhizosphere_nodejs_eventloop_lag_p99_seconds']) {
       expect(value(samples, name), name).toBeGreaterThan(0);
     }
+    // Not the lists of every handle of the process (one per connection: slow to scrape at scale).
+    expect(samples.some((s) => s.name.startsWith('rhizosphere_nodejs_active_handles') || s.name.startsWith('rhizosphere_nodejs_active_resources'))).toBe(false);
     // Never a device id as a label.
     expect(samples.some((s) => Object.values(s.labels).includes('metrics-pi'))).toBe(false);
 
