@@ -15,6 +15,10 @@
  *
  * In a cluster the bus (src/cluster/route-emitter.ts) also knows whether another node
  * subscribes: a topic followed elsewhere goes through the broker, and so over Redis.
+ *
+ * The other way, a client's Request and a device's Response are read by the hub alone (its
+ * 'publish' listeners): when nobody subscribes to their topic, the broker's publish path has
+ * nobody to deliver them to, and they go to those listeners at once (`takeIncoming`).
  */
 import type { Aedes, AedesPublishPacket, Client } from 'aedes';
 import { filterCovers } from './auth/acl.js';
@@ -40,8 +44,14 @@ export interface DirectDelivery {
   publish(packet: AedesPublishPacket, client: Client | undefined, memo: SoleMemo): void;
   /** Finds out now, in the background, what `publish` will need for `topic` (a device that just came online). */
   prime(topic: string, client: Client, memo: SoleMemo): void;
-  /** How many packets went each way (for the tests and the bench). */
-  readonly counts: { direct: number; broker: number };
+  /**
+   * From now on a client's publish on a topic `readByHub` names (Requests, Responses) skips the
+   * broker's publish path (packet copy, retained step, session and emitter matches) while
+   * nobody subscribes to that topic: the hub's 'publish' listeners get it straight away.
+   */
+  takeIncoming(readByHub: (topic: string) => boolean): void;
+  /** How many packets went each way (for the tests and the bench): the hub's own, and clients' it alone reads. */
+  readonly counts: { direct: number; broker: number; incomingDirect: number; incomingBroker: number };
 }
 
 interface Emitter {
@@ -67,7 +77,7 @@ function filtersOf(method: string, args: unknown[]): string[] | undefined {
 }
 
 export function directDelivery(broker: Aedes, enabled = true): DirectDelivery {
-  const counts = { direct: 0, broker: 0 };
+  const counts = { direct: 0, broker: 0, incomingDirect: 0, incomingBroker: 0 };
   const viaBroker = (packet: AedesPublishPacket) => {
     counts.broker++;
     broker.publish(packet, noop);
@@ -75,7 +85,7 @@ export function directDelivery(broker: Aedes, enabled = true): DirectDelivery {
   const internals = broker as unknown as { mq?: Emitter; persistence: SubscriptionPersistence };
   const mq = internals.mq;
   const matcher = mq?._matcher;
-  if (!enabled || !mq || !matcher) return { counts, publish: viaBroker, prime: noop };
+  if (!enabled || !mq || !matcher) return { counts, publish: viaBroker, prime: noop, takeIncoming: noop };
   const persistence = internals.persistence;
 
   /**
@@ -163,8 +173,8 @@ export function directDelivery(broker: Aedes, enabled = true): DirectDelivery {
 
   const holds = (client: Client, topic: string) => !client.closed && Boolean((client as unknown as { subscriptions?: Record<string, unknown> }).subscriptions?.[topic]);
 
-  /** Finds out, in the background, whether `client` alone subscribes to `topic`. */
-  const ask = (topic: string, client: Client, memo: SoleMemo) => {
+  /** Finds out, in the background, whether `client` alone subscribes to `topic` (null: whether nobody does). */
+  const ask = (topic: string, client: Client | null, memo: SoleMemo) => {
     memo.asking = true;
     // Kept from now on, so that a change while the persistence answers is seen (and asked again).
     const previous = memos.get(topic);
@@ -172,13 +182,13 @@ export function directDelivery(broker: Aedes, enabled = true): DirectDelivery {
     memos.set(topic, memo);
     lastLevels.add(topic.slice(topic.lastIndexOf('/') + 1));
     const asked = memo.version;
-    const live = matcher.match(topic).length === 1 && !remote(topic);
+    const live = matcher.match(topic).length === (client ? 1 : 0) && !remote(topic);
     void persistence.subscriptionsByTopic(topic).then(
       (stored) => {
         memo.asking = false;
         // Something changed meanwhile (often the subscription being asked about, landing in the persistence): ask again.
-        if (memo.version !== asked) return holds(client, topic) ? ask(topic, client, memo) : undefined;
-        memo.sole = live && stored.every((s) => s.clientId === client.id);
+        if (memo.version !== asked) return !client || holds(client, topic) ? ask(topic, client, memo) : undefined;
+        memo.sole = live && (client ? stored.every((s) => s.clientId === client.id) : stored.length === 0);
       },
       () => {
         memo.asking = false;
@@ -186,8 +196,34 @@ export function directDelivery(broker: Aedes, enabled = true): DirectDelivery {
     );
   };
 
+  /** Whether nobody subscribes to `topic`, as last found out; asks when not known. */
+  const unheard = (topic: string): boolean => {
+    const memo = memos.get(topic);
+    if (memo?.sole === true) return true;
+    if (!memo) ask(topic, null, newMemo());
+    else if (memo.sole === undefined && !memo.asking) ask(topic, null, memo);
+    return false;
+  };
+
   return {
     counts,
+    takeIncoming(readByHub) {
+      const publish = broker.publish;
+      const internals = broker as unknown as { published: (packet: AedesPublishPacket, client: Client, done: (error?: Error) => void) => void };
+      broker.publish = function (this: Aedes, packet: AedesPublishPacket, client: unknown, done?: unknown) {
+        if (client && typeof client === 'object' && !packet.retain && readByHub(packet.topic)) {
+          if (unheard(packet.topic)) {
+            counts.incomingDirect++;
+            // What the broker's last step does; the steps before it had nobody to deliver to.
+            internals.published(packet, client as Client, typeof done === 'function' ? (done as (error?: Error) => void) : noop);
+            broker.emit('publish', packet, client as Client);
+            return;
+          }
+          counts.incomingBroker++;
+        }
+        return (publish as (...args: unknown[]) => void).call(this, packet, client, done);
+      } as Aedes['publish'];
+    },
     prime(topic, client, memo) {
       if (memo.sole === undefined && !memo.asking && holds(client, topic)) ask(topic, client, memo);
     },

@@ -384,6 +384,9 @@ export async function startHub(options: HubOptions = {}): Promise<Hub> {
     }
     // The hub's commands and Replies straight to their one subscriber.
     const direct = directDelivery(broker);
+    // And clients' Requests and devices' Responses straight to the hub's listeners while nobody
+    // else subscribes to them (any topic would do: this keeps the answers to the hot ones).
+    direct.takeIncoming((topic) => topic.endsWith('/response') || topic.endsWith('/request'));
     const refusedMqtt5 = new EveryMinute();
     broker.on('connectionError', (client, error) => {
       if ((error as Error & { errorCode?: number }).errorCode === UNACCEPTABLE_PROTOCOL_VERSION) {

@@ -52,7 +52,7 @@ export interface MetricSources {
   /** Fleet jobs running (the job runner's `running`). */
   jobsRunning: () => number;
   /** The hub's own commands and Replies so far, by the way they went (src/direct-delivery.ts). */
-  hubPublishes?: { direct: number; broker: number };
+  hubPublishes?: { direct: number; broker: number; incomingDirect: number; incomingBroker: number };
 }
 
 const payloadBytes = (payload: Buffer | string) => (typeof payload === 'string' ? Buffer.byteLength(payload) : payload.length);
@@ -137,6 +137,18 @@ export class HubMetrics {
         const counts = metrics.sources?.hubPublishes;
         this.inc({ path: 'direct' }, counts?.direct ?? 0);
         this.inc({ path: 'broker' }, counts?.broker ?? 0);
+      },
+    });
+    new Counter({
+      name: `${METRIC_PREFIX}mqtt_client_publishes_total`,
+      help: 'Requests and Responses the hub alone reads: path direct = straight to the hub (nobody subscribes to their topic), broker = through the broker (somebody does)',
+      labelNames: ['path'],
+      registers,
+      collect() {
+        this.reset();
+        const counts = metrics.sources?.hubPublishes;
+        this.inc({ path: 'direct' }, counts?.incomingDirect ?? 0);
+        this.inc({ path: 'broker' }, counts?.incomingBroker ?? 0);
       },
     });
     new Counter({

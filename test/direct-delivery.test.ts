@@ -7,11 +7,13 @@ import { describe, expect, it } from 'vitest';
 import type { Hub } from '../src/index.js';
 import { connectMqtt, metricValue, parseMetrics, RequestClient, startAgents, startTestHub, waitFor } from './helpers.js';
 
-async function hubPublishes(hub: Hub): Promise<{ direct: number; broker: number }> {
+async function hubPublishes(hub: Hub, metric = 'rhizosphere_mqtt_hub_publishes_total'): Promise<{ direct: number; broker: number }> {
   const samples = parseMetrics(await (await fetch(`${hub.urls.http}/metrics`)).text());
-  const path = (p: string) => metricValue(samples, 'rhizosphere_mqtt_hub_publishes_total', { path: p });
+  const path = (p: string) => metricValue(samples, metric, { path: p });
   return { direct: path('direct'), broker: path('broker') };
 }
+/** Requests and Responses: straight to the hub while nobody else subscribes to their topics. */
+const clientPublishes = (hub: Hub) => hubPublishes(hub, 'rhizosphere_mqtt_client_publishes_total');
 
 describe('direct delivery of commands and Replies', () => {
   it('skips the broker while nobody else listens, and goes through it for every other subscriber, live or offline', async () => {
@@ -57,6 +59,53 @@ describe('direct delivery of commands and Replies', () => {
     back.on('message', (_topic, payload) => queued.push(JSON.parse(payload.toString()).cmd_str as string));
     await waitFor(() => queued.length >= 2, { what: 'the queued commands' });
     expect(queued).toEqual(['echo queued-0', 'echo queued-1']);
+  });
+
+  it('hands Requests and Responses straight to the hub while nobody subscribes to them, and to every subscriber when somebody does', async () => {
+    const hub = await startTestHub();
+    await startAgents(hub, ['pi-in']);
+    const tool = await RequestClient.connect(hub.urls.mqtt, 'tool-in');
+    const run = async (n: number, tag: string) => {
+      for (let i = 0; i < n; i++) {
+        expect(await tool.request({ id: `${tag}-${i}`, device: 'pi-in', order: 'exec_bash', cmd_str: `echo ${tag}-${i}` })).toMatchObject({ status: 'ok', result: `${tag}-${i}` });
+      }
+    };
+    await run(6, 'alone');
+    const alone = await clientPublishes(hub);
+    // The first Request and Response through the broker while the hub asks; then straight.
+    expect(alone.direct).toBeGreaterThanOrEqual(8);
+
+    // Node-RED, say, following every Request and Response: it gets each one, and the hub still answers.
+    const watcher = await connectMqtt(hub.urls.mqtt, { clientId: 'node-red' });
+    const seen: string[] = [];
+    watcher.on('message', (topic, payload) => seen.push(`${topic} ${(JSON.parse(payload.toString()) as { id: string }).id}`));
+    await watcher.subscribeAsync(['rhizosphere/clients/+/request', 'rhizosphere/devices/+/response'], { qos: 1 });
+    await run(3, 'watched');
+    await waitFor(() => seen.length >= 6, { what: 'the watcher to see 3 Requests and 3 Responses' });
+    expect(seen.filter((s) => s.startsWith('rhizosphere/clients/tool-in/request watched-'))).toHaveLength(3);
+    expect(seen.filter((s) => s.startsWith('rhizosphere/devices/pi-in/response '))).toHaveLength(3);
+    const watched = await clientPublishes(hub);
+    expect(watched.direct).toBe(alone.direct);
+    expect(watched.broker).toBeGreaterThanOrEqual(alone.broker + 6);
+
+    // A persistent session that follows the Responses, offline: it still gets them queued.
+    await watcher.endAsync();
+    const archiver = await connectMqtt(hub.urls.mqtt, { clientId: 'resp-archiver', clean: false });
+    await archiver.subscribeAsync('rhizosphere/devices/pi-in/response', { qos: 1 });
+    await archiver.endAsync();
+    await run(2, 'queued');
+    const back = await connectMqtt(hub.urls.mqtt, { clientId: 'resp-archiver', clean: false });
+    const queued: string[] = [];
+    back.on('message', (_topic, payload) => queued.push((JSON.parse(payload.toString()) as { result: string }).result));
+    await waitFor(() => queued.length >= 2, { what: 'the queued Responses' });
+    expect(queued).toEqual(['queued-0', 'queued-1']);
+    await back.unsubscribeAsync('rhizosphere/devices/pi-in/response');
+    await back.endAsync();
+
+    // Nobody left: straight again.
+    const before = await clientPublishes(hub);
+    await run(4, 'again');
+    expect((await clientPublishes(hub)).direct).toBeGreaterThan(before.direct);
   });
 
   it('loses nothing when direct and brokered messages to one device leave in the same turn', async () => {
