@@ -51,6 +51,9 @@ export interface HubOptions {
   broker?: string;
 }
 
+/** Node flags for a target's process from the environment (`--cpu-prof --cpu-prof-dir=DIR`, say): profiling without a change to the bench. */
+const nodeArgs = (variable: 'BENCH_HUB_NODE_ARGS' | 'BENCH_AEDES_NODE_ARGS'): string[] => process.env[variable]?.split(' ').filter(Boolean) ?? [];
+
 /**
  * The hub with access control on; its data dir must already hold the devices and the token.
  * Given `ports`, it listens on those (a restart), else on free ones.
@@ -60,7 +63,7 @@ export async function startHub(sup: Supervisor, dataDir: string, transport: Tran
   const [mqttPort, httpPort] = ports ? [ports.mqtt, ports.http] : [broker ? 0 : await freePort(), await freePort()];
   const name = options.name ?? 'hub';
   const child = sup.spawn(name, process.execPath, [
-    ...(process.env.BENCH_HUB_NODE_ARGS?.split(' ').filter(Boolean) ?? []),
+    ...nodeArgs('BENCH_HUB_NODE_ARGS'),
     join(ROOT, 'bin', 'rhizosphere.js'),
     '--host', '127.0.0.1',
     ...(broker ? ['--broker', broker] : ['--mqtt-port', String(mqttPort)]),
@@ -89,7 +92,7 @@ export async function startAedes(sup: Supervisor, transport: TransportName): Pro
   const port = await freePort();
   const wsPort = transport === 'ws' ? await freePort() : 0;
   const args = ['--port', String(port), ...(wsPort ? ['--ws-port', String(wsPort)] : [])];
-  const child = sup.fork('aedes', join(ROOT, 'dist', 'bench', 'bare-aedes.js'), args, { execArgv: process.env.BENCH_AEDES_NODE_ARGS?.split(' ').filter(Boolean) ?? [] });
+  const child = sup.fork('aedes', join(ROOT, 'dist', 'bench', 'bare-aedes.js'), args, { execArgv: nodeArgs('BENCH_AEDES_NODE_ARGS') });
   await waitForPort(child, wsPort || port);
   return { name: 'aedes', child, url: wsPort ? `ws://127.0.0.1:${wsPort}/mqtt` : `mqtt://127.0.0.1:${port}`, acceptingAt: performance.now() };
 }
