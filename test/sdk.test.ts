@@ -1,4 +1,6 @@
 /** The client SDK (src/client) against a real hub with API tokens, real hypha agents and scripted devices. */
+import { createServer } from 'node:net';
+import { Aedes } from 'aedes';
 import { describe, expect, it } from 'vitest';
 import { connect, type Credentials, type DeviceStatus, type HubClient, type JobStatus } from '../src/client/index.js';
 import { startHub, type Hub } from '../src/index.js';
@@ -168,6 +170,22 @@ describe('client SDK', () => {
     const started = Date.now();
     await ops.close();
     expect(Date.now() - started).toBeLessThan(2000);
+    expect(await pending).toBe('NOT_CONNECTED');
+  });
+
+  it('closes within its drain time when a broker never acknowledges what it sent', async () => {
+    // A broker that takes publishes and never answers them (no PUBACK): what a hub that went
+    // away a moment ago looks like to a client that has not noticed yet.
+    const broker = await Aedes.createBroker({ authorizePublish: () => {} });
+    const server = createServer(broker.handle);
+    await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+    cleanup(() => new Promise<void>((resolve) => broker.close(() => server.close(() => resolve()))));
+    const ops = await connect(`mqtt://127.0.0.1:${(server.address() as { port: number }).port}`, { reconnectPeriodMs: 0, waitForConnection: true });
+    const pending = ops.exec('somewhere', 'true').catch((error: { code: string }) => error.code);
+    await new Promise((r) => setTimeout(r, 200));
+    const started = Date.now();
+    await ops.close();
+    expect(Date.now() - started).toBeLessThan(4000);
     expect(await pending).toBe('NOT_CONNECTED');
   });
 

@@ -46,6 +46,8 @@ export * from './types.js';
 /** How long past the command's own timeout the SDK waits for the hub's Reply before giving up with TIMEOUT. */
 const REPLY_GRACE_MS = 15_000;
 const HUB_DEFAULT_TIMEOUT_MS = 60_000;
+/** How long close() lets what is being sent finish before it drops the connection anyway. */
+const CLOSE_DRAIN_MS = 2000;
 
 /**
  * Connects to a hub. Resolves once the MQTT connection is up and the SDK's subscriptions are in
@@ -427,9 +429,29 @@ export class HubClient extends Emitter<HubClientEvents> {
       entry.reject(new ClientError('NOT_CONNECTED', 'the client was closed before the reply came', { device: entry.device }));
       this.pending.delete(id);
     }
-    // While connected, what is being sent is finished first; a hub that is gone would never
-    // acknowledge it, and MQTT.js would wait for it forever.
-    await new Promise<void>((resolve) => this.client.end(!this.client.connected, {}, () => resolve()));
+    // While connected, what is being sent is finished first, but not for ever: MQTT.js' own
+    // graceful end waits for every acknowledgement, and a hub that went away a moment ago (the
+    // client has not noticed yet) never sends them.
+    await this.drainOutgoing();
+    const graceful = this.client.connected && Object.keys(this.client.outgoing).length === 0;
+    await new Promise<void>((resolve) => this.client.end(!graceful, {}, () => resolve()));
+  }
+
+  /** Resolves once nothing sent waits for its acknowledgement, the connection ends, or CLOSE_DRAIN_MS pass. */
+  private drainOutgoing(): Promise<void> {
+    const client = this.client;
+    if (!client.connected || Object.keys(client.outgoing).length === 0) return Promise.resolve();
+    return new Promise((resolve) => {
+      const done = () => {
+        clearTimeout(timer);
+        client.off('outgoingEmpty', done);
+        client.off('close', done);
+        resolve();
+      };
+      const timer = setTimeout(done, CLOSE_DRAIN_MS);
+      client.on('outgoingEmpty', done);
+      client.on('close', done);
+    });
   }
 
   /**
