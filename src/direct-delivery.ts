@@ -44,6 +44,8 @@ export interface DirectDelivery {
   publish(packet: AedesPublishPacket, client: Client | undefined, memo: SoleMemo): void;
   /** Finds out now, in the background, what `publish` will need for `topic` (a device that just came online). */
   prime(topic: string, client: Client, memo: SoleMemo): void;
+  /** Likewise for a topic the hub alone reads (a device's Responses, as it comes online): its first publish can skip the broker too. */
+  primeIncoming(topic: string): void;
   /**
    * From now on a client's publish on a topic `readByHub` names (Requests, Responses) skips the
    * broker's publish path (packet copy, retained step, session and emitter matches) while
@@ -66,13 +68,15 @@ interface Emitter {
 
 type SubscriptionPersistence = {
   subscriptionsByTopic(topic: string): Promise<{ clientId: string }[]>;
-} & Record<'addSubscriptions' | 'removeSubscriptions' | 'cleanSubscriptions', (...args: unknown[]) => unknown>;
+  subscriptionsByClient(client: { id: string }): Promise<{ topic: string }[] | null>;
+  cleanSubscriptions(client: { id: string }): Promise<unknown>;
+} & Record<'addSubscriptions' | 'removeSubscriptions', (...args: unknown[]) => unknown>;
 
 const noop = () => {};
-/** The filters a persistence call changes: undefined when it does not say (cleanSubscriptions). */
-function filtersOf(method: string, args: unknown[]): string[] | undefined {
+/** The filters a persistence call changes: undefined when it does not say. */
+function filtersOf(args: unknown[]): string[] | undefined {
   const subs = args[1];
-  if (method === 'cleanSubscriptions' || !Array.isArray(subs)) return undefined;
+  if (!Array.isArray(subs)) return undefined;
   return subs.map((sub) => (typeof sub === 'string' ? sub : String((sub as { topic?: unknown }).topic)));
 }
 
@@ -85,7 +89,7 @@ export function directDelivery(broker: Aedes, enabled = true): DirectDelivery {
   const internals = broker as unknown as { mq?: Emitter; persistence: SubscriptionPersistence };
   const mq = internals.mq;
   const matcher = mq?._matcher;
-  if (!enabled || !mq || !matcher) return { counts, publish: viaBroker, prime: noop, takeIncoming: noop };
+  if (!enabled || !mq || !matcher) return { counts, publish: viaBroker, prime: noop, primeIncoming: noop, takeIncoming: noop };
   const persistence = internals.persistence;
 
   /**
@@ -147,10 +151,10 @@ export function directDelivery(broker: Aedes, enabled = true): DirectDelivery {
       return original.apply(this, args);
     };
   }
-  for (const method of ['addSubscriptions', 'removeSubscriptions', 'cleanSubscriptions'] as const) {
+  for (const method of ['addSubscriptions', 'removeSubscriptions'] as const) {
     const original = persistence[method];
     persistence[method] = function (this: unknown, ...args: unknown[]) {
-      const filters = filtersOf(method, args);
+      const filters = filtersOf(args);
       changed(filters);
       const result = original.apply(this, args);
       // Asked again once the change has landed too (the memory persistence applies it at once; another may not).
@@ -158,6 +162,20 @@ export function directDelivery(broker: Aedes, enabled = true): DirectDelivery {
       return result;
     };
   }
+  // Every clean session's connect drops what an earlier session of its id subscribed to: those
+  // filters, looked up first. Almost always there are none (a console, a script, a device with
+  // a clean session), and then no answer is forgotten; forgetting all of them on every such
+  // connect sent 19000 devices' first messages back through the broker.
+  const clean = persistence.cleanSubscriptions;
+  persistence.cleanSubscriptions = function (this: unknown, client: { id: string }) {
+    return persistence.subscriptionsByClient(client).then((subs) => {
+      const filters = (subs ?? []).map((sub) => sub.topic);
+      if (filters.length > 0) changed(filters);
+      return clean.call(this, client).finally(() => {
+        if (filters.length > 0) changed(filters);
+      });
+    });
+  };
   if (mq.remoteSubscribed) mq.onRemoteChange = changed;
   const remote = (topic: string) => mq.remoteSubscribed?.(topic) ?? false;
 
@@ -223,6 +241,9 @@ export function directDelivery(broker: Aedes, enabled = true): DirectDelivery {
         }
         return (publish as (...args: unknown[]) => void).call(this, packet, client, done);
       } as Aedes['publish'];
+    },
+    primeIncoming(topic) {
+      unheard(topic);
     },
     prime(topic, client, memo) {
       if (memo.sole === undefined && !memo.asking && holds(client, topic)) ask(topic, client, memo);

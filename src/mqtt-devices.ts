@@ -24,11 +24,13 @@ class MqttLink implements DeviceLink {
     private readonly direct: DirectDelivery,
     private readonly client: Client,
     private readonly commandTopic: string,
+    responseTopic: string,
     readonly credential: string | undefined,
   ) {
     this.transport = client.req ? 'mqtt-ws' : 'mqtt';
-    // Its first command can then go straight to it (src/direct-delivery.ts).
+    // Its first command can then go straight to it, and its first Response straight to the hub (src/direct-delivery.ts).
     direct.prime(commandTopic, client, this.memo);
+    direct.primeIncoming(responseTopic);
     const socket = client.req?.socket ?? (client.conn as { remoteAddress?: string });
     this.remoteAddress = socket.remoteAddress ?? null;
   }
@@ -92,7 +94,7 @@ export function watchMqttDevices(
   const goOnline = (client: Client): void => {
     if (links.has(client) || client.closed) return;
     const principal = principalOf(client);
-    const link = new MqttLink(direct, client, topics.deviceCommand(client.id), principal?.kind === 'device' ? principal.tokenHash : undefined);
+    const link = new MqttLink(direct, client, topics.deviceCommand(client.id), topics.deviceResponse(client.id), principal?.kind === 'device' ? principal.tokenHash : undefined);
     links.set(client, link);
     const pending = takeovers.get(client.id);
     if (pending) {
