@@ -170,7 +170,7 @@ describe('hub on an external Mosquitto', () => {
     await mosquitto.start();
     await waitFor(async () => (await fetch(`${hub.urls.http}/readyz`)).status === 200, { timeoutMs: 15_000, what: 'ready again' });
     // The device's connection died with the broker; it is offline until it announces itself again.
-    await waitFor(() => hub.device('pi-03')?.online === false, { what: 'pi-03 offline after the broker restart' });
+    await waitFor(() => hub.device('pi-03')?.online === false, { timeoutMs: 20_000, what: 'pi-03 offline after the broker restart (10 s for births to come back)' });
     await scriptedDevice(mosquitto.url, 'pi-03');
     await waitFor(() => hub.device('pi-03')?.online, { what: 'pi-03 online again' });
     const again = await fetch(`${hub.urls.http}/api/devices/pi-03/commands`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ order: 'exec_bash', cmd_str: 'again' }) });

@@ -52,8 +52,14 @@ export interface ExternalBroker {
   close(): Promise<void>;
 }
 
-/** After the broker lost the hub's session, how long retained births have to come back before devices not re-announced go offline. */
-const SESSION_LOST_GRACE_MS = 3000;
+/**
+ * After the broker lost the hub's session, how long retained births have to come back before
+ * devices not re-announced go offline. A broker node's failover loses it too (NATS, while its
+ * streams elect new leaders), and the devices that were on the lost node then take seconds to
+ * announce themselves through another: at 3 s, a loaded NATS cluster turned devices that were
+ * moving (4.9 s) offline, failing their commands in flight DEVICE_OFFLINE.
+ */
+const SESSION_LOST_GRACE_MS = 10_000;
 
 /**
  * Where the hub reads Requests: in a shared-subscription group where the broker has them
