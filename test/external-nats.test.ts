@@ -54,6 +54,9 @@ describe('hub on a three-node NATS cluster', () => {
     // Mid-job, one node dies without a word.
     await waitFor(() => (hub.jobs.get(jobId)?.counts.succeeded ?? 0) >= 2, { timeoutMs: 30_000, what: 'the job under way' });
     const killedAt = Date.now();
+    // For a failure's message: which devices the hub saw go offline, and when.
+    const offlines: string[] = [];
+    hub.on('offline', (device, reason) => offlines.push(`${device.id} ${reason} +${Date.now() - killedAt} ms`));
     await victim.kill();
 
     await waitFor(() => onVictim.every((id) => { const url = connectedUrl(agents.get(id)!); return url !== undefined && url !== victim.url; }), { timeoutMs: 60_000, what: 'the victim node\'s agents reconnected elsewhere' }).catch((error: Error) => {
@@ -70,7 +73,7 @@ describe('hub on a three-node NATS cluster', () => {
     expect(job.state).toBe('done');
     // On a failure, say which targets and why (a DEVICE_OFFLINE, an exit code, a late Reply).
     const unsucceeded = job.targets.filter((t) => t.state !== 'succeeded');
-    expect(job.counts, JSON.stringify(unsucceeded)).toMatchObject({ succeeded: FLEET, failed: 0, timed_out: 0 });
+    expect(job.counts, `${JSON.stringify(unsucceeded)}; offline: ${offlines.join(', ') || 'none'}`).toMatchObject({ succeeded: FLEET, failed: 0, timed_out: 0 });
 
     // Commands go on to a device that moved.
     const moved = onVictim[0]!;
