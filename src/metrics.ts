@@ -127,30 +127,31 @@ export class HubMetrics {
         this.inc({ direction: 'out' }, metrics.mqtt.messagesOut);
       },
     });
-    new Counter({
-      name: `${METRIC_PREFIX}mqtt_hub_publishes_total`,
-      help: 'Commands and Replies the hub published: path direct = straight to their only subscriber, broker = through the broker (somebody else subscribes too)',
-      labelNames: ['path'],
-      registers,
-      collect() {
-        this.reset();
-        const counts = metrics.sources?.hubPublishes;
-        this.inc({ path: 'direct' }, counts?.direct ?? 0);
-        this.inc({ path: 'broker' }, counts?.broker ?? 0);
-      },
-    });
-    new Counter({
-      name: `${METRIC_PREFIX}mqtt_client_publishes_total`,
-      help: 'Requests and Responses the hub alone reads: path direct = straight to the hub (nobody subscribes to their topic), broker = through the broker (somebody does)',
-      labelNames: ['path'],
-      registers,
-      collect() {
-        this.reset();
-        const counts = metrics.sources?.hubPublishes;
-        this.inc({ path: 'direct' }, counts?.incomingDirect ?? 0);
-        this.inc({ path: 'broker' }, counts?.incomingBroker ?? 0);
-      },
-    });
+    // Which way packets went (src/direct-delivery.ts): straight, or through the broker's publish path.
+    const pathCounter = (name: string, help: string, read: (counts: NonNullable<MetricSources['hubPublishes']>) => { direct: number; broker: number }) =>
+      new Counter({
+        name: `${METRIC_PREFIX}${name}`,
+        help,
+        labelNames: ['path'],
+        registers,
+        collect() {
+          this.reset();
+          const counts = metrics.sources?.hubPublishes;
+          const { direct, broker } = counts ? read(counts) : { direct: 0, broker: 0 };
+          this.inc({ path: 'direct' }, direct);
+          this.inc({ path: 'broker' }, broker);
+        },
+      });
+    pathCounter(
+      'mqtt_hub_publishes_total',
+      'Commands and Replies the hub published: path direct = straight to their only subscriber, broker = through the broker (somebody else subscribes too)',
+      (c) => ({ direct: c.direct, broker: c.broker }),
+    );
+    pathCounter(
+      'mqtt_client_publishes_total',
+      'Requests and Responses the hub alone reads: path direct = straight to the hub (nobody subscribes to their topic), broker = through the broker (somebody does)',
+      (c) => ({ direct: c.incomingDirect, broker: c.incomingBroker }),
+    );
     new Counter({
       name: `${METRIC_PREFIX}mqtt_payload_bytes_total`,
       help: 'Payload bytes of the PUBLISH packets counted in mqtt_messages_total',

@@ -15,16 +15,46 @@ async function hubPublishes(hub: Hub, metric = 'rhizosphere_mqtt_hub_publishes_t
 /** Requests and Responses: straight to the hub while nobody else subscribes to their topics. */
 const clientPublishes = (hub: Hub) => hubPublishes(hub, 'rhizosphere_mqtt_client_publishes_total');
 
+/** A hub, one real agent, and `run(n, tag)`: n commands in a row from an MQTT.js client, each checked. */
+async function hubWithAgent(device: string, toolId: string) {
+  const hub = await startTestHub();
+  await startAgents(hub, [device]);
+  const tool = await RequestClient.connect(hub.urls.mqtt, toolId);
+  const run = async (n: number, tag: string) => {
+    for (let i = 0; i < n; i++) {
+      expect(await tool.request({ id: `${tag}-${i}`, device, order: 'exec_bash', cmd_str: `echo ${tag}-${i}` })).toMatchObject({ status: 'ok', result: `${tag}-${i}` });
+    }
+  };
+  return { hub, run };
+}
+
+/** A third-party tool's MQTT client on `filters`: what it sees, as "topic id". */
+async function thirdPartyWatcher(hub: Hub, clientId: string, filters: string[]) {
+  const watcher = await connectMqtt(hub.urls.mqtt, { clientId });
+  const seen: string[] = [];
+  watcher.on('message', (topic, payload) => seen.push(`${topic} ${(JSON.parse(payload.toString()) as { id: string }).id}`));
+  await watcher.subscribeAsync(filters, { qos: 1 });
+  return { watcher, seen };
+}
+
+/**
+ * A persistent session subscribed to `filter` that goes away while `meanwhile` runs, then
+ * comes back: `queued` fills with what the broker kept for it (`pick` of each JSON message).
+ */
+async function queuedWhileAway(hub: Hub, clientId: string, filter: string, meanwhile: () => Promise<void>, pick: (message: Record<string, unknown>) => string) {
+  const away = await connectMqtt(hub.urls.mqtt, { clientId, clean: false });
+  await away.subscribeAsync(filter, { qos: 1 });
+  await away.endAsync();
+  await meanwhile();
+  const back = await connectMqtt(hub.urls.mqtt, { clientId, clean: false });
+  const queued: string[] = [];
+  back.on('message', (_topic, payload) => queued.push(pick(JSON.parse(payload.toString()) as Record<string, unknown>)));
+  return { back, queued };
+}
+
 describe('direct delivery of commands and Replies', () => {
   it('skips the broker while nobody else listens, and goes through it for every other subscriber, live or offline', async () => {
-    const hub = await startTestHub();
-    await startAgents(hub, ['pi-direct']);
-    const tool = await RequestClient.connect(hub.urls.mqtt, 'tool-direct');
-    const run = async (n: number, tag: string) => {
-      for (let i = 0; i < n; i++) {
-        expect(await tool.request({ id: `${tag}-${i}`, device: 'pi-direct', order: 'exec_bash', cmd_str: `echo ${tag}-${i}` })).toMatchObject({ status: 'ok', result: `${tag}-${i}` });
-      }
-    };
+    const { hub, run } = await hubWithAgent('pi-direct', 'tool-direct');
 
     // The first command and Reply go through the broker while the hub asks; the rest go straight.
     await run(6, 'alone');
@@ -32,10 +62,7 @@ describe('direct delivery of commands and Replies', () => {
     expect(alone.direct).toBeGreaterThanOrEqual(8);
 
     // A third-party tool following every command and Reply: everything through the broker, seen by it.
-    const watcher = await connectMqtt(hub.urls.mqtt, { clientId: 'explorer' });
-    const seen: string[] = [];
-    watcher.on('message', (topic, payload) => seen.push(`${topic} ${(JSON.parse(payload.toString()) as { id: string }).id}`));
-    await watcher.subscribeAsync(['rhizosphere/devices/+/command', 'rhizosphere/clients/+/response'], { qos: 1 });
+    const { watcher, seen } = await thirdPartyWatcher(hub, 'explorer', ['rhizosphere/devices/+/command', 'rhizosphere/clients/+/response']);
     await run(3, 'watched');
     await waitFor(() => seen.length >= 6, { what: 'the watcher to see 3 commands and 3 Replies' });
     expect(seen.filter((s) => s.startsWith('rhizosphere/devices/pi-direct/command')).length).toBe(3);
@@ -50,26 +77,13 @@ describe('direct delivery of commands and Replies', () => {
     expect(seen).toHaveLength(6);
 
     // A persistent session subscribed to the commands, offline: its queue still gets them.
-    const archiver = await connectMqtt(hub.urls.mqtt, { clientId: 'archiver', clean: false });
-    await archiver.subscribeAsync('rhizosphere/devices/pi-direct/command', { qos: 1 });
-    await archiver.endAsync();
-    await run(2, 'queued');
-    const back = await connectMqtt(hub.urls.mqtt, { clientId: 'archiver', clean: false });
-    const queued: string[] = [];
-    back.on('message', (_topic, payload) => queued.push(JSON.parse(payload.toString()).cmd_str as string));
+    const { queued } = await queuedWhileAway(hub, 'archiver', 'rhizosphere/devices/pi-direct/command', () => run(2, 'queued'), (m) => m.cmd_str as string);
     await waitFor(() => queued.length >= 2, { what: 'the queued commands' });
     expect(queued).toEqual(['echo queued-0', 'echo queued-1']);
   });
 
   it('hands Requests and Responses straight to the hub while nobody subscribes to them, and to every subscriber when somebody does', async () => {
-    const hub = await startTestHub();
-    await startAgents(hub, ['pi-in']);
-    const tool = await RequestClient.connect(hub.urls.mqtt, 'tool-in');
-    const run = async (n: number, tag: string) => {
-      for (let i = 0; i < n; i++) {
-        expect(await tool.request({ id: `${tag}-${i}`, device: 'pi-in', order: 'exec_bash', cmd_str: `echo ${tag}-${i}` })).toMatchObject({ status: 'ok', result: `${tag}-${i}` });
-      }
-    };
+    const { hub, run } = await hubWithAgent('pi-in', 'tool-in');
     // The device's Response topic was looked up as it came online: its first Response goes
     // straight; the client's first Request goes through the broker while the hub asks.
     await run(1, 'first');
@@ -79,10 +93,7 @@ describe('direct delivery of commands and Replies', () => {
     expect(alone).toEqual({ direct: 11, broker: 1 });
 
     // Node-RED, say, following every Request and Response: it gets each one, and the hub still answers.
-    const watcher = await connectMqtt(hub.urls.mqtt, { clientId: 'node-red' });
-    const seen: string[] = [];
-    watcher.on('message', (topic, payload) => seen.push(`${topic} ${(JSON.parse(payload.toString()) as { id: string }).id}`));
-    await watcher.subscribeAsync(['rhizosphere/clients/+/request', 'rhizosphere/devices/+/response'], { qos: 1 });
+    const { watcher, seen } = await thirdPartyWatcher(hub, 'node-red', ['rhizosphere/clients/+/request', 'rhizosphere/devices/+/response']);
     await run(3, 'watched');
     await waitFor(() => seen.length >= 6, { what: 'the watcher to see 3 Requests and 3 Responses' });
     expect(seen.filter((s) => s.startsWith('rhizosphere/clients/tool-in/request watched-'))).toHaveLength(3);
@@ -93,13 +104,7 @@ describe('direct delivery of commands and Replies', () => {
 
     // A persistent session that follows the Responses, offline: it still gets them queued.
     await watcher.endAsync();
-    const archiver = await connectMqtt(hub.urls.mqtt, { clientId: 'resp-archiver', clean: false });
-    await archiver.subscribeAsync('rhizosphere/devices/pi-in/response', { qos: 1 });
-    await archiver.endAsync();
-    await run(2, 'queued');
-    const back = await connectMqtt(hub.urls.mqtt, { clientId: 'resp-archiver', clean: false });
-    const queued: string[] = [];
-    back.on('message', (_topic, payload) => queued.push((JSON.parse(payload.toString()) as { result: string }).result));
+    const { back, queued } = await queuedWhileAway(hub, 'resp-archiver', 'rhizosphere/devices/pi-in/response', () => run(2, 'queued'), (m) => m.result as string);
     await waitFor(() => queued.length >= 2, { what: 'the queued Responses' });
     expect(queued).toEqual(['queued-0', 'queued-1']);
     await back.endAsync();
