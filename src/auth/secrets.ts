@@ -32,6 +32,13 @@ export function hashPassword(password: string): string {
   return `scrypt$${SCRYPT.N}$${SCRYPT.r}$${SCRYPT.p}$${salt.toString('base64url')}$${key.toString('base64url')}`;
 }
 
+/**
+ * A well-formed hash to check a password against when the user name is unknown: the check
+ * costs what a real one costs (timing tells nothing), and no password leads anywhere (the
+ * caller has no user to return).
+ */
+export const UNKNOWN_USER_PASSWORD_HASH = `scrypt$${SCRYPT.N}$${SCRYPT.r}$${SCRYPT.p}$${Buffer.alloc(16).toString('base64url')}$${Buffer.alloc(SCRYPT.keylen).toString('base64url')}`;
+
 export function passwordMatches(password: string, stored: string): boolean {
   const [scheme, n, r, p, salt, key] = stored.split('$');
   if (scheme !== 'scrypt' || !n || !r || !p || !salt || !key) return false;

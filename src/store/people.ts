@@ -1,7 +1,7 @@
 /** People (console users) and API tokens for scripts and tools, with their roles. */
 import { HubError } from '../errors.js';
 import { idProblem } from '../protocol/ids.js';
-import { hashPassword, hashToken, newToken, passwordMatches, tokenMatches } from '../auth/secrets.js';
+import { hashPassword, hashToken, newToken, passwordMatches, tokenMatches, UNKNOWN_USER_PASSWORD_HASH } from '../auth/secrets.js';
 import { isRole, type Role } from '../auth/roles.js';
 import { BrokerOutbox } from './broker-outbox.js';
 import type { Db } from './db.js';
@@ -70,17 +70,11 @@ export class UserStore {
   /** The user, if the password is right. Runs scrypt even for an unknown name, so timing tells nothing. */
   verify(name: string, password: string): User | undefined {
     const row = this.db.prepare<[string], { password_hash: string }>('SELECT password_hash FROM users WHERE name = ?').get(name);
-    const ok = passwordMatches(password, row?.password_hash ?? unknownUserHash());
+    const ok = passwordMatches(password, row?.password_hash ?? UNKNOWN_USER_PASSWORD_HASH);
     return ok && row ? this.get(name) : undefined;
   }
 }
 
-/**
- * A real scrypt hash of a random password: verifying against it costs what a real check costs.
- * Made at the first login with an unknown name, not at start (scrypt is slow on purpose).
- */
-let unknownHash: string | undefined;
-const unknownUserHash = (): string => (unknownHash ??= hashPassword(newToken()));
 
 export class TokenStore {
   /** Credential changes for a broker's dynamic-security plugin, while the database is kept in step with one. */
