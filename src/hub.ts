@@ -375,6 +375,9 @@ export async function startHub(options: HubOptions = {}): Promise<Hub> {
       // (on an external broker, that broker does, and the embedded one stays this hub's own).
       ...(config.broker ? {} : cluster?.brokerOptions),
     });
+    // A standalone hub whose process exits right after its close leaves its connections to the
+    // kernel (src/broker-shutdown.ts); a cluster node's end the long way (Redis keeps their state).
+    const leavesConnectionsToExit = ({ processExits }: CloseOptions) => processExits === true && !cluster;
     // In a cluster: the QoS 1 queues of sessions connected here stay in memory until they disconnect.
     if (cluster && !config.broker) {
       keepSessionQueuesLocal(broker, log);
@@ -504,11 +507,11 @@ export async function startHub(options: HubOptions = {}): Promise<Hub> {
     const requests = bridgeMqttRequests({ broker, topics, dispatcher, maxPayloadBytes: config.maxPayloadBytes, log, principalOf: access.principalOf, remoteOf: access.remoteOf, direct });
     onClose(() => requests.close());
     onClose(() => mqttDevices.close());
-    onClose(({ processExits }) =>
+    onClose((how) =>
       withinBudget(
         new Promise<void>((resolve) => {
           presence.beginClose();
-          if (processExits && !cluster) {
+          if (leavesConnectionsToExit(how)) {
             // Devices recorded offline now; the kernel closes their connections at exit.
             presence.releaseAll();
             void leaveConnectionsToExit(broker).then(resolve);
@@ -692,7 +695,7 @@ export async function startHub(options: HubOptions = {}): Promise<Hub> {
     const closed: Promise<void>[] = [];
     // Last: the listeners' own close, which waits for their connections to end (not when the
     // process exits with them open: it closes them).
-    teardown.push(({ processExits }) => (processExits && !cluster ? undefined : withinBudget(Promise.all(closed).then(() => {}), 1000)));
+    teardown.push((how) => (leavesConnectionsToExit(how) ? undefined : withinBudget(Promise.all(closed).then(() => {}), 1000)));
     onClose(() => void closed.push(stopListening(tcp)));
     if (mqtts) onClose(() => void closed.push(stopListening(mqtts)));
     // Served from now on, the connections held since the start first.

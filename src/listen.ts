@@ -72,12 +72,12 @@ export function withinBudget(work: Promise<void>, ms: number): Promise<void> {
  * opening the database and building the device table would otherwise be time every device is
  * refused, and each refusal doubles a device's backoff. Held, a device waits for its CONNACK.
  */
-export class ConnectionGate<S extends Socket = Socket> {
-  private held: Set<S> | null = new Set();
-  private serve: ((socket: S) => void) | null = null;
+export class ConnectionGate {
+  private held: Set<Socket> | null = new Set();
+  private serve: ((socket: Socket) => void) | null = null;
 
   /** The servers' connection listener. */
-  readonly accept = (socket: S): void => {
+  readonly accept = (socket: Socket): void => {
     if (this.serve) return this.serve(socket);
     const held = this.held;
     if (!held) return void socket.destroy();
@@ -88,9 +88,9 @@ export class ConnectionGate<S extends Socket = Socket> {
   };
 
   /** From now on connections go to `serve`, those held first. */
-  open(serve: (socket: S) => void): void {
+  open(serve: (socket: Socket) => void): void {
     this.serve = serve;
-    const held = this.held ?? new Set<S>();
+    const held = this.held ?? new Set<Socket>();
     this.held = null;
     for (const socket of held) {
       socket.off('error', ignore);
