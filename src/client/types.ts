@@ -96,19 +96,9 @@ export interface DeviceStatus {
   agent: string | null;
 }
 
-export interface DeviceSelector {
-  /** Only these ids. */
-  devices?: string[];
-  /** Only devices that have every one of these tags (`[]`: no condition). */
-  tags?: string[];
-  /** Only online (true) or offline (false) devices. */
-  online?: boolean;
-  /**
-   * Jobs only (`devices()` refuses it): devices whose desired or reported state compares so,
-   * e.g. `"state.reported.fw != state.desired.fw"` (docs/protocol.md "Fleet jobs").
-   */
-  state?: StateCondition;
-}
+/** Which devices a job targets, or `devices()` lists: the hub's own selector type (docs/protocol.md "Fleet jobs"). */
+export type { Selector as DeviceSelector } from '../jobs/selector.js';
+import type { Selector as DeviceSelector } from '../jobs/selector.js';
 
 export interface SetDesiredOptions {
   /** true: `patch` is the whole new desired document (PUT); default false: merged in, null removes a key (PATCH). */

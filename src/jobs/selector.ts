@@ -21,7 +21,10 @@ export interface Selector {
   tags?: string[];
   /** Only devices online (true) or offline (false) when the job is created. */
   online?: boolean;
-  /** Only devices whose desired or reported state compares so (state-condition.ts), e.g. `state.reported.fw != state.desired.fw`. */
+  /**
+   * Only devices whose desired or reported state compares so (state-condition.ts), e.g.
+   * `state.reported.fw != state.desired.fw`. Jobs only: the SDK's `devices()` refuses it.
+   */
   state?: StateCondition;
 }
 

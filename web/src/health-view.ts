@@ -307,13 +307,11 @@ const FLEET_CHART: ChartSpec = {
 export class FleetHealthView {
   private root: HTMLElement | null = null;
   private chart: Chart | null = null;
-  private timer = 0;
-  private generation = 0;
+  private refresher: Refresher | null = null;
 
   show(root: HTMLElement): void {
     this.hide();
     this.root = root;
-    const generation = ++this.generation;
     const page = el('section', 'admin-page health-fleet');
     page.setAttribute('aria-label', 'fleet health');
     const header = el('header', 'admin-header');
@@ -339,8 +337,9 @@ export class FleetHealthView {
     root.replaceChildren(page);
 
     const load = async () => {
+      const current = refresher.begin();
       const result = await callApi<FleetHealth>('GET', `/api/health/fleet?since=-${range.value}`);
-      if (generation !== this.generation || !this.chart) return;
+      if (!current() || !this.chart) return;
       if (!result.ok) {
         messages.replaceChildren(codedError('problem', result.code, result.message));
         return;
@@ -352,15 +351,15 @@ export class FleetHealthView {
       rankings.replaceChildren(...RANKINGS.map((ranking) => rankingTable(ranking, fleet.worst[ranking.key])));
       page.dataset.state = 'loaded';
     };
+    const refresher = new Refresher(page, REFRESH_MS, load);
+    this.refresher = refresher;
     range.addEventListener('change', () => void load());
-    this.timer = window.setInterval(() => void load(), REFRESH_MS);
-    void load();
+    refresher.start();
   }
 
   hide(): void {
-    this.generation++;
-    window.clearInterval(this.timer);
-    this.timer = 0;
+    this.refresher?.stop();
+    this.refresher = null;
     this.chart?.destroy();
     this.chart = null;
     this.root = null;
