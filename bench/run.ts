@@ -49,6 +49,14 @@ const JOB_CONCURRENCY_MAX = 10_000;
 const ROUND_TRIP_DEVICES = 1000;
 /** Let the process settle (allocations, GC) before reading its RSS. */
 const SETTLE_MS = 1000;
+/**
+ * RSS is also read at rest: V8 gives the garbage of a start or of a burst of connects back to
+ * the system only when its memory reducer runs, 8 s or more after a full collection
+ * (bare Aedes, 5000 devices: 24.9 KiB per device for 21 s, then 8.6). The lowest RSS over
+ * these windows is what the process holds at rest; the same for every target.
+ */
+const RSS_REST_BEFORE_MS = 20_000;
+const RSS_REST_AFTER_MS = 30_000;
 /** How long the target's CPU is read with every device connected and no traffic. */
 const REST_MS = 5000;
 /** external-nats: nats-server processes in the cluster. */
@@ -175,6 +183,17 @@ function rounded(figures: Figures): Figures {
 
 function sum(record: Record<string, number>): number {
   return Object.values(record).reduce((a, b) => a + b, 0);
+}
+
+const total = (values: number[]): number => values.reduce((a, b) => a + b, 0);
+
+/** Each process's lowest RSS (KiB) sampled every half second over `windowMs`. */
+async function restingRssKiB(pids: number[], windowMs: number): Promise<number[]> {
+  const lowest = pids.map(() => Infinity);
+  for (const end = Date.now() + windowMs; Date.now() < end; await sleep(500)) {
+    pids.forEach((pid, i) => (lowest[i] = Math.min(lowest[i]!, sampleProcess(pid).rssKiB)));
+  }
+  return lowest;
 }
 
 async function waitOnline(target: RunningTarget, secret: string, expected: number): Promise<void> {
@@ -443,6 +462,8 @@ async function runTarget(session: Session, name: TargetName): Promise<TargetResu
     const [before, extBefore] = await phase(name, 'RSS before devices', 10_000, async () => (await sleep(SETTLE_MS), [pids.map(sampleProcess), extPids.map(sampleProcess)] as const));
     figures.rss_before_mib = before.reduce((a, s) => a + s.rssKiB, 0) / 1024;
     if (external) figures.ext_rss_before_mib = extBefore.reduce((a, s) => a + s.rssKiB, 0) / 1024;
+    const [restBefore, extRestBefore] = await phase(name, 'RSS at rest before devices', RSS_REST_BEFORE_MS + 10_000, () => Promise.all([restingRssKiB(pids, RSS_REST_BEFORE_MS), restingRssKiB(extPids, RSS_REST_BEFORE_MS)]));
+    figures.rss_rest_before_mib = total(restBefore) / 1024;
     const redisMemBefore = claim ? await redisUsedMemory(claim) : NaN;
 
     // Connect the devices: each simulator process to one node (of the hub cluster, or of the
@@ -483,6 +504,10 @@ async function runTarget(session: Session, name: TargetName): Promise<TargetResu
       figures.ext_rss_after_mib = extAfter.reduce((a, s) => a + s.rssKiB, 0) / 1024;
       figures.ext_rss_per_device_kib = extAfter.reduce((a, s, i) => a + s.rssKiB - extBefore[i]!.rssKiB, 0) / ok;
     }
+    const [restAfter, extRestAfter] = await phase(name, 'RSS at rest with devices', RSS_REST_AFTER_MS + 10_000, () => Promise.all([restingRssKiB(pids, RSS_REST_AFTER_MS), restingRssKiB(extPids, RSS_REST_AFTER_MS)]));
+    figures.rss_rest_after_mib = total(restAfter) / 1024;
+    figures.rss_rest_per_device_kib = (total(restAfter) - total(restBefore)) / ok;
+    if (external) figures.ext_rss_rest_per_device_kib = (total(extRestAfter) - total(extRestBefore)) / ok;
     if (cluster) {
       const listed = await Promise.all(nodes.map((t) => healthCounts(t.httpUrl!)));
       figures.listed_devices_min = Math.min(...listed.map((c) => c?.devices ?? NaN));

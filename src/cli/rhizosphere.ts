@@ -9,6 +9,7 @@ import { CLIENT_COMMANDS, CLIENT_USAGE, ClientError, ClientUsageError, runClient
 import { HubError } from '../errors.js';
 import { ConfigError, envName, resolveConfig, SETTINGS, type SettingKey } from '../config.js';
 import { startHub, StartError } from '../hub.js';
+import { collectWhenIdle } from '../idle-collect.js';
 import { createLogger } from '../log.js';
 
 const EXIT_USAGE = 2;
@@ -116,10 +117,17 @@ async function main(): Promise<void> {
     );
   }
 
+  const MiB = 2 ** 20;
+  const collector = collectWhenIdle({
+    onCollected: (freed, heapUsed, pauseMs) =>
+      log.debug({ freedMiB: Math.round(freed / MiB), heapMiB: Math.round(heapUsed / MiB), pauseMs: Math.round(pauseMs) }, 'idle: garbage collected'),
+  });
+
   let stopping = false;
   const stop = (signal: NodeJS.Signals) => {
     if (stopping) return;
     stopping = true;
+    collector.stop();
     log.info({ signal }, 'stopping');
     // The hub closes within its own budget; this is the backstop for the 5 s promise.
     setTimeout(() => {

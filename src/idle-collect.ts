@@ -1,0 +1,81 @@
+/**
+ * Gives the memory of a burst back to the system once the hub is idle.
+ *
+ * Every MQTT connect leaves garbage in V8's old generation (the handshake's packets, buffers
+ * and closures), about as much as the connection itself keeps. After thousands of devices
+ * connect at once (a start, a reconnect storm) the hub goes quiet, and then nothing makes V8
+ * collect: its memory reducer waits for a full collection that a quiet process never needs,
+ * so the hub held 5000 devices' connects' garbage (60 MiB, its RSS per device 22 KiB
+ * instead of 12) for as long as it stayed quiet. So, every `intervalMs`, when the event loop
+ * was busy less than `idleUtilization` of that time and the heap has grown by a quarter and
+ * at least `minGrowthBytes` since the last collection here, the hub collects once; that full
+ * collection also lets V8's memory reducer return the freed pages.
+ *
+ * Only the CLI runs it: a process embedding the hub as a library owns its own heap.
+ */
+import { performance, type EventLoopUtilization } from 'node:perf_hooks';
+import { getHeapStatistics, setFlagsFromString } from 'node:v8';
+import { runInNewContext } from 'node:vm';
+
+export interface IdleCollectOptions {
+  /** How often the hub looks (default 2 s): the idle window is this long. */
+  intervalMs?: number;
+  /** Busier than this share of the window (0 to 1, default 0.1) is not idle. */
+  idleUtilization?: number;
+  /** Growth of the heap since the last collection that is worth one (default 16 MiB), on top of a quarter of it. */
+  minGrowthBytes?: number;
+  /** Told after each collection: bytes freed, the heap left, the pause in ms. */
+  onCollected?: (freed: number, heapUsed: number, pauseMs: number) => void;
+  /** For tests: what the hub reads and does. */
+  heapUsed?: () => number;
+  utilization?: () => number;
+  collect?: () => void;
+}
+
+export interface IdleCollector {
+  stop(): void;
+}
+
+const MiB = 2 ** 20;
+
+/** V8's full collection, without putting `gc` on the hub's global object. */
+function fullCollection(): () => void {
+  setFlagsFromString('--expose-gc');
+  return runInNewContext('gc') as () => void;
+}
+
+/** The event loop's busy share since the previous call. */
+function utilizationSinceLast(): () => number {
+  let last: EventLoopUtilization = performance.eventLoopUtilization();
+  return () => {
+    const now = performance.eventLoopUtilization();
+    const delta = performance.eventLoopUtilization(now, last);
+    last = now;
+    return delta.utilization;
+  };
+}
+
+export function collectWhenIdle(options: IdleCollectOptions = {}): IdleCollector {
+  const {
+    intervalMs = 2000,
+    idleUtilization = 0.1,
+    minGrowthBytes = 16 * MiB,
+    onCollected = () => {},
+    heapUsed = () => getHeapStatistics().used_heap_size,
+    utilization = utilizationSinceLast(),
+    collect = fullCollection(),
+  } = options;
+  // What was left after the last collection here; none yet: the start's garbage counts.
+  let settled = 0;
+  const timer = setInterval(() => {
+    const busy = utilization();
+    const used = heapUsed();
+    if (busy >= idleUtilization || used < settled * 1.25 + minGrowthBytes) return;
+    const started = performance.now();
+    collect();
+    settled = heapUsed();
+    onCollected(used - settled, settled, performance.now() - started);
+  }, intervalMs);
+  timer.unref();
+  return { stop: () => clearInterval(timer) };
+}
