@@ -4,12 +4,12 @@
  * Every MQTT connect leaves garbage in V8's old generation (the handshake's packets, buffers
  * and closures), about as much as the connection itself keeps. After thousands of devices
  * connect at once (a start, a reconnect storm) the hub goes quiet, and then nothing makes V8
- * collect: its memory reducer waits for a full collection that a quiet process never needs,
- * so the hub held 5000 devices' connects' garbage (60 MiB, its RSS per device 22 KiB
- * instead of 12) for as long as it stayed quiet. So, every `intervalMs`, when the event loop
- * was busy less than `idleUtilization` of that time and the heap has grown by a quarter and
- * at least `minGrowthBytes` since the last collection here, the hub collects once; that full
- * collection also lets V8's memory reducer return the freed pages.
+ * collect: its memory reducer waits for a full collection that a quiet process never needs.
+ * The hub held the garbage of 5000 devices' connects (60 of its 132 MiB of heap; RSS 216 MiB,
+ * 141 once collected) for as long as it stayed quiet. So, every `intervalMs`, when the event
+ * loop was busy less than `idleUtilization` of that time and the heap has grown by a quarter
+ * and at least `minGrowthBytes` since the last collection here, the hub collects once; that
+ * full collection also lets V8's memory reducer return the freed pages.
  *
  * Only the CLI runs it: a process embedding the hub as a library owns its own heap.
  */
