@@ -47,7 +47,10 @@ describe.skipIf(!claimed)('cluster of nodes with their own data directories', ()
       '--mqtt-port', String(mqttPort), '--http-port', String(httpPort), '--log-level', 'warn',
     ]);
     const http = `http://127.0.0.1:${httpPort}`;
-    await waitFor(() => fetch(`${http}/readyz`).then((r) => r.ok, () => false), { timeoutMs: 20_000, what: `${nodeId} ready` });
+    await waitFor(() => fetch(`${http}/readyz`).then((r) => r.ok, () => false), { timeoutMs: 20_000, what: `${nodeId} ready` }).catch((error: Error) => {
+      // What the node said (or that it said nothing) is the only clue to a start that hung.
+      throw new Error(`${error.message}; its output: ${hub.output().slice(-2000) || '(none)'}`);
+    });
     return { ...hub, nodeId, dataDir, http, mqtt: `mqtt://127.0.0.1:${mqttPort}`, ws: `ws://127.0.0.1:${httpPort}/mqtt` };
   }
 
