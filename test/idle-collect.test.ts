@@ -37,11 +37,11 @@ describe('collecting when idle', () => {
       state.busy = 0.02;
       await waitFor(() => state.collections === 1, { what: 'a collection' });
       expect(state.told[0]).toEqual([80 * MiB, 40 * MiB]);
-      // 40 MiB left: the next needs 40 * 1.25 + 16 = 66 MiB.
-      state.heap = 60 * MiB;
+      // 40 MiB left: the next needs 40 * 1.5 + 16 = 76 MiB.
+      state.heap = 75 * MiB;
       await beats(5);
       expect(state.collections).toBe(1);
-      state.heap = 70 * MiB;
+      state.heap = 77 * MiB;
       await waitFor(() => state.collections === 2, { what: 'a second collection' });
     } finally {
       collector.stop();
