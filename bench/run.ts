@@ -182,11 +182,9 @@ function rounded(figures: Figures): Figures {
   return Object.fromEntries(Object.entries(figures).map(([k, v]) => [k, v === null ? null : Math.round(v * 1000) / 1000]));
 }
 
-function sum(record: Record<string, number>): number {
-  return Object.values(record).reduce((a, b) => a + b, 0);
+function sum(values: Record<string, number> | readonly number[]): number {
+  return Object.values(values).reduce((a, b) => a + b, 0);
 }
-
-const total = (values: number[]): number => values.reduce((a, b) => a + b, 0);
 
 /** Each process's lowest RSS (KiB) sampled every half second over `windowMs`. */
 async function restingRssKiB(pids: number[], windowMs: number): Promise<number[]> {
@@ -464,7 +462,7 @@ async function runTarget(session: Session, name: TargetName): Promise<TargetResu
     figures.rss_before_mib = before.reduce((a, s) => a + s.rssKiB, 0) / 1024;
     if (external) figures.ext_rss_before_mib = extBefore.reduce((a, s) => a + s.rssKiB, 0) / 1024;
     const [restBefore, extRestBefore] = await phase(name, 'RSS at rest before devices', RSS_REST_BEFORE_MS + 10_000, () => Promise.all([restingRssKiB(pids, RSS_REST_BEFORE_MS), restingRssKiB(extPids, RSS_REST_BEFORE_MS)]));
-    figures.rss_rest_before_mib = total(restBefore) / 1024;
+    figures.rss_rest_before_mib = sum(restBefore) / 1024;
     const redisMemBefore = claim ? await redisUsedMemory(claim) : NaN;
 
     // Connect the devices: each simulator process to one node (of the hub cluster, or of the
@@ -506,9 +504,9 @@ async function runTarget(session: Session, name: TargetName): Promise<TargetResu
       figures.ext_rss_per_device_kib = extAfter.reduce((a, s, i) => a + s.rssKiB - extBefore[i]!.rssKiB, 0) / ok;
     }
     const [restAfter, extRestAfter] = await phase(name, 'RSS at rest with devices', RSS_REST_AFTER_MS + 10_000, () => Promise.all([restingRssKiB(pids, RSS_REST_AFTER_MS), restingRssKiB(extPids, RSS_REST_AFTER_MS)]));
-    figures.rss_rest_after_mib = total(restAfter) / 1024;
-    figures.rss_rest_per_device_kib = (total(restAfter) - total(restBefore)) / ok;
-    if (external) figures.ext_rss_rest_per_device_kib = (total(extRestAfter) - total(extRestBefore)) / ok;
+    figures.rss_rest_after_mib = sum(restAfter) / 1024;
+    figures.rss_rest_per_device_kib = (sum(restAfter) - sum(restBefore)) / ok;
+    if (external) figures.ext_rss_rest_per_device_kib = (sum(extRestAfter) - sum(extRestBefore)) / ok;
     if (cluster) {
       const listed = await Promise.all(nodes.map((t) => healthCounts(t.httpUrl!)));
       figures.listed_devices_min = Math.min(...listed.map((c) => c?.devices ?? NaN));

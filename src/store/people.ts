@@ -75,7 +75,6 @@ export class UserStore {
   }
 }
 
-
 export class TokenStore {
   /** Credential changes for a broker's dynamic-security plugin, while the database is kept in step with one. */
   private readonly outbox;
